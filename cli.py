@@ -1,0 +1,279 @@
+"""edgeprune command line: one command per stage, plus `compress`, which chains them.
+
+Exit codes: 0 success; 1 a validation gate failed; 2 bad usage or bad input.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+import edgeprune  # noqa: F401  (filters Norse's import warnings before anything imports it)
+from edgeprune import recipe
+from edgeprune.artifacts import Store, open_artifact
+from edgeprune.errors import GateFailed, UserError
+
+err = Console(stderr=True)
+out = Console()
+
+
+class App(typer.Typer):
+    """Maps failures to exit codes with a one-line message instead of a traceback."""
+
+    def __call__(self, *args, **kwargs):
+        debug = "--debug" in sys.argv
+        if debug:
+            sys.argv.remove("--debug")
+        try:
+            rc = super().__call__(*args, standalone_mode=False, **kwargs)
+            sys.exit(rc if isinstance(rc, int) else 0)
+        except typer.Exit as e:
+            sys.exit(e.exit_code)
+        except (typer.Abort, KeyboardInterrupt):
+            err.print("interrupted")
+            sys.exit(130)
+        except UserError as e:
+            if debug:
+                raise
+            _fail(str(e), 2)
+        except GateFailed as e:
+            _fail(str(e), 1)
+        except Exception as e:
+            # Typer's (vendored or not) click usage errors: bad option, missing argument, ...
+            if debug or not (hasattr(e, "format_message") and hasattr(e, "exit_code")):
+                raise
+            if type(e).__name__ in ("Exit",):
+                sys.exit(e.exit_code)
+            _fail(e.format_message(), 2)
+
+
+def _fail(message: str, code: int) -> None:
+    line = " ".join(str(message).split())  # one line, whatever the message held
+    print(f"edgeprune: error: {line}", file=sys.stderr)
+    sys.exit(code)
+
+
+app = App(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+          help="Compress spiking neural networks for edge devices: find a lottery ticket, "
+               "retrain it, export it to ONNX and validate it.  Add --debug to any command to "
+               "see tracebacks.")
+
+# -- shared options --------------------------------------------------------------------------
+
+OutOpt = typer.Option(Path("runs"), "--out", help="Run directory where artifacts are written.")
+JsonOpt = typer.Option(False, "--json", help="Print one JSON object on stdout (for CI).")
+SeedOpt = typer.Option(0, "--seed", help="Random seed (training is deterministic on CPU).")
+DeviceOpt = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N.")
+ConfigOpt = typer.Option(None, "--config", help="TOML recipe of option values; the command "
+                         "line overrides it.", dir_okay=False)
+DataOpt = typer.Option("digits", "--data", help="digits, fashion-mnist[:DIR], cifar10:DIR, a "
+                       "directory of IDX/CIFAR files, or a .npz file.")
+
+
+def _apply_recipe(ctx: typer.Context, params: dict, config: Optional[Path]) -> dict:
+    """Fill options left at their defaults from the recipe; the command line wins."""
+    if config is None:
+        return params
+    values = recipe.load(config, _option_types())
+    for name, value in values.items():
+        source = ctx.get_parameter_source(name)
+        if name in params and getattr(source, "name", "") == "DEFAULT":
+            params[name] = value
+    return params
+
+
+def _option_types() -> dict[str, type]:
+    """Every option any command takes, with its Python type: the keys a recipe may set."""
+    import typing
+
+    known: dict[str, type] = {}
+    for cmd in app.registered_commands:
+        for name, hint in typing.get_type_hints(cmd.callback).items():
+            args = [a for a in typing.get_args(hint) if a is not type(None)]
+            t = args[0] if typing.get_origin(hint) is typing.Union and args else hint
+            if t in (int, float, bool, str) and name not in ("as_json",):
+                known[name] = t
+            elif t is Path and name not in ("out_dir", "config"):
+                known[name] = str
+    return known
+
+
+@contextmanager
+def _progress(quiet: bool):
+    """A rich progress display on stderr, or nothing for --json / non-terminals."""
+    if quiet or not err.is_terminal:
+        yield None
+        return
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=err,
+                  transient=False) as p:
+        yield p
+
+
+def _train_reporter(progress, epochs: int):
+    if progress is None:
+        return lambda e: None
+    task = progress.add_task("train", total=epochs, info="")
+
+    def report(e: dict) -> None:
+        if e.get("event") == "epoch":
+            progress.update(task, completed=e["epoch"],
+                            info=f"loss {e['loss']:.3f}  train {e['train_acc']:.1%}  "
+                                 f"test {e['test_acc']:.1%}")
+        elif "step" in e:
+            progress.update(task, completed=e["epoch"] - 1 + e["step"] / e["steps"],
+                            info=f"epoch {e['epoch']}  loss {e['loss']:.3f}  "
+                                 f"acc {e['train_acc']:.1%}")
+    return report
+
+
+def _emit(as_json: bool, payload: dict, table: Table | None = None, lines: list[str] = ()) -> None:
+    if as_json:
+        print(json.dumps(payload, default=str))
+        return
+    if table is not None:
+        out.print(table)
+    for line in lines:
+        out.print(line)
+
+
+# -- train -----------------------------------------------------------------------------------
+
+@app.command()
+def train(
+    ctx: typer.Context,
+    data: str = DataOpt,
+    arch: str = typer.Option("convnet", help="convnet, vgg16 or resnet19."),
+    width: float = typer.Option(1.0, help="Channel width multiplier (vgg16/resnet19 at 1.0 are "
+                                "the paper's sizes)."),
+    pool: str = typer.Option("avg", help="Pooling: avg (NIR-exportable) or max."),
+    timesteps: int = typer.Option(5, "--timesteps", "-T", help="Timesteps T."),
+    encoding: str = typer.Option("direct", help="direct (image fed to the first conv) or poisson."),
+    epochs: int = typer.Option(30, help="Training epochs."),
+    batch_size: int = typer.Option(64, help="Batch size."),
+    lr: float = typer.Option(0.1, help="Initial learning rate (SGD, cosine schedule)."),
+    momentum: float = typer.Option(0.9, help="SGD momentum."),
+    weight_decay: float = typer.Option(5e-4, help="SGD weight decay."),
+    augment: bool = typer.Option(False, help="Random shifts (and flips for CIFAR)."),
+    train_subset: Optional[int] = typer.Option(None, help="Train on a random subset of N images."),
+    tau_mem_inv: float = typer.Option(0.75, help="LIF leak: v = (1-a)·v + a·x."),
+    v_th: float = typer.Option(1.0, help="LIF threshold."),
+    reset: str = typer.Option("value", help="value (hard reset to 0) or subtract."),
+    surrogate: str = typer.Option("super", help="Surrogate gradient: super, triangle, tanh, "
+                                  "circ, heavi_erfc."),
+    seed: int = SeedOpt,
+    device: str = DeviceOpt,
+    out_dir: Path = OutOpt,
+    config: Optional[Path] = ConfigOpt,
+    as_json: bool = JsonOpt,
+):
+    """Train a dense SNN and store it as a self-describing model.pt artifact."""
+    from edgeprune import stages
+    from edgeprune.neurons import NeuronParams
+    from edgeprune.training import TrainConfig
+
+    p = _apply_recipe(ctx, dict(ctx.params), config)
+    neuron = NeuronParams(tau_mem_inv=p["tau_mem_inv"], v_th=p["v_th"], reset=p["reset"],
+                          surrogate=p["surrogate"])
+    cfg = TrainConfig(epochs=p["epochs"], batch_size=p["batch_size"], lr=p["lr"],
+                      momentum=p["momentum"], weight_decay=p["weight_decay"], augment=p["augment"])
+    store = Store(out_dir)
+    dev = stages.resolve_device(p["device"])
+    with _progress(as_json) as progress:
+        art, cached = stages.train(store, stages.DataConfig(p["data"], p["train_subset"]),
+                                   p["arch"], p["width"], p["pool"], p["timesteps"], p["encoding"],
+                                   neuron, cfg, p["seed"], dev, _train_reporter(progress, cfg.epochs))
+    m = art.metrics
+    t = Table(title=f"dense {p['arch']} on {p['data']}" + (" (cached)" if cached else ""))
+    for col in ("test accuracy", "spike rate", "prunable weights", "epochs", "train time"):
+        t.add_column(col, justify="right")
+    t.add_row(f"{m['test_accuracy']:.2%}", f"{m['mean_spike_rate']:.3f}",
+              f"{m['prunable_weights']:,}", str(m["epochs"]), f"{m['train_seconds']:.1f} s")
+    _emit(as_json, {"stage": "train", "id": art.id, "cached": cached,
+                    "model": str(art.path / "model.pt"), "metrics": m}, t,
+          [f"model: {art.path / 'model.pt'}"])
+
+
+# -- inspecting artifacts --------------------------------------------------------------------
+
+@app.command()
+def show(artifact: Path = typer.Argument(..., help="An artifact folder or a file inside one."),
+         as_json: bool = JsonOpt):
+    """Show an artifact's manifest: stage, id, inputs, config, metrics, files, environment."""
+    art = open_artifact(artifact)
+    if as_json:
+        print(json.dumps(art.manifest, default=str))
+        return
+    t = Table(title=f"{art.stage} {art.id}", show_header=False)
+    t.add_column("key", style="bold")
+    t.add_column("value")
+    man = art.manifest
+    t.add_row("path", str(art.path))
+    t.add_row("created", man.get("created", ""))
+    t.add_row("inputs", ", ".join(man.get("inputs", [])) or "-")
+    for section in ("metrics", "config", "env"):
+        for k, v in _flatten(man.get(section, {})).items():
+            t.add_row(f"{section}.{k}", _fmt(v))
+    for name, f in man.get("files", {}).items():
+        t.add_row(f"files.{name}", f"{f['bytes']:,} B  sha256 {f['sha256'][:16]}…")
+    out.print(t)
+
+
+@app.command("ls")
+def list_artifacts(run_dir: Path = typer.Argument(Path("runs"), help="Run directory."),
+                   as_json: bool = JsonOpt):
+    """List the artifacts of a run directory with stage, id, key metrics and lineage."""
+    if not run_dir.is_dir():
+        raise UserError(f"run directory {run_dir} does not exist")
+    arts = Store(run_dir).artifacts()
+    rows = [{"stage": a.stage, "id": a.id, "path": str(a.path), "inputs": a.manifest["inputs"],
+             "created": a.manifest.get("created"), "metrics": _key_metrics(a.metrics)}
+            for a in arts]
+    t = Table(title=str(run_dir))
+    for col in ("stage", "id", "created", "key metrics", "inputs"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(r["stage"], r["id"], r["created"] or "",
+                  "  ".join(f"{k}={_fmt(v)}" for k, v in r["metrics"].items()),
+                  ", ".join(r["inputs"]) or "-")
+    _emit(as_json, {"run_dir": str(run_dir), "artifacts": rows}, t)
+
+
+KEY_METRICS = ("test_accuracy", "sparsity", "search_seconds", "timesteps_search",
+               "max_abs_diff", "latency_p50_ms")
+
+
+def _key_metrics(m: dict) -> dict:
+    return {k: m[k] for k in KEY_METRICS if k in m}
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    flat = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            flat.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            flat[f"{prefix}{k}"] = v
+    return flat
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

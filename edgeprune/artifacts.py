@@ -1,0 +1,184 @@
+"""The artifact store: one folder per stage output, named by a hash of what produced it.
+
+An artifact's id hashes its stage, its fully resolved config and the ids of its inputs, so the
+same inputs give the same id (a rerun finds the artifact and skips the work) and any change gives
+a new one. A folder is written under a temporary name and renamed into place with its manifest
+already inside, so a half-written artifact is never visible; every read checks sha256.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .errors import UserError
+
+SCHEMA = "edgeprune.artifact/1"
+MANIFEST = "manifest.json"
+
+
+def artifact_id(stage: str, config: dict, inputs: list[str]) -> str:
+    blob = json.dumps({"stage": stage, "config": config, "inputs": inputs}, sort_keys=True,
+                      separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def environment() -> dict:
+    """Versions that can change a result, recorded in every manifest."""
+    from importlib import metadata
+
+    from . import __version__
+
+    env = {"edgeprune": __version__, "python": platform.python_version(),
+           "platform": f"{platform.system()}-{platform.machine()}"}
+    for pkg in ("torch", "norse", "onnx", "onnxruntime", "numpy"):
+        try:
+            env[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            env[pkg] = None
+    env["git_commit"] = _git_commit()
+    return env
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+@dataclass
+class Artifact:
+    path: Path
+    manifest: dict
+
+    @property
+    def id(self) -> str:
+        return self.manifest["id"]
+
+    @property
+    def stage(self) -> str:
+        return self.manifest["stage"]
+
+    @property
+    def metrics(self) -> dict:
+        return self.manifest.get("metrics", {})
+
+    @property
+    def config(self) -> dict:
+        return self.manifest.get("config", {})
+
+    def file(self, name: str) -> Path:
+        """The path of one of the artifact's files, after checking its sha256 and size."""
+        entry = self.manifest["files"].get(name)
+        if entry is None:
+            raise UserError(f"artifact {self.path} has no file {name!r}")
+        p = self.path / name
+        if not p.exists():
+            raise UserError(f"{p} is missing (artifact damaged; delete {self.path} and rerun)")
+        if p.stat().st_size != entry["bytes"] or sha256_file(p) != entry["sha256"]:
+            raise UserError(f"{p} does not match the sha256 in its manifest: the file is "
+                            f"corrupted or was modified (delete {self.path} and rerun)")
+        return p
+
+
+def open_artifact(path: Path) -> Artifact:
+    """Read an artifact folder (or a file inside one)."""
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    mpath = folder / MANIFEST
+    if not mpath.exists():
+        raise UserError(f"{folder} is not an edgeprune artifact (no {MANIFEST})")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"{mpath} is unreadable or not JSON: {e}") from None
+    if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
+        raise UserError(f"{mpath} is not an {SCHEMA} manifest")
+    for key in ("stage", "id", "files"):
+        if key not in manifest:
+            raise UserError(f"{mpath} lacks {key!r}")
+    return Artifact(folder, manifest)
+
+
+class Store:
+    """A run directory of artifacts: `<root>/<stage>-<id>/`."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def folder(self, stage: str, aid: str) -> Path:
+        return self.root / f"{stage}-{aid}"
+
+    def find(self, stage: str, aid: str) -> Artifact | None:
+        folder = self.folder(stage, aid)
+        return open_artifact(folder) if (folder / MANIFEST).exists() else None
+
+    def artifacts(self) -> list[Artifact]:
+        if not self.root.is_dir():
+            return []
+        found = [open_artifact(p) for p in sorted(self.root.iterdir())
+                 if p.is_dir() and (p / MANIFEST).exists()]
+        return sorted(found, key=lambda a: a.manifest.get("created", ""))
+
+    def writable(self) -> None:
+        """Fail early, before any work, when the run directory cannot be written."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=self.root, prefix=".probe-"):
+                pass
+        except OSError as e:
+            raise UserError(f"cannot write to output directory {self.root}: {e.strerror}") from None
+
+    def write(self, stage: str, aid: str, *, config: dict, inputs: list[str], metrics: dict,
+              write_files: Callable[[Path], None]) -> Artifact:
+        """Create an artifact: `write_files(tmpdir)` writes its files, then the manifest is added
+        and the folder is renamed into place in one step."""
+        self.writable()
+        final = self.folder(stage, aid)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{stage}-{aid}-", dir=self.root))
+        try:
+            write_files(tmp)
+            files = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+                     for p in sorted(tmp.iterdir()) if p.is_file()}
+            manifest = {"schema": SCHEMA, "stage": stage, "id": aid,
+                        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                        "inputs": inputs, "config": config, "metrics": metrics, "files": files,
+                        "env": environment()}
+            _write_json(tmp / MANIFEST, manifest)
+            if final.exists():  # an old, unfinished or replaced copy: swap it out
+                shutil.rmtree(final)
+            os.rename(tmp, final)
+        except BaseException as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(e, OSError):
+                raise UserError(f"cannot write artifact to {self.root}: {e.strerror or e}") from None
+            raise
+        return open_artifact(final)
+
+
+def _write_json(path: Path, obj) -> None:
+    with path.open("w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True, default=str)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())

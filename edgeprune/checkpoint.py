@@ -1,0 +1,51 @@
+"""`model.pt`: a self-describing checkpoint that loads with `torch.load(weights_only=True)`.
+
+It holds the ModelSpec (architecture, neuron parameters, T, encoding, input shape, classes,
+normalization) as plain data next to the state_dict, so no user code and no pickle is needed.
+"""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+from .models import SNN, ModelSpec
+
+FORMAT = "edgeprune.model/1"
+
+
+def save(path: Path, spec: ModelSpec, model: torch.nn.Module) -> None:
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    torch.save({"format": FORMAT, "spec": spec.to_dict(), "state_dict": state}, path)
+
+
+def load(path: Path, device: str = "cpu") -> tuple[ModelSpec, SNN]:
+    """Rebuild the network from a model.pt without unpickling code."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"model file {path} does not exist")
+    if path.stat().st_size == 0:
+        raise UserError(f"model file {path} is empty")
+    try:
+        blob = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsafe content"
+        raise UserError(f"{path} is not a plain edgeprune checkpoint and was not loaded "
+                        f"(it would need unpickling code: {first[:120]}); pass --allow-pickle "
+                        "only if you trust it") from None
+    except Exception as e:
+        raise UserError(f"{path} is not a readable torch checkpoint "
+                        f"({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})") from None
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        raise UserError(f"{path} is not an edgeprune model.pt (expected format {FORMAT}); "
+                        "for your own Norse model use --model-def FILE.py:FUNCTION")
+    spec = ModelSpec.from_dict(blob["spec"])
+    model = spec.build().to(device)
+    try:
+        model.load_state_dict(blob["state_dict"])
+    except RuntimeError as e:
+        raise UserError(f"{path}: weights do not fit the {spec.arch} architecture it names "
+                        f"({str(e).splitlines()[0][:160]})") from None
+    return spec, model

@@ -1,0 +1,263 @@
+"""Datasets as in-memory tensors: images scaled to [0, 1], shape (N, C, H, W), int64 labels.
+
+Nothing is downloaded: `digits` ships inside scikit-learn, Fashion-MNIST comes from a directory
+of IDX files (by default where Debian's `dataset-fashion-mnist` puts them), CIFAR-10 from its
+python batches, and anything else from an `.npz` file.
+"""
+from __future__ import annotations
+
+import gzip
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import UserError
+
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat",
+                   "sandal", "shirt", "sneaker", "bag", "ankle-boot"]
+CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
+                 "dog", "frog", "horse", "ship", "truck"]
+DIGITS_SPLIT_SEED = 0  # the digits train/test split is fixed, whatever the training seed
+
+
+@dataclass
+class Dataset:
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    class_names: list[str]
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.x_train.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def channel_stats(self) -> tuple[list[float], list[float]]:
+        """Per-channel mean and std of the training images (the model's input normalization)."""
+        mean = self.x_train.mean(dim=(0, 2, 3))
+        std = self.x_train.std(dim=(0, 2, 3)).clamp_min(1e-6)
+        return mean.tolist(), std.tolist()
+
+    def subset(self, n: int | None, seed: int) -> "Dataset":
+        """A seeded random subset of `n` training images (the test set is kept whole)."""
+        if n is None or n >= len(self.y_train):
+            return self
+        if n < 1:
+            raise UserError(f"--train-subset must be at least 1, got {n}")
+        idx = torch.randperm(len(self.y_train), generator=torch.Generator().manual_seed(seed))[:n]
+        return Dataset(self.name, self.x_train[idx], self.y_train[idx], self.x_test, self.y_test,
+                       self.class_names)
+
+
+def load(name_or_path: str) -> Dataset:
+    """Load a dataset by name (`digits`, `fashion-mnist[:DIR]`, `cifar10:DIR`) or path."""
+    name, _, where = name_or_path.partition(":")
+    if name == "digits":
+        return _digits()
+    if name in ("fashion-mnist", "fashion_mnist", "fmnist"):
+        return _fashion_mnist(Path(where) if where else FASHION_MNIST_DIR)
+    if name in ("cifar10", "cifar-10"):
+        if not where:
+            raise UserError("cifar10 needs its directory: --data cifar10:/path/to/cifar-10-batches-py")
+        return _cifar10(Path(where))
+    path = Path(name_or_path)
+    if path.suffix == ".npz":
+        return _npz(path)
+    if path.is_dir():
+        if (path / "data_batch_1").exists():
+            return _cifar10(path)
+        return _fashion_mnist(path)
+    raise UserError(f"unknown dataset {name_or_path!r}: use digits, fashion-mnist[:DIR], "
+                    "cifar10:DIR, a directory of IDX or CIFAR files, or a .npz file")
+
+
+def _as_dataset(name, x_train, y_train, x_test, y_test, class_names) -> Dataset:
+    return Dataset(name,
+                   torch.as_tensor(np.ascontiguousarray(x_train), dtype=torch.float32),
+                   torch.as_tensor(np.array(y_train), dtype=torch.int64),
+                   torch.as_tensor(np.ascontiguousarray(x_test), dtype=torch.float32),
+                   torch.as_tensor(np.array(y_test), dtype=torch.int64),
+                   class_names)
+
+
+def _digits() -> Dataset:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    x = (d.images / 16.0).astype(np.float32)[:, None]
+    x_tr, x_te, y_tr, y_te = train_test_split(x, d.target, test_size=0.2, stratify=d.target,
+                                              random_state=DIGITS_SPLIT_SEED)
+    return _as_dataset("digits", x_tr, y_tr, x_te, y_te, [str(i) for i in range(10)])
+
+
+# -- Fashion-MNIST (IDX) ---------------------------------------------------------------------
+
+def _find_idx(directory: Path, stem: str) -> Path:
+    for candidate in (directory / f"{stem}.gz", directory / stem,
+                      directory / f"{stem.replace('-idx', '.idx')}.gz"):
+        if candidate.exists():
+            return candidate
+    raise UserError(f"Fashion-MNIST file {stem}[.gz] not found in {directory} "
+                    "(install Debian's dataset-fashion-mnist or pass --data fashion-mnist:DIR)")
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Parse an IDX file (raw or gzip) into a uint8 array, checking its header against its size."""
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise UserError(f"cannot read IDX file {path}: {e}") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise UserError(f"{path} is not an unsigned-byte IDX file (bad magic number)")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise UserError(f"{path} is truncated (header cut short)")
+    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    expected = header + int(np.prod(dims))
+    if len(raw) != expected:
+        raise UserError(f"{path} holds {len(raw)} bytes but its header says {expected}: "
+                        "the file is truncated or corrupted")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def _fashion_mnist(directory: Path) -> Dataset:
+    if not directory.is_dir():
+        raise UserError(f"Fashion-MNIST directory {directory} does not exist (install Debian's "
+                        "dataset-fashion-mnist or pass --data fashion-mnist:DIR)")
+    parts = {k: read_idx(_find_idx(directory, f"{k}-idx{n}-ubyte"))
+             for k, n in (("train-images", 3), ("train-labels", 1),
+                          ("t10k-images", 3), ("t10k-labels", 1))}
+    for split in ("train", "t10k"):
+        if len(parts[f"{split}-images"]) != len(parts[f"{split}-labels"]):
+            raise UserError(f"{directory}: {split} images and labels differ in count")
+    return _as_dataset("fashion-mnist",
+                       parts["train-images"][:, None] / np.float32(255), parts["train-labels"],
+                       parts["t10k-images"][:, None] / np.float32(255), parts["t10k-labels"],
+                       FASHION_CLASSES)
+
+
+# -- CIFAR-10 (python batches, read without running pickled code) ----------------------------
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Unpickles only plain containers and numpy arrays: a CIFAR batch needs nothing more, and
+    a file that asks for anything else (code) is refused instead of executed."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("builtins", "bytes"),
+               ("_codecs", "encode")}
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def _cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    if not path.exists():
+        raise UserError(f"CIFAR-10 batch {path} not found")
+    try:
+        with path.open("rb") as f:
+            d = _PlainUnpickler(f, encoding="bytes").load()
+        data = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        labels = np.asarray(d[b"labels"], dtype=np.int64)
+    except UserError:
+        raise
+    except Exception as e:  # a malformed batch can fail in many ways; all mean the same
+        raise UserError(f"{path} is not a CIFAR-10 python batch: {e}") from None
+    if len(data) != len(labels):
+        raise UserError(f"{path}: {len(data)} images but {len(labels)} labels")
+    return data, labels
+
+
+def _cifar10(directory: Path) -> Dataset:
+    if not directory.is_dir():
+        raise UserError(f"CIFAR-10 directory {directory} does not exist")
+    train = [_cifar_batch(directory / f"data_batch_{i}") for i in range(1, 6)
+             if (directory / f"data_batch_{i}").exists()]
+    if not train:
+        raise UserError(f"no CIFAR-10 data_batch_N files in {directory}")
+    x_te, y_te = _cifar_batch(directory / "test_batch")
+    x_tr = np.concatenate([b[0] for b in train])
+    y_tr = np.concatenate([b[1] for b in train])
+    return _as_dataset("cifar10", x_tr / np.float32(255), y_tr, x_te / np.float32(255), y_te,
+                       CIFAR_CLASSES)
+
+
+# -- .npz ------------------------------------------------------------------------------------
+
+def _to_nchw(x: np.ndarray, path: Path, key: str) -> np.ndarray:
+    if x.ndim == 3:
+        x = x[:, None]
+    elif x.ndim == 4 and x.shape[1] not in (1, 3) and x.shape[-1] in (1, 3, 4):
+        x = x.transpose(0, 3, 1, 2)
+    elif x.ndim != 4:
+        raise UserError(f"{path}: {key} must be images (N,H,W), (N,C,H,W) or (N,H,W,C), "
+                        f"got shape {x.shape}")
+    x = x.astype(np.float32)
+    if x.max(initial=0) > 1.0:  # uint8-style pixels
+        x = x / 255.0
+    return x
+
+
+def _npz(path: Path) -> Dataset:
+    if not path.exists():
+        raise UserError(f"dataset file {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except Exception as e:
+        raise UserError(f"{path} is not a readable .npz file: {e}") from None
+    missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in arrays]
+    if missing:
+        raise UserError(f"{path} lacks {', '.join(missing)} (needs x_train, y_train, x_test, y_test)")
+    x_tr = _to_nchw(arrays["x_train"], path, "x_train")
+    x_te = _to_nchw(arrays["x_test"], path, "x_test")
+    y_tr, y_te = arrays["y_train"].astype(np.int64), arrays["y_test"].astype(np.int64)
+    if len(x_tr) != len(y_tr) or len(x_te) != len(y_te):
+        raise UserError(f"{path}: image and label counts differ")
+    if x_tr.shape[1:] != x_te.shape[1:]:
+        raise UserError(f"{path}: x_train and x_test image shapes differ")
+    if y_tr.min(initial=0) < 0:
+        raise UserError(f"{path}: labels must be non-negative integers")
+    n_classes = int(max(y_tr.max(initial=0), y_te.max(initial=0))) + 1
+    names = arrays["class_names"].tolist() if "class_names" in arrays else \
+        [str(i) for i in range(n_classes)]
+    return _as_dataset(path.stem, x_tr, y_tr, x_te, y_te, [str(n) for n in names])
+
+
+def augment(x: torch.Tensor, generator: torch.Generator, flip: bool, pad: int = 2) -> torch.Tensor:
+    """Random shifts of up to `pad` pixels (and horizontal flips), drawn from `generator`."""
+    n, _, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    rows = (dy[:, None] + torch.arange(h)[None]).clamp_max(h + 2 * pad - 1)
+    cols = (dx[:, None] + torch.arange(w)[None])
+    out = padded[torch.arange(n)[:, None, None, None], torch.arange(x.shape[1])[None, :, None, None],
+                 rows[:, None, :, None], cols[:, None, None, :]]
+    if flip:
+        mask = torch.rand(n, generator=generator) < 0.5
+        out[mask] = out[mask].flip(-1)
+    return out
+
+
+def fingerprint(d: Dataset) -> str:
+    """A content hash of the data, so an artifact id changes when a user's files change."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for t in (d.x_train, d.y_train, d.x_test, d.y_test):
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()[:16]

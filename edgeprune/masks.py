@@ -1,0 +1,99 @@
+"""Pruning masks over the prunable weights (conv and linear), as {param name: bool tensor}.
+
+Pure functions: a mask is computed from weights, applied to weights, and compared with another
+mask; training keeps pruned weights at exactly zero by masking both weights and gradients.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .errors import UserError
+from .models import prunable
+
+Masks = dict[str, torch.Tensor]
+
+
+def dense(model: nn.Module) -> Masks:
+    return {n: torch.ones_like(p, dtype=torch.bool) for n, p in prunable(model).items()}
+
+
+def magnitude(weights: dict[str, torch.Tensor], sparsity: float, current: Masks | None = None,
+              scope: str = "global", keep_dense: tuple[str, ...] = ()) -> Masks:
+    """Keep the largest-magnitude weights so that exactly `sparsity` of the prunable weights
+    (those not in `keep_dense`) are zero; weights already pruned in `current` stay pruned."""
+    if not 0.0 <= sparsity < 1.0:
+        raise UserError(f"sparsity must be in [0, 1), got {sparsity}")
+    current = current or {n: torch.ones_like(w, dtype=torch.bool) for n, w in weights.items()}
+    names = [n for n in weights if n not in keep_dense]
+    if not names:
+        raise UserError("every prunable layer is kept dense: nothing to prune")
+    out = {n: torch.ones_like(weights[n], dtype=torch.bool) for n in keep_dense if n in weights}
+    groups = [names] if scope == "global" else [[n] for n in names]
+    for group in groups:
+        scores = torch.cat([(weights[n].detach().abs().float() * current[n]).flatten().cpu()
+                            for n in group])
+        # pruned weights score -1 so they are the first to go and never come back
+        scores = torch.where(torch.cat([current[n].flatten().cpu() for n in group]), scores,
+                             torch.full_like(scores, -1.0))
+        n_prune = int(round(sparsity * scores.numel()))
+        keep = torch.ones(scores.numel(), dtype=torch.bool)
+        if n_prune > 0:
+            # stable sort: ties break by position, so the mask is deterministic
+            order = torch.sort(scores, stable=True).indices
+            keep[order[:n_prune]] = False
+        offset = 0
+        for n in group:
+            k = weights[n].numel()
+            out[n] = keep[offset:offset + k].view_as(weights[n]).to(weights[n].device)
+            offset += k
+    return {n: out[n] for n in weights}
+
+
+def sparsity(masks: Masks, names: list[str] | None = None) -> float:
+    names = list(masks) if names is None else names
+    total = sum(masks[n].numel() for n in names)
+    kept = sum(int(masks[n].sum()) for n in names)
+    return 1.0 - kept / total if total else 0.0
+
+
+def per_layer(masks: Masks) -> dict[str, dict]:
+    return {n: {"weights": m.numel(), "kept": int(m.sum()), "sparsity": 1.0 - float(m.float().mean())}
+            for n, m in masks.items()}
+
+
+def hamming(a: Masks, b: Masks) -> float:
+    """Normalized Hamming distance: the fraction of prunable weights whose mask bit differs."""
+    diff = sum(int((a[n] != b[n]).sum()) for n in a)
+    return diff / sum(m.numel() for m in a.values())
+
+
+def random_like(masks: Masks, generator: torch.Generator) -> Masks:
+    """A random mask with the same number of kept weights in every layer."""
+    out = {}
+    for n, m in masks.items():
+        k = int(m.sum())
+        keep = torch.zeros(m.numel(), dtype=torch.bool)
+        keep[torch.randperm(m.numel(), generator=generator)[:k]] = True
+        out[n] = keep.view_as(m).to(m.device)
+    return out
+
+
+@torch.no_grad()
+def apply(model: nn.Module, masks: Masks) -> None:
+    """Zero the pruned weights in place."""
+    params = prunable(model)
+    for n, m in masks.items():
+        params[n].mul_(m.to(params[n].device, params[n].dtype))
+
+
+def mask_grads(model: nn.Module, masks: Masks) -> None:
+    params = prunable(model)
+    for n, m in masks.items():
+        if params[n].grad is not None:
+            params[n].grad.mul_(m.to(params[n].grad.device, params[n].grad.dtype))
+
+
+def of_model(model: nn.Module) -> Masks:
+    """The mask a sparse model carries implicitly: its nonzero weights."""
+    return {n: p.detach() != 0 for n, p in prunable(model).items()}

@@ -1,0 +1,89 @@
+"""LIF neurons: Norse's pure step function, driven by an explicit time loop.
+
+The update is Norse's `lif_box_feed_forward_step` (a LIF neuron without synaptic current), with
+dt = 1 so that tau_mem_inv is the fraction of the input taken per step:
+    v[t] = (1 - tau_mem_inv) * v[t-1] + tau_mem_inv * x[t]        (paper: 0.25 / 0.75)
+    z[t] = H(v[t] - v_th);  v[t] <- v_reset where z[t] = 1         (hard reset, or subtract)
+State is an explicit tensor that goes in and comes out; modules hold parameters only.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from norse.torch.functional.lif_box import (LIFBoxFeedForwardState, LIFBoxParameters,
+                                            lif_box_feed_forward_step)
+from norse.torch.functional.reset import reset_subtract, reset_value
+from torch import nn
+
+from .errors import UserError
+
+SURROGATES = ("super", "triangle", "tanh", "circ", "heavi_erfc")
+RESETS = {"value": reset_value, "subtract": reset_subtract}
+
+
+@dataclass(frozen=True)
+class NeuronParams:
+    tau_mem_inv: float = 0.75  # leak: v = (1 - 0.75) v + 0.75 x, as in the paper
+    v_th: float = 1.0
+    v_reset: float = 0.0
+    reset: str = "value"  # "value": hard reset to v_reset; "subtract": v -= v_th
+    surrogate: str = "super"  # Norse threshold method used for the backward pass
+    alpha: float = 10.0  # surrogate sharpness (ignored by "super")
+
+    def __post_init__(self):
+        if not 0.0 < self.tau_mem_inv <= 1.0:
+            raise UserError(f"tau_mem_inv must be in (0, 1], got {self.tau_mem_inv}")
+        if self.reset not in RESETS:
+            raise UserError(f"unknown reset {self.reset!r}: choose value or subtract")
+        if self.surrogate not in SURROGATES + ("heaviside",):
+            raise UserError(f"unknown surrogate {self.surrogate!r}: choose {', '.join(SURROGATES)}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def norse(self, method: str | None = None) -> LIFBoxParameters:
+        return LIFBoxParameters(
+            tau_mem_inv=torch.as_tensor(self.tau_mem_inv), v_leak=torch.as_tensor(0.0),
+            v_th=torch.as_tensor(self.v_th), v_reset=torch.as_tensor(self.v_reset),
+            method=method or self.surrogate, alpha=torch.as_tensor(self.alpha),
+            reset_method=RESETS[self.reset])
+
+
+def lif_step(x: torch.Tensor, v: torch.Tensor, p: LIFBoxParameters) -> tuple[torch.Tensor, torch.Tensor]:
+    """One timestep: input current and membrane potential in, spikes and new potential out."""
+    z, state = lif_box_feed_forward_step(x, LIFBoxFeedForwardState(v=v), p, dt=1.0)
+    return z, state.v
+
+
+class LIF(nn.Module):
+    """A layer of LIF neurons. `forward` takes a whole sequence (T, B, ...) from a zero initial
+    state (or `v0`); `step` advances one timestep with the state passed in and out."""
+
+    stateful = True
+
+    def __init__(self, params: NeuronParams = NeuronParams()):
+        super().__init__()
+        self.params = params
+        self.p = params.norse()
+
+    def spike_exactly(self) -> None:
+        """Use a plain Heaviside (no autograd function): for export and pure inference."""
+        self.p = self.params.norse(method="heaviside")
+
+    def initial_state(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(x)
+
+    def step(self, x: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return lif_step(x, v, self.p)
+
+    def forward(self, seq: torch.Tensor, v0: torch.Tensor | None = None) -> torch.Tensor:
+        v = torch.zeros_like(seq[0]) if v0 is None else v0
+        out = []
+        for t in range(seq.shape[0]):
+            z, v = lif_step(seq[t], v, self.p)
+            out.append(z)
+        return torch.stack(out)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.params.to_dict().items())

@@ -1,0 +1,127 @@
+"""Training and evaluation of an SNN: SGD with momentum, cosine LR, loss = mean over timesteps
+of per-step cross-entropy, prediction = argmax of the logits summed over time."""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import masks as masklib
+from .data import Dataset, augment
+from .errors import UserError
+from .models import spiking_layers
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    augment: bool = False
+
+    def __post_init__(self):
+        if self.epochs < 1:
+            raise UserError(f"epochs must be at least 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise UserError(f"batch size must be at least 1, got {self.batch_size}")
+        if self.lr <= 0:
+            raise UserError(f"learning rate must be positive, got {self.lr}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def loss_fn(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean over timesteps (and batch) of the per-step cross-entropy. logits: (T, B, C)."""
+    return F.cross_entropy(logits.flatten(0, 1), y.repeat(logits.shape[0]))
+
+
+def predict(logits: torch.Tensor) -> torch.Tensor:
+    return logits.sum(0).argmax(-1)
+
+
+class Trainer:
+    """One training run's mutable state (model, optimizer, schedule, data order), advanced an
+    epoch at a time so callers can checkpoint, stop early, or score masks between epochs."""
+
+    def __init__(self, model: nn.Module, data: Dataset, timesteps: int, cfg: TrainConfig,
+                 seed: int, device: str = "cpu", masks: masklib.Masks | None = None):
+        self.model, self.data, self.timesteps, self.cfg = model.to(device), data, timesteps, cfg
+        self.device, self.masks = device, masks
+        self.steps_per_epoch = -(-len(data.y_train) // cfg.batch_size)
+        self.opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                   weight_decay=cfg.weight_decay)
+        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(
+            self.opt, T_max=cfg.epochs * self.steps_per_epoch)
+        self.gen = torch.Generator().manual_seed(seed)
+        self.epoch = 0
+        if masks is not None:
+            masklib.apply(model, masks)
+
+    def train_epoch(self, report: Callable[[dict], None] | None = None) -> dict:
+        model, cfg = self.model, self.cfg
+        model.train()
+        order = torch.randperm(len(self.data.y_train), generator=self.gen)
+        flip = self.data.name in ("cifar10",)
+        total_loss, correct, seen, t0 = 0.0, 0, 0, time.perf_counter()
+        for i in range(self.steps_per_epoch):
+            idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+            x, y = self.data.x_train[idx], self.data.y_train[idx]
+            if cfg.augment:
+                x = augment(x, self.gen, flip=flip)
+            x, y = x.to(self.device), y.to(self.device)
+            logits = model(x, self.timesteps)
+            loss = loss_fn(logits, y)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.masks is not None:
+                masklib.mask_grads(model, self.masks)
+            self.opt.step()
+            self.sched.step()
+            if self.masks is not None:
+                masklib.apply(model, self.masks)
+            total_loss += loss.item() * len(y)
+            correct += int((predict(logits.detach()) == y).sum())
+            seen += len(y)
+            if report:
+                report({"epoch": self.epoch + 1, "step": i + 1, "steps": self.steps_per_epoch,
+                        "loss": total_loss / seen, "train_acc": correct / seen})
+        self.epoch += 1
+        return {"epoch": self.epoch, "loss": total_loss / seen, "train_acc": correct / seen,
+                "seconds": time.perf_counter() - t0}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, timesteps: int,
+             device: str = "cpu", batch_size: int = 500) -> dict:
+    """Test accuracy, loss and the mean spike rate of each LIF layer."""
+    model.eval().to(device)
+    counts: dict[str, list[float]] = {}
+
+    def hook(name):
+        def record(_m, _inp, out):
+            c = counts.setdefault(name, [0.0, 0])
+            c[0] += float(out.sum())
+            c[1] += out.numel()
+        return record
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in spiking_layers(model).items()]
+    correct, total_loss = 0, 0.0
+    try:
+        for i in range(0, len(y), batch_size):
+            xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
+            logits = model(xb, timesteps)
+            total_loss += float(loss_fn(logits, yb)) * len(yb)
+            correct += int((predict(logits) == yb).sum())
+    finally:
+        for h in handles:
+            h.remove()
+    rates = {n: c[0] / c[1] for n, c in counts.items()}
+    return {"accuracy": correct / len(y), "loss": total_loss / len(y), "spike_rate": rates,
+            "mean_spike_rate": sum(rates.values()) / len(rates) if rates else 0.0}
