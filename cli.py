@@ -202,6 +202,21 @@ def train(
           [f"model: {art.path / 'model.pt'}"])
 
 
+# -- search, retrain, compress (ticket stages) ----------------------------------------------
+
+# (ticket commands go here)
+
+
+# -- export (export/ package) ----------------------------------------------------------------
+
+# (export commands go here)
+
+
+# -- validate, package, verify (targets/ package) --------------------------------------------
+
+# (targets commands go here)
+
+
 # -- inspecting artifacts --------------------------------------------------------------------
 
 @app.command()
