@@ -206,6 +206,227 @@ def train(
 
 # (ticket commands go here)
 
+MethodOpt = typer.Option("et-imp", help="imp, et-imp, eb, et-eb, random or reinit.")
+SparsityOpt = typer.Option(0.97, help="Target fraction of conv/linear weights set to zero.")
+PruneRateOpt = typer.Option(0.25, help="IMP: fraction of remaining weights pruned per round.")
+RewindOpt = typer.Option(None, help="Rewind to the dense run's weights after this many epochs "
+                         "(0 = initialization) [default: the dense run's late-rewinding point]")
+RoundEpochsOpt = typer.Option(10, help="IMP: epochs per round; EB: epoch budget.")
+ScopeOpt = typer.Option("global", help="Magnitude ranking: global or layer.")
+KeepFirstOpt = typer.Option(False, help="Keep the first conv layer dense.")
+KeepLastOpt = typer.Option(False, help="Keep the classifier layer dense.")
+EbQOpt = typer.Option(5, help="Early-Bird: masks in the comparison window.")
+EbTauOpt = typer.Option(0.02, help="Early-Bird: stop when all mask distances are below this.")
+EtEpochsOpt = typer.Option(2, help="Early-Time: epochs at full T before scoring timesteps.")
+EtLambdaOpt = typer.Option(0.6, help="Early-Time: normalized-KL threshold for picking T'.")
+EtCandOpt = typer.Option("", help="Early-Time: candidate T' list, e.g. 2,3,4 [default: 2..T-1]")
+FromMaskOpt = typer.Option(None, help="random/reinit: the ticket (search artifact) to mirror.")
+BatchOpt = typer.Option(64, help="Batch size.")
+LrOpt = typer.Option(0.1, help="Initial learning rate (SGD, cosine schedule).")
+
+
+def _search_config(p: dict):
+    from edgeprune.search import SearchConfig
+    from edgeprune.search.config import parse_candidates
+
+    return SearchConfig(method=p["method"], sparsity=p["sparsity"], prune_rate=p["prune_rate"],
+                        rewind_epoch=p["rewind_epoch"], round_epochs=p["round_epochs"],
+                        batch_size=p["batch_size"], lr=p["lr"], scope=p["scope"],
+                        keep_first=p["keep_first"], keep_last=p["keep_last"], eb_q=p["eb_q"],
+                        eb_tau=p["eb_tau"], et_epochs=p["et_epochs"], et_lambda=p["et_lambda"],
+                        et_candidates=parse_candidates(p["et_candidates"]))
+
+
+def _search_reporter(progress, cfg):
+    if progress is None:
+        return lambda e: None
+    task = progress.add_task(cfg.method, total=None, info="")
+
+    def report(e: dict) -> None:
+        ev = e.get("event")
+        if ev == "early-time":
+            progress.update(task, info=f"T'={e['pick']} (normalized KL "
+                            + ", ".join(f"{t}:{v:.2f}" for t, v in e["normalized_kl"].items()) + ")")
+        elif ev == "round":
+            progress.update(task, total=e["rounds"] - 1, completed=e["round"],
+                            info=f"round {e['round']}/{e['rounds']}  sparsity {e['sparsity']:.1%}  "
+                                 f"acc {e['test_acc']:.1%}  T={e['timesteps']}")
+        elif ev == "eb":
+            progress.update(task, total=e["epochs"], completed=e["epoch"],
+                            info=f"epoch {e['epoch']}  mask distance "
+                                 + ("-" if e["distance"] is None else f"{e['distance']:.4f}"))
+        elif "step" in e and "round" in e:
+            progress.update(task, info=f"round {e['round']}/{e['rounds']}  epoch {e['epoch']}  "
+                                       f"loss {e['loss']:.3f}  acc {e['train_acc']:.1%}")
+    return report
+
+
+def _open_inputs(model: Path, data: Optional[str], train_subset: Optional[int], device: str):
+    from edgeprune import stages
+
+    dense = stages.open_model(model, device)
+    data_cfg, ds = stages.dataset_for(dense, data, train_subset)
+    return dense, data_cfg, ds
+
+
+@app.command()
+def search(
+    ctx: typer.Context,
+    model: Path = typer.Argument(..., help="Dense model.pt (or its artifact folder)."),
+    method: str = MethodOpt, sparsity: float = SparsityOpt, prune_rate: float = PruneRateOpt,
+    rewind_epoch: Optional[int] = RewindOpt, round_epochs: int = RoundEpochsOpt,
+    scope: str = ScopeOpt, keep_first: bool = KeepFirstOpt, keep_last: bool = KeepLastOpt,
+    eb_q: int = EbQOpt, eb_tau: float = EbTauOpt, et_epochs: int = EtEpochsOpt,
+    et_lambda: float = EtLambdaOpt, et_candidates: str = EtCandOpt,
+    from_mask: Optional[Path] = FromMaskOpt, batch_size: int = BatchOpt, lr: float = LrOpt,
+    data: Optional[str] = typer.Option(None, help="Data to search on [default: the model's]."),
+    train_subset: Optional[int] = typer.Option(None, help="Search on a random subset of N images."),
+    seed: int = SeedOpt, device: str = DeviceOpt, out_dir: Path = OutOpt,
+    config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt,
+):
+    """Search a winning ticket: writes a mask artifact (mask, rewind weights, log, plot)."""
+    from edgeprune import stages
+    from edgeprune.retrain import open_search
+    from edgeprune.search.stage import search as run_search
+
+    p = _apply_recipe(ctx, dict(ctx.params), config)
+    cfg = _search_config(p)
+    dev = stages.resolve_device(p["device"])
+    ticket = open_search(p["from_mask"]) if p["from_mask"] else None
+    store = Store(out_dir)
+    store.writable()
+    dense, data_cfg, ds = _open_inputs(p["model"], p["data"], p["train_subset"], dev)
+    with _progress(as_json) as progress:
+        art, cached = run_search(store, dense, data_cfg, ds, cfg, p["seed"], dev,
+                                 _search_reporter(progress, cfg), ticket)
+    _emit(as_json, {"stage": "search", "id": art.id, "cached": cached, "mask": str(art.path),
+                    "metrics": art.metrics}, _search_table(art, cached), [f"mask: {art.path}"])
+
+
+def _search_table(art, cached: bool) -> Table:
+    m = art.metrics
+    t = Table(title=f"{m['method']} ticket search" + (" (cached)" if cached else ""))
+    for col in ("sparsity", "T", "T'", "rewind epoch", "search time", "rounds / EB epoch"):
+        t.add_column(col, justify="right")
+    t.add_row(f"{m['sparsity']:.2%}", str(m["timesteps"]), str(m["timesteps_search"]),
+              str(m["rewind_epoch"]), f"{m['search_seconds']:.1f} s",
+              str(m.get("rounds", m.get("eb_epoch", "-"))))
+    return t
+
+
+@app.command()
+def retrain(
+    ctx: typer.Context,
+    model: Path = typer.Argument(..., help="Dense model.pt the mask was searched on."),
+    mask: Path = typer.Option(..., help="Search artifact folder (from `edgeprune search`)."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs [default: as the dense model]."),
+    batch_size: int = BatchOpt, lr: float = LrOpt,
+    data: Optional[str] = typer.Option(None, help="Training data [default: the model's]."),
+    train_subset: Optional[int] = typer.Option(None, help="Train on a random subset of N images."),
+    seed: int = SeedOpt, device: str = DeviceOpt, out_dir: Path = OutOpt,
+    config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt,
+):
+    """Retrain a ticket at the full T with its mask held fixed: writes the sparse model.pt."""
+    from edgeprune import stages
+    from edgeprune.retrain import open_search, retrain as run_retrain
+    from edgeprune.training import TrainConfig
+
+    p = _apply_recipe(ctx, dict(ctx.params), config)
+    dev = stages.resolve_device(p["device"])
+    ticket = open_search(p["mask"])
+    store = Store(out_dir)
+    store.writable()
+    dense, data_cfg, ds = _open_inputs(p["model"], p["data"], p["train_subset"], dev)
+    cfg = TrainConfig(epochs=p["epochs"] or dense.train_epochs or 30, batch_size=p["batch_size"],
+                      lr=p["lr"])
+    with _progress(as_json) as progress:
+        art, cached = run_retrain(store, dense, ticket, data_cfg, ds, cfg, p["seed"], dev,
+                                  _train_reporter(progress, cfg.epochs))
+    _emit(as_json, {"stage": "retrain", "id": art.id, "cached": cached,
+                    "model": str(art.path / "model.pt"), "metrics": art.metrics},
+          _ticket_table(art.metrics, cached), [f"ticket: {art.path / 'model.pt'}"])
+
+
+def _ticket_table(m: dict, cached: bool = False) -> Table:
+    t = Table(title=f"{m.get('method')} ticket" + (" (cached)" if cached else ""))
+    for col in ("dense acc", "ticket acc", "sparsity", "T", "search T'", "search time",
+                "spike rate"):
+        t.add_column(col, justify="right")
+    dense = m.get("dense_test_accuracy")
+    st = m.get("search_seconds")
+    t.add_row("-" if dense is None else f"{dense:.2%}", f"{m['test_accuracy']:.2%}",
+              f"{m['sparsity']:.2%}", str(m["timesteps"]), str(m.get("timesteps_search")),
+              "-" if st is None else f"{st:.1f} s", f"{m['mean_spike_rate']:.3f}")
+    return t
+
+
+@app.command()
+def compress(
+    ctx: typer.Context,
+    model: Optional[Path] = typer.Argument(None, help="Dense model.pt; without it a dense model "
+                                           "is trained first on --data."),
+    method: str = MethodOpt, sparsity: float = SparsityOpt, prune_rate: float = PruneRateOpt,
+    rewind_epoch: Optional[int] = RewindOpt, round_epochs: int = RoundEpochsOpt,
+    scope: str = ScopeOpt, keep_first: bool = KeepFirstOpt, keep_last: bool = KeepLastOpt,
+    eb_q: int = EbQOpt, eb_tau: float = EbTauOpt, et_epochs: int = EtEpochsOpt,
+    et_lambda: float = EtLambdaOpt, et_candidates: str = EtCandOpt,
+    from_mask: Optional[Path] = FromMaskOpt, batch_size: int = BatchOpt, lr: float = LrOpt,
+    retrain_epochs: Optional[int] = typer.Option(None, help="Ticket retraining epochs "
+                                                 "[default: as the dense model]."),
+    data: Optional[str] = typer.Option(None, help="Data [default: the model's; digits when "
+                                       "training from scratch]."),
+    arch: str = typer.Option("convnet", help="Without MODEL: architecture to train."),
+    width: float = typer.Option(1.0, help="Without MODEL: channel width multiplier."),
+    timesteps: int = typer.Option(5, "--timesteps", "-T", help="Without MODEL: timesteps T."),
+    epochs: int = typer.Option(30, help="Without MODEL: dense training epochs."),
+    train_subset: Optional[int] = typer.Option(None, help="Use a random subset of N training "
+                                               "images."),
+    seed: int = SeedOpt, device: str = DeviceOpt, out_dir: Path = OutOpt,
+    config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt,
+):
+    """Search a winning ticket, retrain it, and report dense vs ticket (train first if no MODEL)."""
+    from edgeprune import stages
+    from edgeprune.neurons import NeuronParams
+    from edgeprune.retrain import open_search, retrain as run_retrain
+    from edgeprune.search.stage import search as run_search
+    from edgeprune.training import TrainConfig
+
+    p = _apply_recipe(ctx, dict(ctx.params), config)
+    cfg = _search_config(p)
+    dev = stages.resolve_device(p["device"])
+    ticket_in = open_search(p["from_mask"]) if p["from_mask"] else None
+    store = Store(out_dir)
+    store.writable()
+    paths: dict[str, str] = {}
+    with _progress(as_json) as progress:
+        model_path = p["model"]
+        if model_path is None:
+            tcfg = TrainConfig(epochs=p["epochs"], batch_size=p["batch_size"], lr=p["lr"])
+            art, _ = stages.train(store, stages.DataConfig(p["data"] or "digits", p["train_subset"]),
+                                  p["arch"], p["width"], "avg", p["timesteps"], "direct",
+                                  NeuronParams(), tcfg, p["seed"], dev,
+                                  _train_reporter(progress, tcfg.epochs))
+            model_path = art.path / "model.pt"
+            paths["dense"] = str(model_path)
+        dense, data_cfg, ds = _open_inputs(model_path, p["data"], p["train_subset"], dev)
+        s_art, _ = run_search(store, dense, data_cfg, ds, cfg, p["seed"], dev,
+                              _search_reporter(progress, cfg), ticket_in)
+        paths["mask"] = str(s_art.path)
+        rcfg = TrainConfig(epochs=p["retrain_epochs"] or dense.train_epochs or 30,
+                           batch_size=p["batch_size"], lr=p["lr"])
+        r_art, _ = run_retrain(store, dense, s_art, data_cfg, ds, rcfg, p["seed"], dev,
+                               _train_reporter(progress, rcfg.epochs))
+        paths["ticket"] = str(r_art.path / "model.pt")
+    m = r_art.metrics
+    summary = {"dense_accuracy": m["dense_test_accuracy"], "ticket_accuracy": m["test_accuracy"],
+               "sparsity": m["sparsity"], "method": cfg.method,
+               "search_seconds": s_art.metrics["search_seconds"],
+               "timesteps": m["timesteps"], "timesteps_search": m["timesteps_search"]}
+    _emit(as_json, {"stage": "compress", "summary": summary, "artifacts": paths,
+                    "ids": {"search": s_art.id, "retrain": r_art.id}},
+          _ticket_table(m), [f"{k}: {v}" for k, v in paths.items()])
+
+
 
 # -- export (export/ package) ----------------------------------------------------------------
 

@@ -20,28 +20,33 @@ def dense(model: nn.Module) -> Masks:
 
 def magnitude(weights: dict[str, torch.Tensor], sparsity: float, current: Masks | None = None,
               scope: str = "global", keep_dense: tuple[str, ...] = ()) -> Masks:
-    """Keep the largest-magnitude weights so that exactly `sparsity` of the prunable weights
-    (those not in `keep_dense`) are zero; weights already pruned in `current` stay pruned."""
+    """Keep the largest-magnitude weights so that `sparsity` of *all* prunable weights are zero
+    (the layers in `keep_dense` stay whole, so the others take up their share); weights
+    already pruned in `current` stay pruned. Ties break by position, so masks are deterministic."""
     if not 0.0 <= sparsity < 1.0:
         raise UserError(f"sparsity must be in [0, 1), got {sparsity}")
     current = current or {n: torch.ones_like(w, dtype=torch.bool) for n, w in weights.items()}
     names = [n for n in weights if n not in keep_dense]
     if not names:
         raise UserError("every prunable layer is kept dense: nothing to prune")
-    out = {n: torch.ones_like(weights[n], dtype=torch.bool) for n in keep_dense if n in weights}
-    groups = [names] if scope == "global" else [[n] for n in names]
-    for group in groups:
-        scores = torch.cat([(weights[n].detach().abs().float() * current[n]).flatten().cpu()
-                            for n in group])
-        # pruned weights score -1 so they are the first to go and never come back
-        scores = torch.where(torch.cat([current[n].flatten().cpu() for n in group]), scores,
-                             torch.full_like(scores, -1.0))
-        n_prune = int(round(sparsity * scores.numel()))
+    n_target = int(round(sparsity * sum(w.numel() for w in weights.values())))
+    prunable_total = sum(weights[n].numel() for n in names)
+    if n_target > prunable_total:
+        raise UserError(f"sparsity {sparsity} is out of reach with layers kept dense "
+                        f"({n_target} weights to prune, {prunable_total} prunable)")
+    out = {n: torch.ones_like(weights[n], dtype=torch.bool) for n in weights if n not in names}
+    if scope == "global":
+        groups = [(names, n_target)]
+    else:
+        frac = n_target / prunable_total
+        groups = [([n], int(round(frac * weights[n].numel()))) for n in names]
+    for group, n_prune in groups:
+        scores = torch.cat([weights[n].detach().abs().float().flatten().cpu() for n in group])
+        alive = torch.cat([current[n].flatten().cpu() for n in group])
+        scores = torch.where(alive, scores, torch.full_like(scores, -1.0))  # pruned go first
         keep = torch.ones(scores.numel(), dtype=torch.bool)
         if n_prune > 0:
-            # stable sort: ties break by position, so the mask is deterministic
-            order = torch.sort(scores, stable=True).indices
-            keep[order[:n_prune]] = False
+            keep[torch.sort(scores, stable=True).indices[:n_prune]] = False
         offset = 0
         for n in group:
             k = weights[n].numel()

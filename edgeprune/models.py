@@ -164,13 +164,16 @@ def _stem(cin: int, cout: int, bias: bool = False) -> nn.Sequential:
 
 
 def convnet(input_shape, num_classes, neuron, width=1.0, pool="avg", hidden=128) -> tuple:
-    """A small conv SNN for CPUs: conv16-pool-conv32-pool-fc128-fc (channels x width)."""
+    """A small conv SNN for CPUs: conv16-pool-conv32-pool-fc128-fc (channels x width). The
+    hidden linear layer has BatchNorm like the convs, so its neurons fire from the first step
+    (without it the readout sees no spikes for the first epochs)."""
     c1, c2, h = _ch(16, width), _ch(32, width), _ch(hidden, width)
     stem = _stem(input_shape[0], c1)
     convs = nn.Sequential(LIF(neuron), _pool(pool), nn.Conv2d(c1, c2, 3, 1, 1, bias=False),
                           nn.BatchNorm2d(c2), LIF(neuron), _pool(pool), nn.Flatten())
     n = int(torch.tensor(_features(_plain(convs), _features(stem, input_shape))).prod())
-    body = SpikingSequential(*convs, nn.Linear(n, h), LIF(neuron), nn.Linear(h, num_classes))
+    body = SpikingSequential(*convs, nn.Linear(n, h, bias=False), nn.BatchNorm1d(h), LIF(neuron),
+                             nn.Linear(h, num_classes))
     return stem, body
 
 

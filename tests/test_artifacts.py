@@ -24,7 +24,7 @@ def test_manifest_contract(digits_model):
         assert key in man
     for key in ("edgeprune", "python", "torch", "norse", "onnx", "onnxruntime", "platform"):
         assert key in man["env"]
-    assert set(man["files"]) == {"model.pt", "history.jsonl"}
+    assert set(man["files"]) == {"model.pt", "history.jsonl", "snapshots.safetensors"}
     assert man["config"]["model"]["neuron"]["tau_mem_inv"] == 0.75
 
 

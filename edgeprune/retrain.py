@@ -1,0 +1,68 @@
+"""The retrain stage: train a ticket (mask + the weights it restarts from) at the full T."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from . import checkpoint, masks as masklib, tensorfile
+from .artifacts import Artifact, Store, artifact_id, open_artifact
+from .data import Dataset
+from .errors import UserError
+from .stages import DataConfig, ModelInput, Report, data_identity
+from .training import TrainConfig, Trainer, evaluate
+
+
+def open_search(path: Path) -> Artifact:
+    art = open_artifact(path)
+    if art.stage != "search":
+        raise UserError(f"{art.path} is a {art.stage} artifact, not a search (mask) artifact")
+    return art
+
+
+def retrain(store: Store, dense: ModelInput, ticket: Artifact, data_cfg: DataConfig, ds: Dataset,
+            cfg: TrainConfig, seed: int = 0, device: str = "cpu",
+            report: Report = lambda e: None) -> tuple[Artifact, bool]:
+    """Train `rewind * mask` at the dense model's T with the mask held fixed."""
+    if dense.id not in ticket.manifest["inputs"]:
+        raise UserError(f"mask {ticket.path} was searched on another model "
+                        f"({ticket.manifest['inputs'][0]}), not on {dense.path} ({dense.id})")
+    config = {"train": cfg.to_dict(), "seed": seed, "data": data_identity(data_cfg, ds)}
+    inputs = [dense.id, ticket.id]
+    aid = artifact_id("retrain", config, inputs)
+    found = store.find("retrain", aid)
+    if found:
+        return found, True
+    store.writable()
+    mask = {k: v.bool() for k, v in tensorfile.load(ticket.file("mask.safetensors")).items()}
+    model = dense.spec.build()
+    model.load_state_dict(tensorfile.load(ticket.file("rewind.safetensors")))
+    T = dense.spec.timesteps
+    torch.manual_seed(seed)
+    trainer = Trainer(model, ds, T, cfg, seed, device, masks=mask)
+    history, t0 = [], time.perf_counter()
+    for _ in range(cfg.epochs):
+        row = trainer.train_epoch(report)
+        row.update(test_acc=evaluate(model, ds.x_test, ds.y_test, T, device)["accuracy"])
+        history.append(row)
+        report({"event": "epoch", **row})
+    ev = evaluate(model, ds.x_test, ds.y_test, T, device)
+    achieved = masklib.of_model(model)
+    tm = ticket.metrics
+    metrics = {"test_accuracy": ev["accuracy"], "test_loss": ev["loss"],
+               "dense_test_accuracy": dense.test_accuracy,
+               "sparsity": masklib.sparsity(achieved), "per_layer": masklib.per_layer(achieved),
+               "spike_rate": ev["spike_rate"], "mean_spike_rate": ev["mean_spike_rate"],
+               "train_seconds": time.perf_counter() - t0, "epochs": cfg.epochs,
+               "method": tm.get("method"), "timesteps": T,
+               "timesteps_search": tm.get("timesteps_search"),
+               "search_seconds": tm.get("search_seconds"), "rewind_epoch": tm.get("rewind_epoch")}
+
+    def write(tmp: Path) -> None:
+        checkpoint.save(tmp / "model.pt", dense.spec, model)
+        (tmp / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
+
+    return store.write("retrain", aid, config=config, inputs=inputs, metrics=metrics,
+                       write_files=write), False

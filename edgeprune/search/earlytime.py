@@ -1,0 +1,42 @@
+"""Early-Time ticket (Kim et al., 2022): score fewer timesteps T' by how far the network's
+mean-over-time output distribution at T' is from the one at the full T, and search at the
+smallest T' that is close enough."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@torch.no_grad()
+def kl_scores(model: nn.Module, x: torch.Tensor, timesteps: int,
+              candidates: list[int]) -> dict[int, float]:
+    """KL(p_T || p_T') per candidate, p = softmax of the logits averaged over time."""
+    model.eval()
+    with torch.random.fork_rng():  # Poisson encoding draws random spikes; keep scoring fixed
+        torch.manual_seed(0)
+        p_full = F.softmax(model(x, timesteps).mean(0), dim=-1)
+        out = {}
+        for t in candidates:
+            log_q = F.log_softmax(model(x, t).mean(0), dim=-1)
+            out[t] = float(F.kl_div(log_q, p_full, reduction="batchmean"))
+    return out
+
+
+def normalize(scores: dict[int, float]) -> dict[int, float]:
+    """Divide by the largest score, as the paper does, so lambda is scale-free."""
+    top = max(scores.values(), default=0.0)
+    return {t: (s / top if top > 0 else 0.0) for t, s in scores.items()}
+
+
+def pick(normalized: dict[int, float], timesteps: int, lam: float) -> int:
+    """The smallest candidate whose normalized KL is below lambda; the full T if none is."""
+    for t in sorted(normalized):
+        if normalized[t] < lam:
+            return t
+    return timesteps
+
+
+def default_candidates(timesteps: int) -> list[int]:
+    """2..T-1, the paper's choice for T = 5 (T' = 1 has no temporal dynamics to speak of)."""
+    return list(range(2, timesteps))

@@ -1,0 +1,213 @@
+import json
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from edgeprune import masks as masklib, stages, tensorfile
+from edgeprune.artifacts import Store
+from edgeprune.models import ModelSpec, prunable
+from edgeprune.retrain import retrain
+from edgeprune.search import SearchConfig
+from edgeprune.search import earlytime
+from edgeprune.search.earlybird import EarlyBird
+from edgeprune.search.imp import round_sparsities
+from edgeprune.search.stage import search
+from edgeprune.training import TrainConfig, Trainer
+
+from .conftest import run_cli
+
+
+# -- masks -----------------------------------------------------------------------------------
+
+@settings(max_examples=40, deadline=None)
+@given(sizes=st.lists(st.integers(1, 60), min_size=1, max_size=4),
+       sparsity=st.floats(0.0, 0.99), scope=st.sampled_from(["global", "layer"]),
+       seed=st.integers(0, 1000))
+def test_magnitude_prunes_exactly_and_keeps_the_largest(sizes, sparsity, scope, seed):
+    g = torch.Generator().manual_seed(seed)
+    w = {f"l{i}": torch.randn(n, generator=g) for i, n in enumerate(sizes)}
+    m = masklib.magnitude(w, sparsity, scope=scope)
+    total = sum(sizes)
+    pruned = sum(int((~v).sum()) for v in m.values())
+    if scope == "global":
+        assert pruned == round(sparsity * total)
+        kept = torch.cat([w[n][m[n]].abs() for n in w])
+        gone = torch.cat([w[n][~m[n]].abs() for n in w])
+        if len(kept) and len(gone):
+            assert kept.min() >= gone.max()
+    else:
+        assert abs(pruned - sparsity * total) <= len(sizes)
+
+
+@settings(max_examples=30, deadline=None)
+@given(s1=st.floats(0.0, 0.9), s2=st.floats(0.0, 0.9), seed=st.integers(0, 100))
+def test_pruned_weights_stay_pruned(s1, s2, seed):
+    lo, hi = sorted((s1, s2))
+    g = torch.Generator().manual_seed(seed)
+    w = {"a": torch.randn(50, generator=g), "b": torch.randn(30, generator=g)}
+    first = masklib.magnitude(w, lo)
+    w2 = {n: torch.randn(v.shape, generator=g) for n, v in w.items()}  # weights moved
+    second = masklib.magnitude(w2, hi, current=first)
+    for n in w:
+        assert not (second[n] & ~first[n]).any()
+
+
+def test_masks_hold_zeros_through_sgd_momentum_weight_decay():
+    from edgeprune import data
+
+    d = data.load("digits").subset(128, 0)
+    torch.manual_seed(0)
+    model = ModelSpec(input_shape=d.input_shape).build()
+    mask = masklib.magnitude({n: p.detach() for n, p in prunable(model).items()}, 0.8)
+    tr = Trainer(model, d, 2, TrainConfig(epochs=2, batch_size=32, lr=0.5, weight_decay=1e-2),
+                 seed=0, masks=mask)
+    for _ in range(2):
+        tr.train_epoch()
+    params = prunable(model)
+    for n, m in mask.items():
+        assert torch.count_nonzero(params[n][~m]) == 0
+        buf = tr.opt.state[params[n]]["momentum_buffer"]
+        assert torch.count_nonzero(buf[~m]) == 0  # optimizer state cannot resurrect them
+        assert torch.count_nonzero(params[n][m]) > 0.9 * int(m.sum())
+
+
+def test_round_schedule_lands_on_target():
+    s = round_sparsities(0.957, 0.25)
+    assert len(s) == 11 and s[-1] == 0.957
+    assert s[3] == pytest.approx(1 - 0.75 ** 4) and s[7] == pytest.approx(1 - 0.75 ** 8)
+    assert round_sparsities(0.97, 0.25)[-1] == 0.97 and len(round_sparsities(0.97, 0.25)) == 13
+    assert round_sparsities(0.1, 0.25) == [0.1]
+
+
+# -- Early-Bird and Early-Time on constructed cases ------------------------------------------
+
+def _mask(bits):
+    return {"w": torch.tensor(bits, dtype=torch.bool)}
+
+
+def test_early_bird_fires_when_window_agrees_and_not_before():
+    eb = EarlyBird(q=3, tau=0.2)
+    base = [True] * 10
+    seq = [[False] * 10, [False] * 5 + [True] * 5, base, base[:9] + [False], base]
+    out = [eb.push(_mask(b)) for b in seq]
+    # fewer than q masks: no decision; then distances to the previous q-1 masks
+    assert out[0] is None and out[1] is None
+    assert out[2] == pytest.approx(1.0) and not eb.converged(out[2])
+    assert out[3] == pytest.approx(0.6) and not eb.converged(out[3])
+    assert out[4] == pytest.approx(0.1) and eb.converged(out[4])
+
+
+class _Scripted(torch.nn.Module):
+    """Outputs whose mean-over-time distribution drifts from the full-T one by a known amount."""
+
+    def __init__(self, gaps):
+        super().__init__()
+        self.gaps = gaps
+
+    def forward(self, x, T):
+        base = torch.tensor([[3.0, 0.0, 0.0]]).repeat(len(x), 1)
+        shift = torch.tensor([[0.0, self.gaps.get(T, 0.0), 0.0]])
+        return (base + shift).unsqueeze(0).repeat(T, 1, 1)
+
+
+def test_early_time_picks_smallest_candidate_under_lambda():
+    model = _Scripted({2: 6.0, 3: 2.0, 4: 0.5})
+    scores = earlytime.kl_scores(model, torch.zeros(4, 1), 5, [2, 3, 4])
+    assert scores[2] > scores[3] > scores[4] > 0
+    norm = earlytime.normalize(scores)
+    assert norm[2] == 1.0
+    assert earlytime.pick(norm, 5, 0.6) == 3
+    assert earlytime.pick(norm, 5, norm[4] / 2) == 5  # nothing close enough: keep full T
+    assert earlytime.pick({2: 0.0, 3: 0.0}, 5, 0.6) == 2
+
+
+# -- the stages on real data -----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def dense_small(tmp_path_factory):
+    store = Store(tmp_path_factory.mktemp("search"))
+    from edgeprune.neurons import NeuronParams
+
+    art, _ = stages.train(store, stages.DataConfig("digits", 400), "convnet", 0.5, "avg", 4,
+                          "direct", NeuronParams(), TrainConfig(epochs=6), seed=0)
+    dense = stages.open_model(art.path)
+    cfg, ds = stages.dataset_for(dense, None)
+    return store, dense, cfg, ds
+
+
+def test_imp_rounds_sparsity_rewind_and_resume(dense_small):
+    store, dense, dcfg, ds = dense_small
+    cfg = SearchConfig(method="imp", sparsity=0.9, round_epochs=1, keep_last=True)
+    art, cached = search(store, dense, dcfg, ds, cfg)
+    m = art.metrics
+    assert not cached and m["rounds"] == 9 and m["timesteps_search"] == 4
+    assert abs(m["sparsity"] - 0.9) <= 0.001
+    last = list(prunable(dense.model))[-1]
+    assert m["per_layer"][last]["sparsity"] == 0.0
+    # the ticket restarts exactly from the dense run's weights at the rewind epoch
+    rewind = tensorfile.load(art.file("rewind.safetensors"))
+    snap = dense.snapshot(m["rewind_epoch"])
+    assert all(torch.equal(rewind[k], snap[k]) for k in snap)
+    mask = {k: v.bool() for k, v in tensorfile.load(art.file("mask.safetensors")).items()}
+    model = dense.spec.build()
+    model.load_state_dict(rewind)
+    Trainer(model, ds, 4, TrainConfig(epochs=1), 0, masks=mask)
+    for n, p in prunable(model).items():
+        assert torch.equal(p.detach(), snap[n] * mask[n])
+    log = [json.loads(line) for line in art.file("log.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in log if r["kind"] == "round"] == list(range(1, 9))
+    assert (art.path / "search.png").stat().st_size > 1000
+    # interrupted search: remove the search artifact and the last round; only that reruns
+    rounds = sorted(store.root.glob("round-*"), key=lambda p: p.stat().st_mtime)
+    import shutil
+    shutil.rmtree(art.path)
+    shutil.rmtree(rounds[-1])
+    art2, _ = search(store, dense, dcfg, ds, cfg)
+    assert art2.id == art.id
+    assert len(list(store.root.glob("round-*"))) == len(rounds)
+    mask2 = tensorfile.load(art2.file("mask.safetensors"))
+    assert all(torch.equal(mask2[k].bool(), mask[k]) for k in mask)
+
+
+def test_early_time_eb_and_baselines(dense_small):
+    store, dense, dcfg, ds = dense_small
+    eb, _ = search(store, dense, dcfg, ds, SearchConfig(method="et-eb", sparsity=0.8,
+                                                         round_epochs=6, eb_q=3, eb_tau=0.2))
+    m = eb.metrics
+    assert m["early_time"]["candidates"] == [2, 3]
+    assert m["timesteps_search"] in (2, 3, 4)
+    assert m["eb_epoch"] <= 6 and abs(m["sparsity"] - 0.8) <= 0.001
+    ticket = {k: v.bool() for k, v in tensorfile.load(eb.file("mask.safetensors")).items()}
+
+    rnd, _ = search(store, dense, dcfg, ds, SearchConfig(method="random", sparsity=0.8), ticket=eb)
+    rmask = {k: v.bool() for k, v in tensorfile.load(rnd.file("mask.safetensors")).items()}
+    for n in ticket:
+        assert int(rmask[n].sum()) == int(ticket[n].sum())  # same per-layer sparsity
+    assert any(not torch.equal(rmask[n], ticket[n]) for n in ticket)
+
+    re, _ = search(store, dense, dcfg, ds, SearchConfig(method="reinit", sparsity=0.8), ticket=eb)
+    remask = tensorfile.load(re.file("mask.safetensors"))
+    assert all(torch.equal(remask[n].bool(), ticket[n]) for n in ticket)
+    r1 = tensorfile.load(re.file("rewind.safetensors"))
+    r0 = tensorfile.load(eb.file("rewind.safetensors"))
+    assert not torch.equal(r1["stem.0.weight"], r0["stem.0.weight"])
+
+    out, _ = retrain(store, dense, eb, dcfg, ds, TrainConfig(epochs=2), 0)
+    assert abs(out.metrics["sparsity"] - 0.8) <= 0.001
+    assert out.metrics["method"] == "et-eb"
+
+
+def test_compress_cli_end_to_end(tmp_path):
+    r = run_cli("compress", "--data", "digits", "--train-subset", "300", "--epochs", "4",
+                "--sparsity", "0.9", "--round-epochs", "1", "--retrain-epochs", "2",
+                "--out", tmp_path, "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert abs(out["summary"]["sparsity"] - 0.9) <= 0.001
+    assert out["summary"]["timesteps"] == 5 and out["summary"]["timesteps_search"] <= 5
+    for key in ("dense", "mask", "ticket"):
+        assert (tmp_path / out["artifacts"][key].split(str(tmp_path))[-1].lstrip("/")).exists()
+    again = run_cli("compress", out["artifacts"]["dense"], "--sparsity", "0.9", "--round-epochs",
+                    "1", "--retrain-epochs", "2", "--out", tmp_path, "--json")
+    assert json.loads(again.stdout)["ids"] == out["ids"]  # every stage a cache hit
