@@ -129,6 +129,10 @@ class Store:
     def folder(self, stage: str, aid: str) -> Path:
         return self.root / f"{stage}-{aid}"
 
+    def partial(self, stage: str, aid: str) -> Path:
+        """Where an unfinished artifact keeps its epoch checkpoint (removed once it is written)."""
+        return self.root / ".partial" / f"{stage}-{aid}.pt"
+
     def find(self, stage: str, aid: str) -> Artifact | None:
         folder = self.folder(stage, aid)
         return open_artifact(folder) if (folder / MANIFEST).exists() else None
@@ -168,6 +172,7 @@ class Store:
             if final.exists():  # an old, unfinished or replaced copy: swap it out
                 shutil.rmtree(final)
             os.rename(tmp, final)
+            self.partial(stage, aid).unlink(missing_ok=True)
         except BaseException as e:
             shutil.rmtree(tmp, ignore_errors=True)
             if isinstance(e, OSError):

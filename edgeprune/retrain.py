@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import torch
@@ -12,6 +11,7 @@ from .artifacts import Artifact, Store, artifact_id, open_artifact
 from .data import Dataset
 from .errors import UserError
 from .stages import DataConfig, ModelInput, Report, data_identity
+from .resume import EpochCheckpoint, run_epochs
 from .training import TrainConfig, Trainer, evaluate
 
 
@@ -42,12 +42,16 @@ def retrain(store: Store, dense: ModelInput, ticket: Artifact, data_cfg: DataCon
     T = dense.spec.timesteps
     torch.manual_seed(seed)
     trainer = Trainer(model, ds, T, cfg, seed, device, masks=mask)
-    history, t0 = [], time.perf_counter()
-    for _ in range(cfg.epochs):
-        row = trainer.train_epoch(report)
+
+    def on_epoch(row: dict, progress: dict) -> bool:
         row.update(test_acc=evaluate(model, ds.x_test, ds.y_test, T, device)["accuracy"])
-        history.append(row)
+        progress["history"].append(row)
         report({"event": "epoch", **row})
+        return False
+
+    progress = run_epochs(trainer, cfg.epochs, EpochCheckpoint(store.partial("retrain", aid)),
+                          {"history": []}, on_epoch, report)
+    history = progress["history"]
     ev = evaluate(model, ds.x_test, ds.y_test, T, device)
     achieved = masklib.of_model(model)
     tm = ticket.metrics
@@ -55,7 +59,7 @@ def retrain(store: Store, dense: ModelInput, ticket: Artifact, data_cfg: DataCon
                "dense_test_accuracy": dense.test_accuracy,
                "sparsity": masklib.sparsity(achieved), "per_layer": masklib.per_layer(achieved),
                "spike_rate": ev["spike_rate"], "mean_spike_rate": ev["mean_spike_rate"],
-               "train_seconds": time.perf_counter() - t0, "epochs": cfg.epochs,
+               "train_seconds": progress["elapsed"], "epochs": cfg.epochs,
                "method": tm.get("method"), "timesteps": T,
                "timesteps_search": tm.get("timesteps_search"),
                "search_seconds": tm.get("search_seconds"), "rewind_epoch": tm.get("rewind_epoch")}

@@ -17,6 +17,7 @@ from . import checkpoint, data as datalib, tensorfile
 from .artifacts import Artifact, Store, artifact_id
 from .models import ModelSpec, prunable
 from .neurons import NeuronParams
+from .resume import EpochCheckpoint, run_epochs
 from .training import TrainConfig, Trainer, evaluate
 
 Report = Callable[[dict], None]
@@ -69,16 +70,18 @@ def train(store: Store, data_cfg: DataConfig, arch: str, width: float, pool: str
     # scores timesteps on the network after a few epochs at full T.
     rewind = default_rewind_epoch(cfg.epochs)
     keep = {e for e in (0, 1, 2, rewind) if e <= cfg.epochs}
-    snapshots = {0: _state(model)}
-    history, t0 = [], time.perf_counter()
-    for _ in range(cfg.epochs):
-        row = trainer.train_epoch(report)
-        if trainer.epoch in keep:
-            snapshots[trainer.epoch] = _state(model)
+
+    def on_epoch(row: dict, progress: dict) -> bool:
         row.update(test_acc=evaluate(model, ds.x_test, ds.y_test, timesteps, device)["accuracy"])
-        history.append(row)
+        progress["history"].append(row)
+        if trainer.epoch in keep:
+            progress["snapshots"][trainer.epoch] = _state(model)
         report({"event": "epoch", **row})
-    seconds = time.perf_counter() - t0
+        return False
+
+    progress = run_epochs(trainer, cfg.epochs, EpochCheckpoint(store.partial("train", aid)),
+                          {"history": [], "snapshots": {0: _state(model)}}, on_epoch, report)
+    history, snapshots, seconds = progress["history"], progress["snapshots"], progress["elapsed"]
     ev = evaluate(model, ds.x_test, ds.y_test, timesteps, device)
     metrics = {"test_accuracy": ev["accuracy"], "test_loss": ev["loss"],
                "spike_rate": ev["spike_rate"], "mean_spike_rate": ev["mean_spike_rate"],

@@ -96,6 +96,20 @@ class Trainer:
         return {"epoch": self.epoch, "loss": total_loss / seen, "train_acc": correct / seen,
                 "seconds": time.perf_counter() - t0}
 
+    def state(self) -> dict:
+        """Everything the next epoch depends on, for an exact resume."""
+        return {"model": self.model.state_dict(), "opt": self.opt.state_dict(),
+                "sched": self.sched.state_dict(), "gen": self.gen.get_state(),
+                "torch_rng": torch.get_rng_state(), "epoch": self.epoch}
+
+    def restore(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["opt"])
+        self.sched.load_state_dict(state["sched"])
+        self.gen.set_state(state["gen"])
+        torch.set_rng_state(state["torch_rng"])
+        self.epoch = state["epoch"]
+
 
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, timesteps: int,

@@ -138,13 +138,13 @@ def dense_small(tmp_path_factory):
 
 def test_imp_rounds_sparsity_rewind_and_resume(dense_small):
     store, dense, dcfg, ds = dense_small
-    cfg = SearchConfig(method="imp", sparsity=0.9, round_epochs=1, keep_last=True)
+    cfg = SearchConfig(method="imp", sparsity=0.9, round_epochs=1, keep_first=True)
     art, cached = search(store, dense, dcfg, ds, cfg)
     m = art.metrics
     assert not cached and m["rounds"] == 9 and m["timesteps_search"] == 4
     assert abs(m["sparsity"] - 0.9) <= 0.001
-    last = list(prunable(dense.model))[-1]
-    assert m["per_layer"][last]["sparsity"] == 0.0
+    first = list(prunable(dense.model))[0]
+    assert m["per_layer"][first]["sparsity"] == 0.0
     # the ticket restarts exactly from the dense run's weights at the rewind epoch
     rewind = tensorfile.load(art.file("rewind.safetensors"))
     snap = dense.snapshot(m["rewind_epoch"])

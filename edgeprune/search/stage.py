@@ -17,6 +17,7 @@ from ..data import Dataset
 from ..errors import UserError
 from ..models import prunable
 from ..stages import DataConfig, ModelInput, Report, data_identity
+from ..resume import EpochCheckpoint, run_epochs
 from ..training import TrainConfig, Trainer, evaluate
 from . import earlytime
 from .config import SearchConfig
@@ -44,6 +45,7 @@ def search(store: Store, dense: ModelInput, data_cfg: DataConfig, ds: Dataset,
         return found, True
     store.writable()
     keep = _keep_dense(dense, cfg)
+    masklib.magnitude(_weights(dense.model), cfg.sparsity, keep_dense=keep)  # reachable at all?
     seconds, t_search, et_info, log = 0.0, T, None, []
 
     if cfg.early_time:
@@ -61,8 +63,8 @@ def search(store: Store, dense: ModelInput, data_cfg: DataConfig, ds: Dataset,
         seconds += secs
         extra["rounds"] = len(round_sparsities(cfg.sparsity, cfg.prune_rate))
     elif cfg.base == "eb":
-        mask, eb_log, secs, extra = _early_bird(dense, ds, cfg, rewind, t_search, keep, seed,
-                                                device, report)
+        mask, eb_log, secs, extra = _early_bird(store, aid, dense, ds, cfg, rewind, t_search,
+                                                keep, seed, device, report)
         log += eb_log
         seconds += secs
     elif cfg.base == "random":
@@ -202,13 +204,14 @@ def _imp(store, dense, ds, cfg, rewind, t_search, keep, seed, device, report, da
 
 def _imp_round(store, rid, prev, dense, ds, cfg, rewind, t_search, mask, config, seed, device,
                report, r, rounds) -> Artifact:
-    t0 = time.perf_counter()
     model = _model_from(dense, rewind, device)
     trainer = Trainer(model, ds, t_search, _train_cfg(cfg, cfg.round_epochs), seed, device, mask)
-    for _ in range(cfg.round_epochs):
-        trainer.train_epoch(lambda e: report({**e, "round": r, "rounds": rounds}))
+    progress = run_epochs(trainer, cfg.round_epochs, EpochCheckpoint(store.partial("round", rid)),
+                          {}, lambda row, p: False,
+                          lambda e: report({**e, "round": r, "rounds": rounds}))
+    t0 = time.perf_counter()
     acc = evaluate(model, ds.x_test, ds.y_test, t_search, device)["accuracy"]
-    seconds = time.perf_counter() - t0
+    seconds = progress["elapsed"] + time.perf_counter() - t0
     metrics = {"sparsity": masklib.sparsity(mask), "test_acc": acc, "seconds": seconds,
                "epochs": cfg.round_epochs, "timesteps": t_search}
 
@@ -220,22 +223,34 @@ def _imp_round(store, rid, prev, dense, ds, cfg, rewind, t_search, mask, config,
                        write_files=write)
 
 
-def _early_bird(dense, ds, cfg, rewind, t_search, keep, seed, device, report):
+def _early_bird(store, aid, dense, ds, cfg, rewind, t_search, keep, seed, device, report):
     """Train from the rewind point, drawing a mask at the target sparsity at the start of each
     epoch, until the last q masks agree (or the epoch budget runs out)."""
-    t0 = time.perf_counter()
     model = _model_from(dense, rewind, device)
     trainer = Trainer(model, ds, t_search, _train_cfg(cfg, cfg.round_epochs), seed, device)
-    eb, log = EarlyBird(cfg.eb_q, cfg.eb_tau), []
-    for epoch in range(cfg.round_epochs + 1):
+    eb = EarlyBird(cfg.eb_q, cfg.eb_tau)
+
+    def draw(progress: dict) -> bool:
         mask = masklib.magnitude(_weights(model), cfg.sparsity, scope=cfg.scope, keep_dense=keep)
+        eb.window.clear()
+        eb.window.extend(progress["window"])
         dist = eb.push(mask)
-        row = {"kind": "eb", "epoch": epoch, "distance": dist}
-        log.append(row)
+        progress["window"] = list(eb.window)
+        row = {"kind": "eb", "epoch": trainer.epoch, "distance": dist}
+        progress["log"].append(row)
         report({"event": "eb", **row, "epochs": cfg.round_epochs})
-        if eb.converged(dist) or epoch == cfg.round_epochs:
-            break
-        trainer.train_epoch(report)
-    converged = eb.converged(dist)
-    return mask, log, time.perf_counter() - t0, {"eb_epoch": epoch, "eb_converged": converged,
-                                                 "eb_final_distance": dist}
+        return eb.converged(dist)
+
+    t0 = time.perf_counter()
+    start = {"window": [], "log": []}
+    if not draw(start):  # the mask before any training is the first in the window
+        start["elapsed"] = time.perf_counter() - t0
+        start = run_epochs(trainer, cfg.round_epochs, EpochCheckpoint(store.partial("search", aid)),
+                           start, lambda row, p: draw(p), report)
+    else:
+        start["elapsed"] = time.perf_counter() - t0
+    mask, log = start["window"][-1], start["log"]
+    dist = log[-1]["distance"]
+    return mask, log, start["elapsed"], {"eb_epoch": log[-1]["epoch"],
+                                         "eb_converged": eb.converged(dist),
+                                         "eb_final_distance": dist}
