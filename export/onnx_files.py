@@ -30,7 +30,10 @@ def _finish(path: Path, meta: dict, dims: dict, sparse: bool) -> dict:
             "opset": max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))}
     if sparse:
         conv = to_sparse_initializers(proto)
-        onnx.checker.check_model(proto, full_check=True)
+        # Structure only: ONNX shape inference does not type a sparse tensor feeding Conv/Gemm
+        # directly ("unsupported type: sparse_tensor"), although ONNX Runtime densifies and
+        # runs it; the dense graph above passed the full check.
+        onnx.checker.check_model(proto)
         onnx.save(proto, str(path))
         info.update(bytes_sparse=path.stat().st_size, sparse_tensors=len(conv["converted"]))
     info["bytes"] = path.stat().st_size
