@@ -432,6 +432,62 @@ def compress(
 
 # (export commands go here)
 
+@app.command("export")
+def export_cmd(
+    model: Path = typer.Argument(..., help="A model.pt inside a train/retrain artifact folder."),
+    out_dir: Path = OutOpt,
+    nir: Optional[bool] = typer.Option(None, "--nir/--no-nir", help="Also write model.nir. "
+                                       "Default: write it when NIR can express the model, "
+                                       "else skip with a note; --nir makes that an error."),
+    sparse_initializers: bool = typer.Option(False, "--sparse-initializers", help="Store "
+                                             "mostly-zero weights as ONNX sparse initializers "
+                                             "(smaller files; ONNX Runtime densifies at load)."),
+    outputs: str = typer.Option("logits", "--outputs", help="logits: summed logits only; all: "
+                                "also step_logits (T,batch,classes) and spikes.<layer> "
+                                "(per-sample spike totals of each LIF layer)."),
+    opset: int = typer.Option(17, "--opset", help="ONNX opset (13 to 20)."),
+    timesteps: Optional[int] = typer.Option(None, "--timesteps", "-T", help="Timesteps to "
+                                            "unroll (default: the model's T)."),
+    as_json: bool = JsonOpt,
+):
+    """Export a model to ONNX (model.onnx: T unrolled; model.step.onnx: one step with the neuron
+    state as inputs/outputs) and NIR (model.nir), checked against PyTorch on a probe batch."""
+    from export import stage as export_stage
+
+    if not model.exists():
+        raise UserError(f"model file {model} does not exist")
+    source = open_artifact(model)
+    if model.is_dir() or model.name != "model.pt":
+        raise UserError(f"{model}: give the model.pt file inside an artifact folder")
+    with _progress(as_json) as progress:
+        task = progress.add_task("export", total=None, info="") if progress else None
+
+        def report(e: dict) -> None:
+            if progress is not None:
+                progress.update(task, info=e.get("event", ""))
+
+        art, cached = export_stage.export(Store(out_dir), source, outputs=outputs, opset=opset,
+                                          sparse=sparse_initializers, nir=nir,
+                                          timesteps=timesteps, report=report)
+    m = art.metrics
+    t = Table(title=f"export {art.id} of {source.stage} {source.id}, T={m['timesteps']}"
+                    + (" (cached)" if cached else ""))
+    for col in ("file", "size", "dense size", "nodes", "export time", "max |Δ| vs PyTorch",
+                "same class", "spike mismatches"):
+        t.add_column(col, justify="right" if col != "file" else "left")
+    for name in m["bytes"]:
+        p = m["parity"].get(name, {})
+        t.add_row(name, f"{m['bytes'][name]:,} B",
+                  f"{m['bytes_dense'][name]:,} B" if name in m["bytes_dense"] else "-",
+                  str(m["nodes"][name]), f"{m['export_seconds'][name]:.2f} s",
+                  f"{p['max_abs_diff']:.2e}" if p else "-",
+                  f"{p['prediction_agreement']:.1%}" if p else "-",
+                  str(p["spike_mismatches"]) if p else "-")
+    _emit(as_json, {"stage": "export", "id": art.id, "cached": cached, "path": str(art.path),
+                    "files": {n: str(art.path / n) for n in m["bytes"]}, "metrics": m}, t,
+          [f"probe: {m['probe']};  NIR: {m['nir']};  sparsity {m['sparsity']:.1%}",
+           f"exported: {art.path}"])
+
 
 # -- validate, package, verify (targets/ package) --------------------------------------------
 

@@ -1,0 +1,13 @@
+"""Exporters for edgeprune SNNs: unrolled and one-step (streaming) ONNX, and NIR.
+
+`export` may import `edgeprune`; `edgeprune` never imports `export`. The modules each do one job:
+
+- prepare.py       fold BatchNorm into the preceding conv/linear, switch spikes to a plain Heaviside
+- onnx_unrolled.py T timesteps unrolled into one static graph (`model.onnx`)
+- onnx_step.py     one timestep, neuron state as explicit inputs/outputs (`model.step.onnx`)
+- metadata.py      the `edgeprune.*` metadata_props the validator reads
+- sparse.py        mostly-zero weights as ONNX sparse initializers
+- nir_graph.py     the SNN as a NIR graph (`model.nir`); nir_sim.py simulates one in numpy
+- parity.py        PyTorch references and ONNX Runtime runs, to compare exported files with the model
+- stage.py         the `export` stage: writes an `export-<id>/` artifact
+"""

@@ -1,0 +1,187 @@
+"""The SNN as a NIR graph (`model.nir`), mapped layer by layer (not norse.torch.to_nir, which
+drops BatchNorm/pooling/Flatten silently and writes a wrong tau; see NOTES.md).
+
+Neuron mapping. Our discrete update (edgeprune.neurons, Norse's lif_box step with dt = 1) is
+    v' = v + a·(x − v),  a = tau_mem_inv;  z = [v' > v_th];  v ← v_reset where z else v'
+NIR's LIF is  tau·dv/dt = (v_leak − v) + r·I,  z = [v > v_threshold],  v ← v_reset on a spike.
+One forward-Euler step of it with step dt is  v' = v + (dt/tau)·((v_leak − v) + r·I), which is
+exactly ours with
+    tau = dt / tau_mem_inv  (dt = 1, so tau = 1/0.75 for the paper's leak),  r = 1,  v_leak = 0,
+    v_threshold = v_th,  v_reset = v_reset.
+NIR nodes carry no dt: the graph's metadata records dt = 1 and the timestep count; a simulator
+must integrate with that dt. NIR's IF has no leak and CubaLIF adds a synaptic current filter, so
+neither is our neuron. NIR's LIF resets to a value only: a model with `reset = "subtract"` is
+refused. tau is stored in float64 so dt/tau rounds back to exactly tau_mem_inv.
+
+Layer mapping (BatchNorm is folded into the preceding conv/linear first):
+    Normalize (direct encoding)  Conv2d 1×1, weight diag(1/std), bias −mean/std (the graph
+                                 takes raw [0,1] pixels, like the ONNX graph)
+    Conv2d                       Conv2d (bias zeros when the layer has none)
+    Linear                       Affine (Linear when it has no bias)
+    AvgPool2d / AdaptiveAvgPool2d  SumPool2d + Scale(1/kernel area)
+    Flatten                      Flatten over all non-batch dims (NIR shapes exclude batch)
+    LIF                          LIF, one value per neuron, node named by the PyTorch module name
+    SpikingBasicBlock            conv1 → lif1 → conv2 → lif2, plus the shortcut (a 1×1 conv, or a
+                                 direct edge) into lif2: NIR sums the edges that enter a node.
+MaxPool2d (NIR 1.0 has no max pooling), an unfolded BatchNorm, and any other layer raise a
+UserError naming the layer. For direct encoding the image is the input at every timestep (the
+PyTorch model computes the stem once; the result is the same). The output node gives per-step
+logits; the prediction is the argmax of their sum over T.
+"""
+from __future__ import annotations
+
+import numpy as np
+import nir
+import torch
+from torch import nn
+
+from edgeprune.errors import UserError
+from edgeprune.models import SNN, Normalize, SpikingBasicBlock, SpikingSequential
+from edgeprune.neurons import LIF
+
+from .prepare import NORMS, for_export
+
+DT = 1.0
+
+
+class _Builder:
+    def __init__(self):
+        self.nodes: dict[str, nir.NIRNode] = {}
+        self.edges: list[tuple[str, str]] = []
+
+    def add(self, name: str, node: nir.NIRNode, sources: list[str]) -> list[str]:
+        self.nodes[name] = node
+        self.edges += [(s, name) for s in sources]
+        return [name]
+
+
+def _np(t: torch.Tensor, dtype=np.float32) -> np.ndarray:
+    return t.detach().cpu().numpy().astype(dtype)
+
+
+def _pair(v) -> np.ndarray:
+    return np.array(v if isinstance(v, (tuple, list)) else (v, v), dtype=np.int64)
+
+
+def _conv(b: _Builder, name: str, m: nn.Conv2d, shape, sources):
+    if m.padding_mode != "zeros" or isinstance(m.padding, str):
+        raise UserError(f"cannot express layer {name} ({m}) in NIR: only zero padding given "
+                        "as numbers is mapped")
+    bias = _np(m.bias) if m.bias is not None else np.zeros(m.out_channels, np.float32)
+    node = nir.Conv2d(input_shape=tuple(int(s) for s in shape[1:]), weight=_np(m.weight),
+                      stride=tuple(m.stride), padding=tuple(m.padding),
+                      dilation=tuple(m.dilation), groups=m.groups, bias=bias)
+    return b.add(name, node, sources)
+
+
+def _lif(b: _Builder, name: str, m: LIF, shape, sources):
+    p = m.params
+    if p.reset != "value":
+        raise UserError(f"cannot express layer {name} in NIR: its LIF resets by subtraction, "
+                        "and NIR's LIF resets to a value")
+    full = lambda v: np.full(tuple(shape), v, dtype=np.float64)  # noqa: E731
+    node = nir.LIF(tau=full(DT / p.tau_mem_inv), r=full(1.0), v_leak=full(0.0),
+                   v_threshold=full(p.v_th), v_reset=full(p.v_reset))
+    return b.add(name, node, sources)
+
+
+def _sum_pool(b: _Builder, name: str, kernel, stride, padding, out_shape, sources):
+    k, s, p = _pair(kernel), _pair(stride), _pair(padding)
+    src = b.add(f"{name}.sum", nir.SumPool2d(kernel_size=k, stride=s, padding=p), sources)
+    scale = np.full(tuple(out_shape), 1.0 / float(k.prod()), dtype=np.float32)
+    return b.add(f"{name}.scale", nir.Scale(scale=scale), src)
+
+
+def _layer(b: _Builder, name: str, m: nn.Module, x: torch.Tensor, sources: list[str]):
+    """Add the nodes of one layer fed by `sources`; returns (new sources, output example)."""
+    y = None
+    shape = tuple(x.shape[1:])
+    if isinstance(m, nn.Identity):
+        return sources, x
+    if isinstance(m, (nn.Sequential,)) and not isinstance(m, SpikingSequential):
+        for i, child in enumerate(m):
+            sources, x = _layer(b, f"{name}.{i}", child, x, sources)
+        return sources, x
+    with torch.no_grad():
+        y = m.step(x, m.initial_state(x))[0] if isinstance(m, (LIF, SpikingBasicBlock)) else m(x)
+    if isinstance(m, nn.Conv2d):
+        sources = _conv(b, name, m, shape, sources)
+    elif isinstance(m, nn.Linear):
+        if len(shape) != 1:
+            raise UserError(f"cannot express layer {name} in NIR: Linear on a {len(shape)}-d input")
+        node = (nir.Affine(weight=_np(m.weight), bias=_np(m.bias)) if m.bias is not None
+                else nir.Linear(weight=_np(m.weight)))
+        sources = b.add(name, node, sources)
+    elif isinstance(m, LIF):
+        sources = _lif(b, name, m, shape, sources)
+    elif isinstance(m, nn.AvgPool2d):
+        if m.ceil_mode or m.divisor_override or (not m.count_include_pad and m.padding):
+            raise UserError(f"cannot express layer {name} ({m}) in NIR as a sum pool")
+        sources = _sum_pool(b, name, m.kernel_size, m.stride or m.kernel_size, m.padding,
+                            y.shape[1:], sources)
+    elif isinstance(m, nn.AdaptiveAvgPool2d):
+        (h, w), (oh, ow) = shape[1:], _pair(m.output_size)
+        if h % oh or w % ow:
+            raise UserError(f"cannot express layer {name} ({m}) in NIR: input {h}x{w} is not a "
+                            f"multiple of the output {oh}x{ow}")
+        k = (h // oh, w // ow)
+        sources = _sum_pool(b, name, k, k, 0, y.shape[1:], sources)
+    elif isinstance(m, nn.Flatten):
+        if m.start_dim != 1 or m.end_dim != -1:
+            raise UserError(f"cannot express layer {name} ({m}) in NIR: only full flattening")
+        sources = b.add(name, nir.Flatten(input_type={"input": np.array(shape)}, start_dim=0,
+                                          end_dim=-1), sources)
+    elif isinstance(m, SpikingBasicBlock):
+        h, = _conv(b, f"{name}.conv1", m.conv1, shape, sources)
+        x1 = m.conv1(x)
+        h = _lif(b, f"{name}.lif1", m.lif1, x1.shape[1:], [h])
+        z1 = m.lif1.step(x1, m.lif1.initial_state(x1))[0]
+        main = _conv(b, f"{name}.conv2", m.conv2, z1.shape[1:], h)
+        for norm in (m.bn1, m.bn2):
+            if isinstance(norm, NORMS):
+                raise UserError(f"cannot express layer {name} in NIR: unfolded BatchNorm")
+        short, _ = _layer(b, f"{name}.shortcut", m.shortcut, x, sources)
+        sources = _lif(b, f"{name}.lif2", m.lif2, y.shape[1:], main + short)
+    elif isinstance(m, nn.MaxPool2d):
+        raise UserError(f"cannot express layer {name} (MaxPool2d) in NIR: NIR 1.0 has no max "
+                        "pooling; train with --pool avg, or export without --nir")
+    elif isinstance(m, NORMS):
+        raise UserError(f"cannot express layer {name} ({type(m).__name__}) in NIR: a BatchNorm "
+                        "not directly after a conv/linear cannot be folded")
+    else:
+        raise UserError(f"cannot express layer {name} ({type(m).__name__}) in NIR")
+    return sources, y
+
+
+def _normalize(b: _Builder, m: Normalize, sources: list[str]):
+    std = m.std.view(-1).double()
+    mean = m.mean.view(-1).double()
+    c = std.numel()
+    weight = torch.diag(1.0 / std).view(c, c, 1, 1)
+    conv = nn.Conv2d(c, c, 1)
+    conv.weight.data, conv.bias.data = weight.float(), (-mean / std).float()
+    return conv, sources
+
+
+def to_nir(model: SNN, input_shape, timesteps: int) -> nir.NIRGraph:
+    """The NIR graph of `model` (BatchNorm folded), type-checked by nir."""
+    m = for_export(model)
+    b = _Builder()
+    sources = b.add("input", nir.Input(input_type={"input": np.array(input_shape)}), [])
+    x = torch.zeros((1, *input_shape))
+    if m.encoding == "direct":
+        conv, sources = _normalize(b, m.normalize, sources)
+        sources, x = _layer(b, "normalize", conv, x, sources)
+    sources, x = _layer(b, "stem", m.stem, x, sources)
+    for i, layer in enumerate(m.body):
+        sources, x = _layer(b, f"body.{i}", layer, x, sources)
+    b.add("output", nir.Output(output_type={"output": np.array(x.shape[1:])}), sources)
+    meta = {"dt": DT, "timesteps": int(timesteps), "encoding": m.encoding,
+            "producer": "edgeprune", "output": "per-step logits; predict argmax of the sum over T"}
+    return nir.NIRGraph(nodes=b.nodes, edges=b.edges, metadata=meta)
+
+
+def write_nir(model: SNN, input_shape, timesteps: int, path) -> nir.NIRGraph:
+    graph = to_nir(model, input_shape, timesteps)
+    nir.write(str(path), graph)
+    return graph
