@@ -117,7 +117,7 @@ def test_streaming_model_fed_T_steps_equals_unrolled(trained, tmp_path):
     T = spec.timesteps
     write_onnx(spec, model, tmp_path, timesteps=T, outputs="all")
     states = metadata.read(tmp_path / STEP)["edgeprune.states"]
-    assert [s["layer"] for s in states] == ["body.0", "body.4", "body.8"]
+    assert [s["layer"] for s in states] == ["body.0", "body.4", "body.9"]
     assert [s["shape"] for s in states] == [[16, 8, 8], [32, 4, 4], [128]]
     assert all(s["init"] == 0.0 for s in states)
     sess = parity.session(tmp_path / STEP)
@@ -174,7 +174,12 @@ def test_pruned_model_with_sparse_initializers_is_smaller_and_identical(trained,
     size_d, size_s = (dense / UNROLLED).stat().st_size, (sparse / UNROLLED).stat().st_size
     print(f"90% pruned convnet: dense {size_d} B, sparse initializers {size_s} B")
     assert size_s < 0.6 * size_d and info[UNROLLED]["bytes_dense"] == size_d
-    assert len(onnx.load(str(sparse / UNROLLED)).graph.sparse_initializer) >= 3
+    graph = onnx.load(str(sparse / UNROLLED)).graph
+    assert len(graph.sparse_initializer) >= 2
+    for init in graph.initializer:  # whatever stayed dense would not have been smaller sparse
+        arr = onnx.numpy_helper.to_array(init)
+        if arr.size >= 64:
+            assert np.count_nonzero(arr) >= arr.size / 3 - 1, init.name
     a = parity.run_unrolled(parity.session(dense / UNROLLED), x.numpy())
     b = parity.run_unrolled(parity.session(sparse / UNROLLED), x.numpy())
     assert all(np.array_equal(a[k], b[k]) for k in a)
@@ -224,7 +229,7 @@ def test_nir_read_back_simulates_to_the_pytorch_spikes_and_outputs(trained, tmp_
     write_nir(model, spec.input_shape, spec.timesteps, tmp_path / "model.nir")
     graph = nir.read(str(tmp_path / "model.nir"))
     lifs = {n: v for n, v in graph.nodes.items() if isinstance(v, nir.LIF)}
-    assert set(lifs) == {"body.0", "body.4", "body.8"}
+    assert set(lifs) == {"body.0", "body.4", "body.9"}
     for node in lifs.values():  # one Euler step of NIR's LIF with dt=1 is our update
         assert np.allclose(1.0 / node.tau, spec.neuron.tau_mem_inv)
         assert np.all(node.r == 1) and np.all(node.v_leak == 0)
