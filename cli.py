@@ -381,13 +381,17 @@ def compress(
     epochs: int = typer.Option(30, help="Without MODEL: dense training epochs."),
     train_subset: Optional[int] = typer.Option(None, help="Use a random subset of N training "
                                                "images."),
+    sparse_initializers: bool = typer.Option(False, "--sparse-initializers", help="Store the "
+                                             "ticket's zero-heavy weights compactly in ONNX."),
     seed: int = SeedOpt, device: str = DeviceOpt, out_dir: Path = OutOpt,
     config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt,
 ):
-    """Search a winning ticket, retrain it, and report dense vs ticket (train first if no MODEL)."""
+    """Search a winning ticket, retrain it at full T, export it to ONNX (and NIR) and check it
+    against PyTorch; trains the dense model first when no MODEL is given."""
     from edgeprune import stages
     from edgeprune.neurons import NeuronParams
     from edgeprune.retrain import open_search, retrain as run_retrain
+    from export import stage as export_stage
     from edgeprune.search.stage import search as run_search
     from edgeprune.training import TrainConfig
 
@@ -417,13 +421,18 @@ def compress(
         r_art, _ = run_retrain(store, dense, s_art, data_cfg, ds, rcfg, p["seed"], dev,
                                _train_reporter(progress, rcfg.epochs))
         paths["ticket"] = str(r_art.path / "model.pt")
+        e_art, _ = export_stage.export(store, r_art, sparse=p["sparse_initializers"])
+        paths["onnx"] = str(e_art.path / "model.onnx")
     m = r_art.metrics
     summary = {"dense_accuracy": m["dense_test_accuracy"], "ticket_accuracy": m["test_accuracy"],
                "sparsity": m["sparsity"], "method": cfg.method,
                "search_seconds": s_art.metrics["search_seconds"],
-               "timesteps": m["timesteps"], "timesteps_search": m["timesteps_search"]}
+               "timesteps": m["timesteps"], "timesteps_search": m["timesteps_search"],
+               "onnx_max_abs_diff": e_art.metrics.get("max_abs_diff"),
+               "onnx_bytes": e_art.metrics.get("bytes", {}).get("model.onnx"),
+               "nir": e_art.metrics.get("nir")}
     _emit(as_json, {"stage": "compress", "summary": summary, "artifacts": paths,
-                    "ids": {"search": s_art.id, "retrain": r_art.id}},
+                    "ids": {"search": s_art.id, "retrain": r_art.id, "export": e_art.id}},
           _ticket_table(m), [f"{k}: {v}" for k, v in paths.items()])
 
 
@@ -492,6 +501,11 @@ def export_cmd(
 # -- validate, package, verify (targets/ package) --------------------------------------------
 
 # (targets commands go here)
+
+
+# -- models from elsewhere (edgeprune/norse_import.py) ------------------------------------
+
+# (import commands go here)
 
 
 # -- inspecting artifacts --------------------------------------------------------------------
