@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from . import faults
 from .errors import UserError
 
 SCHEMA = "edgeprune.artifact/1"
@@ -169,6 +170,7 @@ class Store:
                         "inputs": inputs, "config": config, "metrics": metrics, "files": files,
                         "env": environment()}
             _write_json(tmp / MANIFEST, manifest)
+            faults.reach("artifact-write")
             if final.exists():  # an old, unfinished or replaced copy: swap it out
                 shutil.rmtree(final)
             os.rename(tmp, final)

@@ -33,8 +33,8 @@ def load(path: Path, device: str = "cpu") -> tuple[ModelSpec, SNN]:
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else "unsafe content"
         raise UserError(f"{path} is not a plain edgeprune checkpoint and was not loaded "
-                        f"(it would need unpickling code: {first[:120]}); pass --allow-pickle "
-                        "only if you trust it") from None
+                        f"(it would need unpickling code: {first[:100]}); if you trust it, "
+                        "bring it in with `edgeprune import-model --allow-pickle`") from None
     except Exception as e:
         raise UserError(f"{path} is not a readable torch checkpoint "
                         f"({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})") from None

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from . import faults
 from .errors import UserError
 
 
@@ -37,6 +38,7 @@ class EpochCheckpoint:
             torch.save(state, tmp)
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
+            faults.reach("checkpoint-write")
             os.replace(tmp, self.path)
         except OSError as e:
             tmp.unlink(missing_ok=True)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import masks as masklib
+from . import faults, masks as masklib
 from .data import Dataset, augment
 from .errors import UserError
 from .models import spiking_layers
@@ -60,6 +60,7 @@ class Trainer:
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(
             self.opt, T_max=cfg.epochs * self.steps_per_epoch)
         self.gen = torch.Generator().manual_seed(seed)
+        torch.manual_seed(seed)  # Poisson spikes draw from the global RNG: same seed, same run
         self.epoch = 0
         if masks is not None:
             masklib.apply(model, masks)
@@ -86,6 +87,7 @@ class Trainer:
             self.sched.step()
             if self.masks is not None:
                 masklib.apply(model, self.masks)
+            faults.reach("step")
             total_loss += loss.item() * len(y)
             correct += int((predict(logits.detach()) == y).sum())
             seen += len(y)
