@@ -305,53 +305,14 @@ def validate(
 ):
     """Validate an ONNX model on target profiles: parity, accuracy, latency, memory; stores a
     validate artifact (report.json, report.md) and exits 1 when a gate fails."""
-    import numpy as np
-
-    from targets import modelfile, profiles as profiles_mod, stage
-
     p = _apply_recipe(ctx, dict(ctx.params), config)
-    profs = profiles_mod.load_many(p["target"])
-    if p["latency_budget_ms"] is not None:
-        if p["latency_budget_ms"] <= 0:
-            raise UserError("--latency-budget-ms must be positive")
-        profs = [pr.with_latency_budget(p["latency_budget_ms"]) for pr in profs]
-    if p["against"] is not None and p["reference"] is not None:
-        raise UserError("give --against (PyTorch reference) or --reference (npz), not both")
-    if p["limit"] is not None and p["limit"] < 1:
-        raise UserError("--limit must be at least 1")
-    model_path = Path(p["model"])
-    stage.source_artifact(model_path)  # a damaged export artifact is refused before any work
-    info = modelfile.inspect(model_path)
-    store = Store(out_dir)
-    store.writable()
-    ref = ref_source = None
-    extra: list[str] = []
-    if p["reference"] is not None:
-        inputs, ref, labels, ref_source = stage.load_reference(Path(p["reference"]))
-        data_name = f"reference:{Path(p['reference']).name}"
-    else:
-        from edgeprune import data as datalib
-
-        ds = datalib.load(p["data"])
-        x, labels = ds.x_test.numpy(), ds.y_test.numpy()
-        if p["limit"]:
-            x, labels = x[:p["limit"]], labels[:p["limit"]]
-        inputs, data_name = modelfile.model_inputs(x, info), p["data"]
-    if p["limit"] and p["reference"] is not None:
-        from targets.validation import take
-
-        inputs, ref = take(inputs, p["limit"]), ref[:p["limit"]]
-        labels = labels[:p["limit"]] if labels is not None else None
-    if p["against"] is not None:
-        ref, _spec, model_id = _reference_logits(Path(p["against"]), np.ascontiguousarray(inputs), info)
-        ref_source = f"pytorch:{Path(p['against']).name}" + (f"@{model_id}" if model_id else "")
-        extra = [model_id] if model_id else []
     failed = None
     try:
-        art, cached = stage.run_validate(store, model_path, profs, inputs, labels,
-                                         data_name=data_name, reference=ref,
-                                         reference_source=ref_source, extra_inputs=tuple(extra),
-                                         info=info, progress=_stderr_progress(as_json))
+        art, cached = validate_model(Path(p["model"]), Store(out_dir), p["target"],
+                                     against=p["against"], reference=p["reference"],
+                                     data=p["data"], limit=p["limit"],
+                                     latency_budget_ms=p["latency_budget_ms"],
+                                     progress=_stderr_progress(as_json))
     except GateFailed as e:  # the report is stored: show it, then exit 1
         failed, art, cached = e, e.artifact, False
     report = json.loads(art.file("report.json").read_text())
@@ -361,6 +322,58 @@ def validate(
           _target_table(report, title), [*_gate_lines(report), f"report: {art.path / 'report.md'}"])
     if failed is not None:
         raise failed
+
+
+def validate_model(model: Path, store: Store, target: str = "x86_64", *,
+                   against: Optional[Path] = None, reference: Optional[Path] = None,
+                   data: str = "digits", limit: Optional[int] = None,
+                   latency_budget_ms: Optional[float] = None, progress=lambda m: None):
+    """The validate stage as one call (for `compress`): returns (artifact, cached); raises
+    UserError on bad input before any work and GateFailed (with `.artifact`) after storing a
+    report whose gates failed. Reference logits from `against` are computed here, with torch;
+    targets/ never imports it."""
+    import numpy as np
+
+    from targets import modelfile, profiles as profiles_mod, stage
+
+    profs = profiles_mod.load_many(target)
+    if latency_budget_ms is not None:
+        if latency_budget_ms <= 0:
+            raise UserError("--latency-budget-ms must be positive")
+        profs = [pr.with_latency_budget(latency_budget_ms) for pr in profs]
+    if against is not None and reference is not None:
+        raise UserError("give --against (PyTorch reference) or --reference (npz), not both")
+    if limit is not None and limit < 1:
+        raise UserError("--limit must be at least 1")
+    model = Path(model)
+    stage.source_artifact(model)  # a damaged export artifact is refused before any work
+    info = modelfile.inspect(model)
+    store.writable()
+    ref = ref_source = None
+    extra: list[str] = []
+    if reference is not None:
+        from targets.validation import take
+
+        inputs, ref, labels, ref_source = stage.load_reference(Path(reference))
+        data_name = f"reference:{Path(reference).name}"
+        if limit:
+            inputs, ref = take(inputs, limit), ref[:limit]
+            labels = labels[:limit] if labels is not None else None
+    else:
+        from edgeprune import data as datalib
+
+        ds = datalib.load(data)
+        x, labels = ds.x_test.numpy(), ds.y_test.numpy()
+        if limit:
+            x, labels = x[:limit], labels[:limit]
+        inputs, data_name = modelfile.model_inputs(x, info), data
+    if against is not None:
+        ref, _spec, model_id = _reference_logits(Path(against), np.ascontiguousarray(inputs), info)
+        ref_source = f"pytorch:{Path(against).name}" + (f"@{model_id}" if model_id else "")
+        extra = [model_id] if model_id else []
+    return stage.run_validate(store, model, profs, inputs, labels, data_name=data_name,
+                              reference=ref, reference_source=ref_source,
+                              extra_inputs=tuple(extra), info=info, progress=progress)
 
 
 @app.command()

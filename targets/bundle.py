@@ -33,27 +33,36 @@ Progress = Callable[[str], None]
 
 # -- package -----------------------------------------------------------------------------------
 
+def _passed(art: Artifact) -> bool:
+    return bool(art.metrics.get("passed"))
+
+
 def resolve(source: Path) -> Artifact:
-    """The validate artifact to package: given itself, a run directory (the newest validate),
-    or an export artifact (its newest validation)."""
+    """The validate artifact to package: given itself, a run directory (its newest passing
+    validation), or an export artifact (its newest passing validation). A model whose
+    validation failed a gate is not released: GateFailed."""
     source = Path(source)
     if not source.exists():
         raise UserError(f"{source} does not exist")
     if source.is_dir() and not (source / MANIFEST).exists():
         vals = [a for a in Store(source).artifacts() if a.stage == "validate"]
-        if not vals:
-            raise UserError(f"run directory {source} has no validate artifact: run "
-                            "`edgeprune validate` first")
-        return vals[-1]
-    art = open_artifact(source)
-    if art.stage == "validate":
-        return art
-    vals = [a for a in Store(art.path.parent).artifacts()
-            if a.stage == "validate" and art.id in a.manifest.get("inputs", [])]
+        what = f"run directory {source}"
+    else:
+        art = open_artifact(source)
+        if art.stage == "validate":
+            vals, what = [art], f"validate artifact {art.id}"
+        else:
+            vals = [a for a in Store(art.path.parent).artifacts()
+                    if a.stage == "validate" and art.id in a.manifest.get("inputs", [])]
+            what = f"{art.stage} artifact {art.id}"
     if not vals:
-        raise UserError(f"{art.stage} artifact {art.id} has not been validated: run "
-                        "`edgeprune validate` on its model.onnx first")
-    return vals[-1]
+        raise UserError(f"{what} has no validation: run `edgeprune validate` on the exported "
+                        "model.onnx first")
+    passing = [a for a in vals if _passed(a)]
+    if not passing:
+        raise GateFailed(f"{what}: validation {vals[-1].id} failed its gates "
+                         f"(see {vals[-1].path / 'report.md'}); a failing model is not packaged")
+    return passing[-1]
 
 
 def lineage(run_dir: Path, art: Artifact) -> list[dict]:

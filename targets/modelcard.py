@@ -44,7 +44,8 @@ def facts(lineage: list[dict], meta: dict, validations: list[dict]) -> dict:
         for e in v["report"]["targets"]:
             targets.append({"target": e["target"], "isa": e["isa"], "mode": e["mode"],
                             "onnxruntime": e["onnxruntime"], "passed": e["passed"],
-                            "accuracy": e["accuracy"], "validate_id": v["id"]})
+                            "accuracy": e["accuracy"], "inputs": e["inputs"],
+                            "validate_id": v["id"]})
     tolerances = {}
     for v in validations:
         for e in v["report"]["targets"]:
@@ -81,13 +82,15 @@ def render(name: str, lineage: list[dict], meta: dict, validations: list[dict],
         lines += ["datasets:", f"- {y(f['dataset'])}"]
     lines += ["metrics:", "- accuracy", "model-index:", f"- name: {y(name)}", "  results:"]
     for t in f["targets_validated"] if f["targets_validated"] != NA else []:
-        if t["accuracy"] is None:
-            continue
+        if t["accuracy"] is None or not t["passed"]:
+            continue  # a failed validation is listed below, not advertised as a result
+        label = (f"accuracy, onnxruntime {t['onnxruntime']} {t['target']}, "
+                 f"{t['inputs']} test inputs")
         lines += ["  - task: {type: image-classification}",
                   f"    dataset: {{name: {y(f['dataset'])}, type: {y(f['dataset'])}}}",
                   "    metrics:",
                   f"    - {{type: accuracy, value: {t['accuracy']:.6f}, "
-                  f"name: {y('accuracy on onnxruntime ' + t['onnxruntime'] + ' ' + t['target'])}}}"]
+                  f"name: {y(label)}}}"]
     lines.append("edgeprune:")
     for key in ("timesteps", "neuron_model", "reset", "encoding", "architecture",
                 "ticket_method", "search_timesteps", "rewind_point", "sparsity",

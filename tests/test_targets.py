@@ -227,6 +227,8 @@ def test_latency_budget_gate_exit_codes(exported, run_dir):
     assert "latency gate failed" in err and "budget 0.0001 ms" in err and "p95" in err
     report = json.loads(below.stdout)  # the report is stored and printed before exit 1
     assert report["passed"] is False and Path(report["path"], "report.json").exists()
+    refused = run_cli("package", report["path"])  # a model that failed a gate is not released
+    assert refused.returncode == 1 and "failed its gates" in refused.stderr, refused.stderr
     above = run_cli(*args, "--latency-budget-ms", "100000")
     assert above.returncode == 0, above.stderr
     assert json.loads(above.stdout)["passed"] is True
