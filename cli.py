@@ -502,6 +502,213 @@ def export_cmd(
 
 # (targets commands go here)
 
+TargetOpt = typer.Option("x86_64", "--target", help="Target profile names or .toml paths, "
+                         "comma-separated: x86_64, arm64-cortex-a72, arm64-neoverse-n1.")
+
+
+def _stderr_progress(as_json: bool):
+    """Progress lines on stderr (the ARM64 setup can take a minute on first use)."""
+    return lambda message: err.print(f"[dim]{message}[/dim]", highlight=False)
+
+
+def _reference_logits(model_pt: Path, inputs, info) -> tuple:
+    """PyTorch logits summed over T for the ONNX model's inputs: (logits, spec, artifact id).
+
+    Lives on the CLI side because it needs torch; targets/ never imports it. Spike inputs
+    (T, N, C, H, W) are fed through stem and body directly, so both models see the same spikes."""
+    import numpy as np
+    import torch
+
+    from edgeprune import checkpoint
+    from edgeprune.models import over_time
+
+    art = None
+    if (model_pt.parent / "manifest.json").exists():
+        art = open_artifact(model_pt.parent)
+        art.file(model_pt.name)
+    spec, model = checkpoint.load(model_pt)
+    t_onnx = info.timesteps
+    if t_onnx is not None and t_onnx != spec.timesteps:
+        raise UserError(f"{model_pt} runs T={spec.timesteps} but the ONNX model was exported "
+                        f"with T={t_onnx}: --against must be the model it was exported from")
+    model.eval()
+    outs = []
+    with torch.no_grad():
+        x = torch.from_numpy(inputs)
+        n = x.shape[1] if x.ndim == 5 else x.shape[0]
+        for s in range(0, n, 256):
+            if x.ndim == 5:
+                per_step = model.body(over_time(model.stem, x[:, s:s + 256]))
+            else:
+                per_step = model(x[s:s + 256], spec.timesteps)
+            outs.append(per_step.sum(0).numpy())
+    return np.concatenate(outs).astype(np.float32), spec, (art.id if art else None)
+
+
+def _target_table(report: dict, title: str) -> Table:
+    """One row per target; narrow enough for an 80-column CI log."""
+    t = Table(title=title)
+    for col in ("target", "run", "accuracy (drop)", "parity", "latency ms p50/p95/p99",
+                "RSS MB", "gates"):
+        t.add_column(col)
+    pct = lambda v: "n/a" if v is None else f"{v:.1%}"  # noqa: E731
+    for e in report["targets"]:
+        par, lat = e.get("parity") or {}, e["latency"]
+        mark = {"pass": "[green]ok[/]", "fail": "[red]FAIL[/]", "skipped": "–"}
+        t.add_row(e["target"], f"{e['mode']}\nORT {e['onnxruntime']}\n{e['inputs']} inputs",
+                  f"{pct(e['accuracy'])} ({pct(e.get('accuracy_drop'))})",
+                  "n/a" if not par else f"{par['agreement']:.1%}\n|Δ|≤{par['max_abs_diff']:.1g}",
+                  f"{lat['p50_ms']:.3g}/{lat['p95_ms']:.3g}/{lat['p99_ms']:.3g}"
+                  + ("\n[yellow]emulated — not indicative[/]" if lat["emulated"] else ""),
+                  f"{e['memory']['peak_rss_delta_mb']:.1f}",
+                  "\n".join(f"{g['gate']} {mark[g['status']]}" for g in e["gates"]))
+    return t
+
+
+def _gate_lines(report: dict) -> list[str]:
+    return [f"[red]{e['target']} {g['gate']}:[/] {g['detail']}" for e in report["targets"]
+            for g in e["gates"] if g["status"] == "fail"]
+
+
+@app.command()
+def validate(
+    ctx: typer.Context,
+    model: Path = typer.Argument(..., help="model.onnx (from an export artifact, or any .onnx "
+                                 "with input (batch, C, H, W) and output logits)."),
+    target: str = TargetOpt,
+    against: Optional[Path] = typer.Option(None, "--against", help="The model.pt it was exported "
+                                           "from: parity and accuracy drop vs PyTorch."),
+    reference: Optional[Path] = typer.Option(None, "--reference", help="A reference.npz (inputs, "
+                                             "logits[, labels]) as stored in bundles, instead "
+                                             "of --data/--against."),
+    data: str = DataOpt,
+    limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N test images."),
+    latency_budget_ms: Optional[float] = typer.Option(None, "--latency-budget-ms",
+                                                      help="Override every profile's latency budget."),
+    out_dir: Path = OutOpt,
+    config: Optional[Path] = ConfigOpt,
+    as_json: bool = JsonOpt,
+):
+    """Validate an ONNX model on target profiles: parity, accuracy, latency, memory; stores a
+    validate artifact (report.json, report.md) and exits 1 when a gate fails."""
+    p = _apply_recipe(ctx, dict(ctx.params), config)
+    failed = None
+    try:
+        art, cached = validate_model(Path(p["model"]), Store(out_dir), p["target"],
+                                     against=p["against"], reference=p["reference"],
+                                     data=p["data"], limit=p["limit"],
+                                     latency_budget_ms=p["latency_budget_ms"],
+                                     progress=_stderr_progress(as_json))
+    except GateFailed as e:  # the report is stored: show it, then exit 1
+        failed, art, cached = e, e.artifact, False
+    report = json.loads(art.file("report.json").read_text())
+    title = f"validate {art.id}" + (" (cached)" if cached else "")
+    _emit(as_json, {"stage": "validate", "id": art.id, "cached": cached, "path": str(art.path),
+                    "passed": report["passed"], "metrics": art.metrics, "report": report},
+          _target_table(report, title), [*_gate_lines(report), f"report: {art.path / 'report.md'}"])
+    if failed is not None:
+        raise failed
+
+
+def validate_model(model: Path, store: Store, target: str = "x86_64", *,
+                   against: Optional[Path] = None, reference: Optional[Path] = None,
+                   data: str = "digits", limit: Optional[int] = None,
+                   latency_budget_ms: Optional[float] = None, progress=lambda m: None):
+    """The validate stage as one call (for `compress`): returns (artifact, cached); raises
+    UserError on bad input before any work and GateFailed (with `.artifact`) after storing a
+    report whose gates failed. Reference logits from `against` are computed here, with torch;
+    targets/ never imports it."""
+    import numpy as np
+
+    from targets import modelfile, profiles as profiles_mod, stage
+
+    profs = profiles_mod.load_many(target)
+    if latency_budget_ms is not None:
+        if latency_budget_ms <= 0:
+            raise UserError("--latency-budget-ms must be positive")
+        profs = [pr.with_latency_budget(latency_budget_ms) for pr in profs]
+    if against is not None and reference is not None:
+        raise UserError("give --against (PyTorch reference) or --reference (npz), not both")
+    if limit is not None and limit < 1:
+        raise UserError("--limit must be at least 1")
+    model = Path(model)
+    stage.source_artifact(model)  # a damaged export artifact is refused before any work
+    info = modelfile.inspect(model)
+    store.writable()
+    ref = ref_source = None
+    extra: list[str] = []
+    if reference is not None:
+        from targets.validation import take
+
+        inputs, ref, labels, ref_source = stage.load_reference(Path(reference))
+        data_name = f"reference:{Path(reference).name}"
+        if limit:
+            inputs, ref = take(inputs, limit), ref[:limit]
+            labels = labels[:limit] if labels is not None else None
+    else:
+        from edgeprune import data as datalib
+
+        ds = datalib.load(data)
+        x, labels = ds.x_test.numpy(), ds.y_test.numpy()
+        if limit:
+            x, labels = x[:limit], labels[:limit]
+        inputs, data_name = modelfile.model_inputs(x, info), data
+    if against is not None:
+        ref, _spec, model_id = _reference_logits(Path(against), np.ascontiguousarray(inputs), info)
+        ref_source = f"pytorch:{Path(against).name}" + (f"@{model_id}" if model_id else "")
+        extra = [model_id] if model_id else []
+    return stage.run_validate(store, model, profs, inputs, labels, data_name=data_name,
+                              reference=ref, reference_source=ref_source,
+                              extra_inputs=tuple(extra), info=info, progress=progress)
+
+
+@app.command()
+def package(
+    source: Path = typer.Argument(..., help="A run directory, a validate artifact, or an export "
+                                  "artifact that has been validated."),
+    ort: bool = typer.Option(False, "--ort", help="Also convert to ONNX Runtime's .ort format."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Run directory for the package "
+                                           "artifact (default: the source's run directory)."),
+    as_json: bool = JsonOpt,
+):
+    """Build a release bundle (.tar.gz): ONNX models, manifest with lineage and sha256 of every
+    file, validation reports, reference inputs/outputs and MODEL_CARD.md."""
+    from targets import bundle
+
+    art, cached = bundle.package(source, out_dir=out_dir, ort=ort,
+                                 progress=_stderr_progress(as_json))
+    m = art.metrics
+    t = Table(title=f"package {art.id}" + (" (cached)" if cached else ""), show_header=False)
+    t.add_column("key", style="bold")
+    t.add_column("value")
+    for k in ("bundle", "bytes", "files", "validated_targets", "lineage"):
+        t.add_row(k, _fmt(m.get(k)))
+    _emit(as_json, {"stage": "package", "id": art.id, "cached": cached,
+                    "bundle": str(art.path / m["bundle"]), "metrics": m}, t,
+          [f"bundle: {art.path / m['bundle']}"])
+
+
+@app.command()
+def verify(
+    bundle_path: Path = typer.Argument(..., help="A bundle .tar.gz made by `edgeprune package`."),
+    target: Optional[str] = typer.Option(None, "--target", help="Profiles to re-run the reference "
+                                         "inputs on (default: the bundle's validated targets "
+                                         "that run natively here)."),
+    as_json: bool = JsonOpt,
+):
+    """Check a bundle: safe extraction, every sha256, and the reference inputs re-run on the
+    target against the stored outputs. Needs only numpy and onnxruntime. Exit 1 on a mismatch."""
+    from targets import bundle
+
+    result = bundle.verify(bundle_path, target, progress=_stderr_progress(as_json))
+    t = Table(title=f"verify {bundle_path.name}")
+    for col in ("target", "mode", "onnxruntime", "file", "inputs", "agreement", "max |Δ|", "ok"):
+        t.add_column(col)
+    for r in result["runs"]:
+        t.add_row(r["target"], r["mode"], r["onnxruntime"], r["file"], str(r["inputs"]),
+                  f"{r['agreement']:.2%}", f"{r['max_abs_diff']:.2g}", "yes" if r["passed"] else "NO")
+    _emit(as_json, result, t, [f"{result['files_checked']} files match their sha256"])
+
 
 # -- models from elsewhere (edgeprune/norse_import.py) ------------------------------------
 

@@ -1,0 +1,289 @@
+"""Release bundles: `package` turns a validated run into a .tar.gz (ONNX models, optional .ort,
+validation reports, reference inputs/outputs, MODEL_CARD.md, manifest with lineage and sha256
+of every file); `verify` checks one on a device with only numpy and onnxruntime."""
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from edgeprune import __version__
+from edgeprune.artifacts import MANIFEST, Artifact, Store, artifact_id, open_artifact
+from edgeprune.errors import GateFailed, UserError
+
+from . import archive, modelcard, profiles as profiles_mod, runtime
+from .validation import _parity
+
+SCHEMA = "edgeprune.bundle/1"
+STAGE = "package"
+SELF_KEY = "self_sha256"
+ZERO = "0" * 64
+MODEL_SUFFIXES = (".onnx", ".nir")
+ORT_PLATFORM = {"x86_64": "amd64", "aarch64": "arm"}
+Progress = Callable[[str], None]
+
+
+# -- package -----------------------------------------------------------------------------------
+
+def _passed(art: Artifact) -> bool:
+    return bool(art.metrics.get("passed"))
+
+
+def resolve(source: Path) -> Artifact:
+    """The validate artifact to package: given itself, a run directory (its newest passing
+    validation), or an export artifact (its newest passing validation). A model whose
+    validation failed a gate is not released: GateFailed."""
+    source = Path(source)
+    if not source.exists():
+        raise UserError(f"{source} does not exist")
+    if source.is_dir() and not (source / MANIFEST).exists():
+        vals = [a for a in Store(source).artifacts() if a.stage == "validate"]
+        what = f"run directory {source}"
+    else:
+        art = open_artifact(source)
+        if art.stage == "validate":
+            vals, what = [art], f"validate artifact {art.id}"
+        else:
+            vals = [a for a in Store(art.path.parent).artifacts()
+                    if a.stage == "validate" and art.id in a.manifest.get("inputs", [])]
+            what = f"{art.stage} artifact {art.id}"
+    if not vals:
+        raise UserError(f"{what} has no validation: run `edgeprune validate` on the exported "
+                        "model.onnx first")
+    passing = [a for a in vals if _passed(a)]
+    if not passing:
+        raise GateFailed(f"{what}: validation {vals[-1].id} failed its gates "
+                         f"(see {vals[-1].path / 'report.md'}); a failing model is not packaged")
+    return passing[-1]
+
+
+def lineage(run_dir: Path, art: Artifact) -> list[dict]:
+    """`art` and its ancestors through `inputs`, parents first; ids missing from the run
+    directory are listed as missing rather than dropped."""
+    index = {a.id: a for a in Store(run_dir).artifacts()}
+    order: list[dict] = []
+    seen: set[str] = set()
+
+    def visit(aid: str) -> None:
+        if aid in seen:
+            return
+        seen.add(aid)
+        a = index.get(aid)
+        if a is None:
+            order.append({"id": aid, "stage": None, "missing": True})
+            return
+        for parent in a.manifest.get("inputs", []):
+            visit(parent)
+        order.append({"id": a.id, "stage": a.stage, "created": a.manifest.get("created"),
+                      "inputs": a.manifest.get("inputs", []), "config": a.config,
+                      "metrics": a.metrics, "env": a.manifest.get("env", {}),
+                      "files": a.manifest.get("files", {})})
+
+    visit(art.id)
+    return order
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _manifest_bytes(manifest: dict) -> bytes:
+    """JSON with its own sha256 inside: the hash of the file with the hash zeroed."""
+    text = json.dumps({**manifest, SELF_KEY: ZERO}, indent=2, sort_keys=True, default=str) + "\n"
+    return text.replace(ZERO, _sha(text.encode()), 1).encode()
+
+
+def _convert_ort(onnx_bytes: bytes, platform: str) -> dict[str, bytes]:
+    with tempfile.TemporaryDirectory(prefix="edgeprune-ort-") as d:
+        src = Path(d) / "model.onnx"
+        src.write_bytes(onnx_bytes)
+        out = Path(d) / "out"
+        p = subprocess.run([sys.executable, "-m", "onnxruntime.tools.convert_onnx_models_to_ort",
+                            str(src), "--output_dir", str(out), "--optimization_style", "Fixed",
+                            "--target_platform", platform],
+                           capture_output=True, text=True, timeout=600)
+        if p.returncode != 0 or not (out / "model.ort").exists():
+            tail = (p.stderr or p.stdout).strip().splitlines()
+            raise UserError(f"ORT format conversion failed ({tail[-1][:200] if tail else 'no output'});"
+                            " package without --ort")
+        return {f"model.{platform}.ort": (out / "model.ort").read_bytes(),
+                f"model.{platform}.required_operators.config":
+                    (out / "model.required_operators.config").read_bytes()}
+
+
+def package(source: Path, out_dir: Path | None = None, ort: bool = False,
+            progress: Progress = lambda m: None) -> tuple[Artifact, bool]:
+    """Build (or find) the package artifact holding the bundle of `source`'s validated model."""
+    val = resolve(source)
+    run_dir = val.path.parent
+    lin = lineage(run_dir, val)
+    by_id = {e["id"]: e for e in lin}
+    exports = [i for i in val.manifest["inputs"] if by_id.get(i, {}).get("stage") == "export"]
+    if not exports:
+        raise UserError(f"validate artifact {val.id} was run on a loose .onnx file, not an "
+                        "export artifact: validate the exported model.onnx to package it")
+    export = open_artifact(run_dir / f"export-{exports[0]}")
+    vals = [a for a in Store(run_dir).artifacts()
+            if a.stage == "validate" and export.id in a.manifest.get("inputs", [])]
+    if val.id not in [v.id for v in vals]:
+        vals.append(val)
+    store = Store(out_dir or run_dir)
+    config = {"validate": val.id, "validations": sorted(v.id for v in vals), "ort": ort,
+              "schema": SCHEMA}
+    aid = artifact_id(STAGE, config, [val.id])
+    found = store.find(STAGE, aid)
+    if found:
+        return found, True
+    store.writable()
+
+    progress(f"package: collecting export {export.id} and {len(vals)} validation(s)")
+    files: dict[str, bytes] = {}
+    for name in sorted(export.manifest["files"]):
+        if name.endswith(MODEL_SUFFIXES):
+            files[name] = export.file(name).read_bytes()  # sha256 checked on read
+    if "model.onnx" not in files:
+        raise UserError(f"export artifact {export.id} has no model.onnx")
+    reports = []
+    for v in vals:
+        report = json.loads(v.file("report.json").read_text())
+        files[f"reports/validate-{v.id}/report.json"] = v.file("report.json").read_bytes()
+        files[f"reports/validate-{v.id}/report.md"] = v.file("report.md").read_bytes()
+        reports.append({"id": v.id, "report": report})
+    files["reference.npz"] = val.file("reference.npz").read_bytes()
+    targets = [{"target": e["target"], "isa": e["isa"], "mode": e["mode"],
+                "onnxruntime": e["onnxruntime"], "passed": e["passed"], "validate_id": r["id"],
+                "profile": e["profile"]} for r in reports for e in r["report"]["targets"]]
+    if ort:
+        for isa in sorted({t["isa"] for t in targets}):
+            progress(f"package: converting to ORT format for {ORT_PLATFORM[isa]}")
+            files.update(_convert_ort(files["model.onnx"], ORT_PLATFORM[isa]))
+    meta = json.loads(files[f"reports/validate-{val.id}/report.json"])["model"]["metadata"]
+    name = f"edgeprune-{export.id}"
+    files["MODEL_CARD.md"] = modelcard.render(name, lin, meta, reports,
+                                              sorted([*files, "MODEL_CARD.md"])).encode()
+    with np.load(val.file("reference.npz")) as z:
+        ref_info = {"file": "reference.npz", "source": str(z["source"]),
+                    "inputs": int(z["logits"].shape[0])}
+    manifest = {"schema": SCHEMA, "name": name, "created": time.strftime(
+                    "%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "edgeprune": __version__,
+                "model": {"file": "model.onnx", "export": export.id, "metadata": meta},
+                "validate": val.id, "targets": targets, "reference": ref_info,
+                "lineage": lin,
+                "files": {n: {"sha256": _sha(b), "bytes": len(b)} for n, b in sorted(files.items())}}
+    files[MANIFEST] = _manifest_bytes(manifest)
+    bundle_name = f"{name}.tar.gz"
+    blob = archive.pack(name, files)
+
+    def write(tmp: Path) -> None:
+        (tmp / bundle_name).write_bytes(blob)
+
+    progress(f"package: writing {bundle_name}")
+    art = store.write(STAGE, aid, config=config, inputs=[val.id],
+                      metrics={"bundle": bundle_name, "files": len(files), "bytes": len(blob),
+                               "validated_targets": sorted({t["target"] for t in targets}),
+                               "lineage": " → ".join(f"{e['stage']}-{e['id']}" for e in lin),
+                               "ort": ort},
+                      write_files=write)
+    return art, False
+
+
+# -- verify ------------------------------------------------------------------------------------
+
+def _check_manifest(files: dict[str, bytes]) -> tuple[dict | None, list[str]]:
+    raw = files.get(MANIFEST)
+    if raw is None:
+        return None, [f"{MANIFEST} is missing"]
+    try:
+        manifest = json.loads(raw)
+        claimed = manifest[SELF_KEY]
+    except (ValueError, KeyError, TypeError):
+        return None, [f"{MANIFEST} is damaged (not the JSON manifest it should be)"]
+    text = raw.decode("utf-8", errors="replace")
+    if not isinstance(claimed, str) or text.count(claimed) != 1 or \
+            _sha(text.replace(claimed, ZERO, 1).encode()) != claimed:
+        return None, [f"{MANIFEST} does not match its own sha256 (modified or damaged)"]
+    if manifest.get("schema") != SCHEMA:
+        return None, [f"{MANIFEST} is not an {SCHEMA} manifest"]
+    problems = []
+    listed = manifest.get("files", {})
+    for name, entry in sorted(listed.items()):
+        data = files.get(name)
+        if data is None:
+            problems.append(f"{name} is missing")
+        elif len(data) != entry["bytes"] or _sha(data) != entry["sha256"]:
+            problems.append(f"{name} does not match its sha256 in {MANIFEST}")
+    for name in sorted(set(files) - set(listed) - {MANIFEST}):
+        problems.append(f"{name} is not listed in {MANIFEST}")
+    return manifest, problems
+
+
+def _profiles_for(manifest: dict, target: str | None) -> list:
+    if target:
+        return profiles_mod.load_many(target)
+    host = runtime.host_isa()
+    chosen, seen = [], set()
+    for t in manifest.get("targets", []):
+        if t["isa"] == host and t["target"] not in seen:
+            seen.add(t["target"])
+            raw = {k: v for k, v in t["profile"].items() if v is not None}
+            chosen.append(profiles_mod.from_dict(raw, t["target"], "bundle manifest"))
+    if not chosen:
+        chosen = [profiles_mod.load("x86_64" if host == "x86_64" else "arm64-cortex-a72")]
+    return chosen
+
+
+def verify(bundle: Path, target: str | None = None,
+           progress: Progress = lambda m: None) -> dict:
+    """Checksums first, then the reference inputs re-run on each target; GateFailed naming the
+    file on any mismatch."""
+    bundle = Path(bundle)
+    if not bundle.is_file():
+        raise UserError(f"bundle {bundle} does not exist")
+    with tempfile.TemporaryDirectory(prefix="edgeprune-verify-") as d:
+        files = archive.extract(bundle, Path(d))
+        manifest, problems = _check_manifest(files)
+        if problems:
+            raise GateFailed(f"bundle {bundle.name} failed verification: " + "; ".join(problems))
+        progress(f"verify: {len(files)} files match their sha256")
+        profs = _profiles_for(manifest, target)
+        root = Path(d)
+        with np.load(root / "reference.npz", allow_pickle=False) as z:
+            inputs, expected = z["inputs"], z["logits"]
+        runs, failed = [], []
+        for prof in profs:
+            # Only the outputs matter here: one untimed pass, no latency plan.
+            quick = replace(prof, latency=replace(prof.latency, warmup=0, runs=1),
+                            emulation=(replace(prof.emulation, warmup=0, runs=1,
+                                               max_inputs=max(prof.emulation.max_inputs,
+                                                              len(expected)))
+                                       if prof.emulation else None))
+            models = ["model.onnx"] + [n for n in sorted(files)
+                                       if n == f"model.{ORT_PLATFORM[prof.isa]}.ort"]
+            for name in models:
+                run = runtime.run(root / name, quick, inputs, progress=progress)
+                par = _parity(run.outputs, expected)
+                ok = (par["agreement"] >= prof.parity.min_agreement
+                      and par["max_abs_diff"] <= prof.parity.max_abs_logit_diff)
+                runs.append({"target": prof.name, "file": name, "mode": run.mode,
+                             "onnxruntime": run.result["onnxruntime"],
+                             "machine": run.result["machine"], "inputs": len(expected),
+                             **par, "passed": ok})
+                if not ok:
+                    failed.append(f"{name} on {prof.name}: outputs differ from reference.npz "
+                                  f"(agreement {par['agreement']:.2%}, max |Δlogit| "
+                                  f"{par['max_abs_diff']:.3g} > {prof.parity.max_abs_logit_diff:g})")
+    result = {"bundle": str(bundle), "name": manifest["name"], "files_checked": len(files),
+              "runs": runs, "passed": not failed}
+    if failed:
+        e = GateFailed(f"bundle {bundle.name} failed verification: " + "; ".join(failed))
+        e.result = result
+        raise e
+    return result

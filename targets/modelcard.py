@@ -1,0 +1,129 @@
+"""MODEL_CARD.md for a bundle: Hugging Face-style YAML front matter plus the SNN facts.
+
+Every value comes from the lineage (artifact configs and metrics), the ONNX metadata or the
+validation reports; whatever none of them records (e.g. no search stage yet) is "n/a", never a
+default guessed here. YAML is written as JSON scalars, which YAML reads unchanged.
+"""
+from __future__ import annotations
+
+import json
+
+NA = "n/a"
+
+
+def _dig(d: dict, *keys):
+    for k in keys:
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return d
+
+
+def _first(lineage: list[dict], stage: str, *paths: tuple) -> object:
+    """The first value found at any of `paths` in the config or metrics of a `stage` entry."""
+    for entry in lineage:
+        if entry["stage"] != stage:
+            continue
+        for path in paths:
+            for section in ("config", "metrics"):
+                v = _dig(entry.get(section, {}), *path)
+                if v is not None:
+                    return v
+    return None
+
+
+def facts(lineage: list[dict], meta: dict, validations: list[dict]) -> dict:
+    """The SNN fields of the card, each a value or "n/a"."""
+    model_cfg = _first(lineage, "train", ("model",)) or {}
+    neuron = meta.get("neuron") or model_cfg.get("neuron")
+    sparsity = _dig(meta, "sparsity", "total")
+    if sparsity is None:
+        sparsity = _first(lineage, "retrain", ("sparsity",)) or _first(lineage, "search", ("sparsity",))
+    targets = []
+    for v in validations:
+        for e in v["report"]["targets"]:
+            targets.append({"target": e["target"], "isa": e["isa"], "mode": e["mode"],
+                            "onnxruntime": e["onnxruntime"], "passed": e["passed"],
+                            "accuracy": e["accuracy"], "inputs": e["inputs"],
+                            "validate_id": v["id"]})
+    tolerances = {}
+    for v in validations:
+        for e in v["report"]["targets"]:
+            tolerances[e["target"]] = e["profile"]["parity"]
+    f = {
+        "timesteps": meta.get("timesteps") or model_cfg.get("timesteps"),
+        "neuron_model": (f"LIF (Norse LIFBox, no synaptic current): " + ", ".join(
+            f"{k}={neuron[k]}" for k in ("tau_mem_inv", "v_th", "v_reset", "surrogate")
+            if k in neuron)) if isinstance(neuron, dict) else None,
+        "reset": neuron.get("reset") if isinstance(neuron, dict) else None,
+        "encoding": meta.get("encoding") or model_cfg.get("encoding"),
+        "architecture": model_cfg.get("arch"),
+        "dataset": _first(lineage, "train", ("data", "name")),
+        "ticket_method": _first(lineage, "search", ("method",), ("search", "method")),
+        "search_timesteps": _first(lineage, "search", ("timesteps_search",), ("t_prime",),
+                                   ("search", "timesteps")),
+        "rewind_point": _first(lineage, "search", ("rewind_epoch",), ("rewind",),
+                               ("search", "rewind_epoch")),
+        "sparsity": sparsity,
+        "parity_tolerance": tolerances or None,
+        "targets_validated": targets or None,
+    }
+    return {k: (NA if v is None else v) for k, v in f.items()}
+
+
+def render(name: str, lineage: list[dict], meta: dict, validations: list[dict],
+           files: list[str]) -> str:
+    f = facts(lineage, meta, validations)
+    y = json.dumps
+    lines = ["---", "library_name: onnx", "pipeline_tag: image-classification", "tags:"]
+    lines += [f"- {t}" for t in ("spiking-neural-network", "snn", "lottery-ticket", "pruning",
+                                 "onnx", "edgeprune")]
+    if f["dataset"] != NA:
+        lines += ["datasets:", f"- {y(f['dataset'])}"]
+    lines += ["metrics:", "- accuracy", "model-index:", f"- name: {y(name)}", "  results:"]
+    for t in f["targets_validated"] if f["targets_validated"] != NA else []:
+        if t["accuracy"] is None or not t["passed"]:
+            continue  # a failed validation is listed below, not advertised as a result
+        label = (f"accuracy, onnxruntime {t['onnxruntime']} {t['target']}, "
+                 f"{t['inputs']} test inputs")
+        lines += ["  - task: {type: image-classification}",
+                  f"    dataset: {{name: {y(f['dataset'])}, type: {y(f['dataset'])}}}",
+                  "    metrics:",
+                  f"    - {{type: accuracy, value: {t['accuracy']:.6f}, "
+                  f"name: {y(label)}}}"]
+    lines.append("edgeprune:")
+    for key in ("timesteps", "neuron_model", "reset", "encoding", "architecture",
+                "ticket_method", "search_timesteps", "rewind_point", "sparsity",
+                "parity_tolerance", "targets_validated"):
+        lines.append(f"  {key}: {y(f[key], sort_keys=True)}")
+    lines += ["---", "", f"# {name}", "",
+              "A spiking neural network compressed by edgeprune and exported to ONNX with its "
+              "timesteps unrolled. Feed raw [0, 1] pixels (normalization is inside the graph); "
+              "the output `logits` are summed over T, the prediction is their argmax.", "",
+              "| field | value |", "|---|---|"]
+    labels = {"timesteps": "timesteps T", "neuron_model": "neuron model", "reset": "reset",
+              "encoding": "input encoding", "architecture": "architecture", "dataset": "dataset",
+              "ticket_method": "ticket method", "search_timesteps": "search timesteps T′",
+              "rewind_point": "rewind point", "sparsity": "sparsity"}
+    for key, label in labels.items():
+        v = f[key]
+        lines.append(f"| {label} | {v:.2%} |" if key == "sparsity" and isinstance(v, float)
+                     else f"| {label} | {v} |")
+    lines += ["", "## Validated targets", "",
+              "| target | mode | onnxruntime | accuracy | parity tolerance | passed |",
+              "|---|---|---|---|---|---|"]
+    for t in f["targets_validated"] if f["targets_validated"] != NA else []:
+        tol = f["parity_tolerance"].get(t["target"], {}) if f["parity_tolerance"] != NA else {}
+        acc = NA if t["accuracy"] is None else f"{t['accuracy']:.2%}"
+        lines.append(f"| {t['target']} | {t['mode']} | {t['onnxruntime']} | {acc} | "
+                     f"max abs {tol.get('max_abs_logit_diff', NA)}, agreement ≥ "
+                     f"{tol.get('min_agreement', NA)} | {'yes' if t['passed'] else 'no'} |")
+    lines += ["", "Emulated targets ran the aarch64 ONNX Runtime under QEMU: their parity is "
+              "real, their latency is not indicative.", "", "## Lineage", ""]
+    for e in lineage:
+        lines.append(f"- {e['stage']} `{e['id']}`" + (" (not in the run directory)"
+                                                     if e.get("missing") else ""))
+    lines += ["", "## Files", ""] + [f"- `{n}`" for n in files] + [
+        "", "Check them with `edgeprune verify BUNDLE.tar.gz` (sha256 of every file, then the "
+        "reference inputs re-run on the target).", ""]
+    return "\n".join(lines)

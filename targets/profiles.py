@@ -1,0 +1,201 @@
+"""Target profiles: what a device runs (ISA, execution provider, session options) and the gates
+a model must pass on it (latency, memory, parity, accuracy drop).
+
+Profiles are TOML files a user copies and edits. The schema below is strict: an unknown key or a
+value of the wrong type is a one-line UserError, because a misspelt budget silently falling back
+to its default would pass a gate the user meant to tighten.
+"""
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from edgeprune.errors import UserError
+
+PROFILE_DIR = Path(__file__).parent / "profiles"
+ISAS = ("x86_64", "aarch64")
+OPT_LEVELS = ("disable", "basic", "extended", "all")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    provider: str = "CPUExecutionProvider"
+    graph_optimization_level: str = "all"
+    intra_op_threads: int = 1
+
+
+@dataclass(frozen=True)
+class Latency:
+    budget_ms: float = 10.0
+    batch_size: int = 1
+    percentile: float = 95.0
+    warmup: int = 10
+    runs: int = 200
+
+
+@dataclass(frozen=True)
+class Memory:
+    budget_mb: float = 256.0
+
+
+@dataclass(frozen=True)
+class Parity:
+    max_abs_logit_diff: float = 1e-3
+    min_agreement: float = 0.99
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    max_drop: float = 0.01
+
+
+@dataclass(frozen=True)
+class Emulation:
+    qemu_cpu: str = "cortex-a72"
+    max_inputs: int = 64
+    warmup: int = 2
+    runs: int = 10
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    isa: str
+    description: str = ""
+    source: str = ""  # where it was loaded from, for messages
+    runtime: Runtime = field(default_factory=Runtime)
+    latency: Latency = field(default_factory=Latency)
+    memory: Memory = field(default_factory=Memory)
+    parity: Parity = field(default_factory=Parity)
+    accuracy: Accuracy = field(default_factory=Accuracy)
+    emulation: Emulation | None = None
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("source")
+        return d
+
+    def with_latency_budget(self, budget_ms: float) -> "Profile":
+        from dataclasses import replace
+
+        return replace(self, latency=replace(self.latency, budget_ms=float(budget_ms)))
+
+
+SECTIONS = {"runtime": Runtime, "latency": Latency, "memory": Memory, "parity": Parity,
+            "accuracy": Accuracy, "emulation": Emulation}
+TOP_KEYS = {"name": str, "description": str, "isa": str}
+
+
+def builtin_names() -> list[str]:
+    return sorted(p.stem for p in PROFILE_DIR.glob("*.toml"))
+
+
+def load(name_or_path: str) -> Profile:
+    """A builtin profile by name (`x86_64`, `arm64-cortex-a72`, ...) or a .toml file."""
+    text = name_or_path.strip()
+    path = Path(text)
+    if text.endswith(".toml") or path.is_file():
+        if not path.is_file():
+            raise UserError(f"target profile {path} does not exist")
+    else:
+        path = PROFILE_DIR / f"{text}.toml"
+        if not path.is_file():
+            raise UserError(f"unknown target {text!r}: choose one of {', '.join(builtin_names())} "
+                            "or give the path of a profile .toml")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read target profile {path}: {e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"target profile {path} is not valid TOML: {e}") from None
+    return from_dict(raw, default_name=path.stem, source=str(path))
+
+
+def load_many(spec: str) -> list[Profile]:
+    """`--target a,b,path.toml`: each loaded, duplicates refused (same name twice is a typo)."""
+    names = [s.strip() for s in spec.split(",")]
+    if not spec.strip() or any(not n for n in names):
+        raise UserError(f"--target {spec!r} has an empty entry: give names separated by commas")
+    profiles = [load(n) for n in names]
+    seen: set[str] = set()
+    for p in profiles:
+        if p.name in seen:
+            raise UserError(f"target {p.name!r} is given twice in --target {spec!r}")
+        seen.add(p.name)
+    return profiles
+
+
+def from_dict(raw: dict, default_name: str = "custom", source: str = "<dict>") -> Profile:
+    where = f"target profile {source}"
+    for key, value in raw.items():
+        if key in SECTIONS:
+            if not isinstance(value, dict):
+                raise UserError(f"{where}: [{key}] must be a table, got {_tname(value)}")
+        elif key in TOP_KEYS:
+            _check_type(where, key, value, TOP_KEYS[key])
+        else:
+            raise UserError(f"{where}: unknown key {key!r} (known: "
+                            f"{', '.join([*TOP_KEYS, *SECTIONS])})")
+    if "isa" not in raw:
+        raise UserError(f"{where}: missing required key 'isa' ({' or '.join(ISAS)})")
+    if raw["isa"] not in ISAS:
+        raise UserError(f"{where}: isa must be one of {', '.join(ISAS)}, got {raw['isa']!r}")
+    sections = {name: _section(where, name, cls, raw.get(name, {}))
+                for name, cls in SECTIONS.items() if name in raw or name != "emulation"}
+    if raw["isa"] == "aarch64" and "emulation" not in raw:
+        sections["emulation"] = Emulation()  # so the profile still runs on an x86-64 host
+    profile = Profile(name=raw.get("name", default_name), isa=raw["isa"],
+                      description=raw.get("description", ""), source=source, **sections)
+    _check_values(where, profile)
+    return profile
+
+
+def _section(where: str, name: str, cls, values: dict):
+    hints = {f.name: f.type for f in cls.__dataclass_fields__.values()}
+    for key, value in values.items():
+        if key not in hints:
+            raise UserError(f"{where}: unknown key {name}.{key!r} (known: {', '.join(hints)})")
+        _check_type(where, f"{name}.{key}", value, {"int": int, "float": float,
+                                                      "str": str}[hints[key]])
+    return cls(**{k: float(v) if hints[k] == "float" else v for k, v in values.items()})
+
+
+def _check_type(where: str, key: str, value, want: type) -> None:
+    # bool is an int in Python, but `runs = true` is a mistake; an int is fine where a float is.
+    ok = (isinstance(value, want) and not isinstance(value, bool)) or (
+        want is float and isinstance(value, int) and not isinstance(value, bool))
+    if not ok:
+        raise UserError(f"{where}: {key} must be {want.__name__}, got {_tname(value)} {value!r}")
+
+
+def _tname(v) -> str:
+    return {bool: "bool", int: "int", float: "float", str: "str", dict: "table",
+            list: "array"}.get(type(v), type(v).__name__)
+
+
+def _check_values(where: str, p: Profile) -> None:
+    problems = []
+    if p.runtime.graph_optimization_level not in OPT_LEVELS:
+        problems.append(f"runtime.graph_optimization_level must be one of {', '.join(OPT_LEVELS)}")
+    if p.runtime.intra_op_threads < 0:
+        problems.append("runtime.intra_op_threads must be >= 0")
+    if p.latency.budget_ms <= 0:
+        problems.append("latency.budget_ms must be > 0")
+    if p.latency.batch_size < 1:
+        problems.append("latency.batch_size must be >= 1")
+    if not 0 < p.latency.percentile <= 100:
+        problems.append("latency.percentile must be in (0, 100]")
+    if p.latency.warmup < 0 or p.latency.runs < 1:
+        problems.append("latency.warmup must be >= 0 and latency.runs >= 1")
+    if p.memory.budget_mb <= 0:
+        problems.append("memory.budget_mb must be > 0")
+    if p.parity.max_abs_logit_diff < 0 or not 0 <= p.parity.min_agreement <= 1:
+        problems.append("parity.max_abs_logit_diff must be >= 0 and parity.min_agreement in [0, 1]")
+    if not 0 <= p.accuracy.max_drop <= 1:
+        problems.append("accuracy.max_drop must be in [0, 1] (a fraction, not a percentage)")
+    if p.emulation is not None and (p.emulation.max_inputs < 1 or p.emulation.runs < 1
+                                    or p.emulation.warmup < 0):
+        problems.append("emulation.max_inputs and emulation.runs must be >= 1")
+    if problems:
+        raise UserError(f"{where}: {problems[0]}")

@@ -1,0 +1,108 @@
+"""The validate stage: resolve the config, derive the artifact id, reuse a stored report or run
+the validation, store report.json/report.md/reference.npz, then apply the gates.
+
+The report is written before the gates raise, so a failing run still leaves its evidence."""
+from __future__ import annotations
+
+import hashlib
+import json
+import zipfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from edgeprune.artifacts import Artifact, MANIFEST, Store, artifact_id, open_artifact
+from edgeprune.errors import GateFailed, UserError
+
+from . import report as rep
+from .modelfile import ModelInfo, inspect
+from .profiles import Profile
+from .validation import failures, validate
+
+STAGE = "validate"
+
+
+def source_artifact(path: Path) -> Artifact | None:
+    """The artifact a file lives in (its sha256 checked), or None for a loose file."""
+    path = Path(path)
+    if not (path.parent / MANIFEST).exists():
+        return None
+    art = open_artifact(path.parent)
+    art.file(path.name)  # refuses a file that no longer matches its manifest
+    return art
+
+
+def _digest(*arrays: np.ndarray | None) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        if a is not None:
+            a = np.ascontiguousarray(a)
+            h.update(f"{a.dtype}{a.shape}".encode())
+            h.update(a.tobytes())
+    return h.hexdigest()[:16]
+
+
+def run_validate(store: Store, model: Path, profiles: list[Profile], inputs: np.ndarray,
+                 labels: np.ndarray | None, *, data_name: str, reference: np.ndarray | None = None,
+                 reference_source: str | None = None, extra_inputs: tuple[str, ...] = (),
+                 info: ModelInfo | None = None,
+                 progress: Callable[[str], None] = lambda m: None) -> tuple[Artifact, bool]:
+    """Validate `model` (an export artifact's model.onnx, or a loose .onnx) on `profiles`.
+
+    `inputs` are what the model takes (see modelfile.model_inputs), `reference` the logits the
+    ONNX model must reproduce on them. Returns (artifact, cached); raises GateFailed, after
+    storing the report, when a gate fails."""
+    model = Path(model)
+    source = source_artifact(model)
+    info = info or inspect(model)
+    config = {"model": {"file": model.name, "sha256": info.sha256},
+              "targets": [p.to_dict() for p in profiles],
+              "data": {"name": data_name, "inputs": _digest(inputs, labels)},
+              "reference": ({"source": reference_source, "logits": _digest(reference)}
+                            if reference is not None else None)}
+    inputs_ids = ([source.id] if source else []) + [i for i in extra_inputs
+                                                    if i and (not source or i != source.id)]
+    aid = artifact_id(STAGE, config, inputs_ids)
+    found = store.find(STAGE, aid)
+    if found:
+        report = json.loads(found.file("report.json").read_text())
+        _gate(report, found)
+        return found, True
+    store.writable()
+    v = validate(info, profiles, inputs, labels, reference, reference_source, progress)
+    v.report["model"]["artifact"] = source.id if source else None
+    ref_blob = rep.reference_npz(v, inputs, labels, reference, reference_source)
+
+    def write(tmp: Path) -> None:
+        (tmp / "report.json").write_text(rep.to_json(v.report))
+        (tmp / "report.md").write_text(rep.to_markdown(v.report))
+        (tmp / "reference.npz").write_bytes(ref_blob)
+
+    art = store.write(STAGE, aid, config=config, inputs=inputs_ids,
+                      metrics=rep.metrics(v.report), write_files=write)
+    _gate(v.report, art)
+    return art, False
+
+
+def _gate(report: dict, art: Artifact) -> None:
+    failed = failures(report)
+    if failed:
+        e = GateFailed("; ".join(failed) + f" (report: {art.path / 'report.md'})")
+        e.artifact = art  # so the caller can still show the stored report
+        raise e
+
+
+def load_reference(path: Path, inputs_shape: tuple | None = None) -> tuple[np.ndarray, np.ndarray,
+                                                                            np.ndarray | None, str]:
+    """A reference.npz (as stored in validate artifacts and bundles): inputs, logits, labels,
+    source."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if "inputs" not in z or "logits" not in z:
+                raise UserError(f"{path} lacks 'inputs' or 'logits': not an edgeprune reference")
+            labels = z["labels"] if "labels" in z else None
+            source = str(z["source"]) if "source" in z else f"npz:{path.name}"
+            return z["inputs"], z["logits"], labels, source
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+        raise UserError(f"cannot read reference file {path}: {e}") from None
