@@ -383,15 +383,22 @@ def compress(
                                                "images."),
     sparse_initializers: bool = typer.Option(False, "--sparse-initializers", help="Store the "
                                              "ticket's zero-heavy weights compactly in ONNX."),
+    target: str = typer.Option("x86_64", help="Target profiles to validate on, comma-separated "
+                               "(names in targets/profiles or .toml paths)."),
+    latency_budget_ms: Optional[float] = typer.Option(None, help="Override the profiles' "
+                                                      "latency budget."),
+    package: bool = typer.Option(False, "--package", help="End with a release bundle."),
     seed: int = SeedOpt, device: str = DeviceOpt, out_dir: Path = OutOpt,
     config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt,
 ):
-    """Search a winning ticket, retrain it at full T, export it to ONNX (and NIR) and check it
-    against PyTorch; trains the dense model first when no MODEL is given."""
+    """Search a winning ticket, retrain it at full T, export it to ONNX (and NIR), validate it
+    on ONNX Runtime for each target (exit 1 if a gate fails) and, with --package, bundle it.
+    Trains the dense model first when no MODEL is given."""
     from edgeprune import stages
     from edgeprune.neurons import NeuronParams
     from edgeprune.retrain import open_search, retrain as run_retrain
     from export import stage as export_stage
+    from targets.bundle import package as package_bundle
     from edgeprune.search.stage import search as run_search
     from edgeprune.training import TrainConfig
 
@@ -423,6 +430,19 @@ def compress(
         paths["ticket"] = str(r_art.path / "model.pt")
         e_art, _ = export_stage.export(store, r_art, sparse=p["sparse_initializers"])
         paths["onnx"] = str(e_art.path / "model.onnx")
+        status = (lambda msg: err.print(f"[dim]{msg}[/dim]")) if progress is not None else \
+            (lambda msg: None)
+        try:
+            v_art, _ = validate_model(e_art.path / "model.onnx", store, p["target"],
+                                      against=r_art.path / "model.pt", data=data_cfg.name,
+                                      latency_budget_ms=p["latency_budget_ms"], progress=status)
+        except GateFailed as e:
+            art = getattr(e, "artifact", None)
+            raise GateFailed(f"{e}" + (f" (report: {art.path})" if art else "")) from None
+        paths["validation"] = str(v_art.path)
+        if p["package"]:
+            pk_art, _ = package_bundle(v_art.path, progress=status)
+            paths["bundle"] = str(next(pk_art.path.glob("*.tar.gz")))
     m = r_art.metrics
     summary = {"dense_accuracy": m["dense_test_accuracy"], "ticket_accuracy": m["test_accuracy"],
                "sparsity": m["sparsity"], "method": cfg.method,
@@ -430,9 +450,11 @@ def compress(
                "timesteps": m["timesteps"], "timesteps_search": m["timesteps_search"],
                "onnx_max_abs_diff": e_art.metrics.get("max_abs_diff"),
                "onnx_bytes": e_art.metrics.get("bytes", {}).get("model.onnx"),
-               "nir": e_art.metrics.get("nir")}
+               "nir": e_art.metrics.get("nir"),
+               "validation": v_art.metrics}
     _emit(as_json, {"stage": "compress", "summary": summary, "artifacts": paths,
-                    "ids": {"search": s_art.id, "retrain": r_art.id, "export": e_art.id}},
+                    "ids": {"search": s_art.id, "retrain": r_art.id, "export": e_art.id,
+                            "validate": v_art.id}},
           _ticket_table(m), [f"{k}: {v}" for k, v in paths.items()])
 
 

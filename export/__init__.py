@@ -12,7 +12,3 @@
 - stage.py         the `export` stage: writes an `export-<id>/` artifact
 """
 
-import warnings as _warnings
-
-# Tracing Norse's Heaviside registers a constant threshold; torch warns about it on every export.
-_warnings.filterwarnings("ignore", message=r".*registered as constants in the trace.*")

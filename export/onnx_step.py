@@ -14,6 +14,7 @@ State i belongs to LIF layer `layer` (module name); initial value 0 for every st
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -95,7 +96,9 @@ def export_step(model: SNN, input_shape, path: Path, *, opset: int = 17) -> dict
     names_out = ["logits", *[s["output"] for s in layout]]
     dynamic = {n: {0: "batch"} for n in names_in + names_out}
     t0 = time.perf_counter()
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # Norse's Heaviside traces its threshold as a constant, which is what we want.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(Step(prepared).eval(), (x, *states), str(path), dynamo=False,
                           input_names=names_in, output_names=names_out, dynamic_axes=dynamic,
                           opset_version=opset, do_constant_folding=True)

@@ -16,6 +16,7 @@ the batch, the LIF loop is unrolled, and with direct encoding the stem runs once
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 
 import onnx
@@ -117,7 +118,9 @@ def export_unrolled(model: SNN, input_shape, timesteps: int, path: Path, *,
         dynamic["step_logits"] = {1: "batch"}
         dynamic.update({n: {0: "batch"} for n in names[2:]})
     t0 = time.perf_counter()
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # Norse's Heaviside traces its threshold as a constant, which is what we want.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         # The TorchScript exporter: an unrolled trace is what we want, and it exports in a
         # fraction of the dynamo exporter's time (NOTES.md).
         torch.onnx.export(wrapper, (x,), str(path), dynamo=False, input_names=["input"],
