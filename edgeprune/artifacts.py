@@ -160,6 +160,8 @@ class Store:
         and the folder is renamed into place in one step."""
         self.writable()
         final = self.folder(stage, aid)
+        for stale in self.root.glob(f".{stage}-{aid}-*"):  # left by a run that was killed
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{stage}-{aid}-", dir=self.root))
         try:
             write_files(tmp)

@@ -42,16 +42,20 @@ def _final(out):
 def test_sigkill_at_many_points_then_resume_is_bit_identical(tmp_path):
     ref, ref_model, ref_mask = _final(tmp_path / "ref")
     out = tmp_path / "killed"
-    # Each run dies at the given point, the next one resumes from what was saved and dies
-    # later: mid-epoch of the dense run, mid-write of a checkpoint, mid-epoch of an IMP round,
-    # mid-write of an artifact, mid-epoch of the ticket's retraining.
+    # Each run dies at the given point (counted from its own start), the next one resumes from
+    # what was saved and dies later: the dense run mid-epoch 2, mid-write of its epoch-3
+    # checkpoint, IMP round 1 mid-epoch 2, mid-write of round 2's artifact, the retraining
+    # mid-epoch 1, mid-write of its epoch-2 checkpoint, mid-write of the export artifact.
     points = ["step:5", "checkpoint-write:2", "step:9", "artifact-write:2", "step:12",
-              "checkpoint-write:3", "artifact-write:3"]
+              "checkpoint-write:2", "artifact-write:2"]
     for point in points:
         r = _chain(out, point)
         assert r.returncode == -signal.SIGKILL, (point, r.returncode, r.stderr[-500:])
-        assert not list(out.glob(".*-*")) or all(p.name == ".partial" for p in out.glob(".*"))
+        # whatever was cut short lies under a temporary name; every visible folder is complete
+        assert all((p / "manifest.json").exists() for p in out.iterdir()
+                   if p.is_dir() and not p.name.startswith("."))
     res, model, mask = _final(out)
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == [".partial"]
     assert res["ids"] == ref["ids"]
     assert all(torch.equal(model[k], ref_model[k]) for k in ref_model)
     assert all(torch.equal(mask[k], ref_mask[k]) for k in ref_mask)
