@@ -175,7 +175,7 @@ def test_early_time_eb_and_baselines(dense_small):
     eb, _ = search(store, dense, dcfg, ds, SearchConfig(method="et-eb", sparsity=0.8,
                                                          round_epochs=6, eb_q=3, eb_tau=0.2))
     m = eb.metrics
-    assert m["early_time"]["candidates"] == [2, 3]
+    assert m["early_time"]["candidates"] == [1, 2, 3]
     assert m["timesteps_search"] in (2, 3, 4)
     assert m["eb_epoch"] <= 6 and abs(m["sparsity"] - 0.8) <= 0.001
     ticket = {k: v.bool() for k, v in tensorfile.load(eb.file("mask.safetensors")).items()}

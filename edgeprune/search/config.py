@@ -27,7 +27,7 @@ class SearchConfig:
     eb_tau: float = 0.02  # Early-Bird: stop when every distance is below this
     et_epochs: int = 2  # Early-Time: epochs at full T before scoring timesteps
     et_lambda: float = 0.6  # Early-Time: pick the smallest T' with normalized KL below this
-    et_candidates: tuple[int, ...] = ()  # Early-Time: T' to score; () = 2..T-1 as in the paper
+    et_candidates: tuple[int, ...] = ()  # Early-Time: T' to score; () = 1..T-1 (paper: 2..T-1)
     et_batch: int = 256  # Early-Time: training images in the scoring batch
 
     def __post_init__(self):

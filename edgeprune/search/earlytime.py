@@ -38,5 +38,7 @@ def pick(normalized: dict[int, float], timesteps: int, lam: float) -> int:
 
 
 def default_candidates(timesteps: int) -> list[int]:
-    """2..T-1, the paper's choice for T = 5 (T' = 1 has no temporal dynamics to speak of)."""
-    return list(range(2, timesteps))
+    """1..T-1. The paper scores 2..T-1, but dividing by the largest score means its smallest
+    candidate (whose score is nearly always the largest) can never be picked; scoring T' = 1
+    as well gives the scale, so T' = 2 can be chosen when it is close enough."""
+    return list(range(1, timesteps))
