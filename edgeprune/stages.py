@@ -14,7 +14,8 @@ from typing import Callable
 import torch
 
 from . import checkpoint, data as datalib, tensorfile
-from .artifacts import Artifact, Store, artifact_id
+from .artifacts import Artifact, Store, artifact_id, open_artifact, sha256_file
+from .errors import UserError
 from .models import ModelSpec, prunable
 from .neurons import NeuronParams
 from .resume import EpochCheckpoint, run_epochs
@@ -38,8 +39,6 @@ class DataConfig:
 
 
 def resolve_device(device: str) -> str:
-    from .errors import UserError
-
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise UserError(f"unknown device {device!r}: choose cpu or cuda")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -56,7 +55,8 @@ def train(store: Store, data_cfg: DataConfig, arch: str, width: float, pool: str
     spec = ModelSpec(arch=arch, width=width, pool=pool, timesteps=timesteps, encoding=encoding,
                      neuron=neuron, input_shape=ds.input_shape, num_classes=ds.num_classes,
                      class_names=tuple(ds.class_names), mean=tuple(mean), std=tuple(std))
-    config = {"data": data_identity(data_cfg, ds), "model": spec.to_dict(), "train": cfg.to_dict(), "seed": seed}
+    config = {"data": data_identity(data_cfg, ds), "model": spec.to_dict(),
+              "train": cfg.to_dict(), "seed": seed}
     aid = artifact_id("train", config, [])
     found = store.find("train", aid)
     if found:
@@ -154,9 +154,6 @@ class ModelInput:
 def open_model(path: Path, device: str = "cpu") -> ModelInput:
     """Load a model.pt (or an artifact folder holding one), checking its sha256 when it has a
     manifest. A loose file is identified by its content hash."""
-    from .artifacts import open_artifact, sha256_file
-    from .errors import UserError
-
     path = Path(path)
     if path.is_dir():
         path = path / "model.pt"
@@ -177,8 +174,6 @@ def dataset_for(model: ModelInput, data: str | None, train_subset: int | None = 
                 ) -> tuple[DataConfig, datalib.Dataset]:
     """The data a model-taking stage uses: `--data` if given, else what the model was trained
     on; it must fit the model's input shape and classes."""
-    from .errors import UserError
-
     if data is not None:
         cfg = DataConfig(data, train_subset)
     elif model.data_config is not None:
