@@ -367,8 +367,9 @@ def import_model(store: Store, model_def: str | None, state_dict: Path, *, times
                      class_names=tuple(class_names), mean=tuple(mean), std=tuple(std),
                      layers=tuple(layers))
     config = {"model_def": {"spec": model_def, "sha256": def_id},
-              "state_dict_sha256": sha256_file(state_dict), "model": spec.to_dict(),
-              "data": data_identity(data_cfg, ds) if ds is not None else None, "seed": seed}
+              "state_dict_sha256": sha256_file(state_dict), "model": spec.to_dict(), "seed": seed}
+    if ds is not None:  # absent otherwise: stages read config["data"] as "the model's data"
+        config["data"] = data_identity(data_cfg, ds)
     aid = artifact_id("import", config, [])
     found = store.find("import", aid)
     if found:

@@ -35,3 +35,17 @@ def plain_torch():
 
 def not_a_module():
     return 42
+
+
+def box_readout():
+    """A readout without synaptic current (LIBoxCell): expressible in NIR."""
+    from norse.torch.functional.leaky_integrator_box import LIBoxParameters
+
+    return norse.SequentialState(
+        nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), norse.LIFBoxCell(LIF, dt=DT),
+        nn.AvgPool2d(2), nn.Dropout(0.1), nn.Flatten(), nn.Linear(8 * 4 * 4, 10),
+        norse.LIBoxCell(LIBoxParameters(tau_mem_inv=torch.as_tensor(250.0)), dt=DT))
+
+
+def lif_with_current():
+    return norse.SequentialState(nn.Flatten(), nn.Linear(64, 10), norse.LIFCell())
