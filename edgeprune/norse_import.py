@@ -340,11 +340,12 @@ def import_model(store: Store, model_def: str | None, state_dict: Path, *, times
                             f"state_dict {state_dict} belongs to")
         def_id = _file_sha(Path(model_def.rsplit(":", 1)[0])) if ":" in model_def else None
         user = load_definition(model_def)
+        convert(user)  # an unsupported layer is the clearer error than weights that miss it
         try:
             user.load_state_dict(weights)
         except RuntimeError as e:
             raise UserError(f"the state_dict {state_dict} does not fit the model of "
-                            f"{model_def}: {str(e).splitlines()[0][:200]}") from None
+                            f"{model_def}: {' '.join(str(e).split())[:300]}") from None
 
     ds = data_cfg.load() if data_cfg is not None else None
     if ds is not None:
