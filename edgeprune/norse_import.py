@@ -338,8 +338,8 @@ def import_model(store: Store, model_def: str | None, state_dict: Path, *, times
         if not model_def:
             raise UserError("--model-def FILE.py:FUNCTION is needed to rebuild the model the "
                             f"state_dict {state_dict} belongs to")
-        def_id = _file_sha(Path(model_def.rsplit(":", 1)[0])) if ":" in model_def else None
-        user = load_definition(model_def)
+        user = load_definition(model_def)  # checks the file exists before it is hashed
+        def_id = _file_sha(Path(model_def.rsplit(":", 1)[0]))
         convert(user)  # an unsupported layer is the clearer error than weights that miss it
         try:
             user.load_state_dict(weights)
