@@ -367,7 +367,9 @@ def import_model(store: Store, model_def: str | None, state_dict: Path, *, times
                      input_shape=tuple(input_shape), num_classes=num_classes,
                      class_names=tuple(class_names), mean=tuple(mean), std=tuple(std),
                      layers=tuple(layers))
-    config = {"model_def": {"spec": model_def, "sha256": def_id},
+    # The definition is identified by its content and function name, not where the file lies.
+    config = {"model_def": {"function": model_def.rsplit(":", 1)[1] if def_id else None,
+                            "sha256": def_id},
               "state_dict_sha256": sha256_file(state_dict), "model": spec.to_dict(), "seed": seed}
     if ds is not None:  # absent otherwise: stages read config["data"] as "the model's data"
         config["data"] = data_identity(data_cfg, ds)

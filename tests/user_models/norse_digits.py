@@ -17,6 +17,7 @@ def model():
         norse.LIFBoxCell(LIF, dt=DT),
         nn.AvgPool2d(2),
         nn.Conv2d(8, 16, 3, padding=1, bias=False),
+        nn.BatchNorm2d(16),
         norse.LIFBoxCell(LIF, dt=DT),
         nn.Flatten(),
         nn.Linear(16 * 4 * 4, 10),
