@@ -29,7 +29,7 @@ from . import checkpoint
 from .artifacts import Artifact, Store, artifact_id, sha256_file
 from .errors import UserError
 from .models import ENCODINGS, ModelSpec, over_time, split_stem
-from .neurons import RESETS, NeuronParams
+from .neurons import RESETS, LIParams, NeuronParams
 from .stages import DataConfig, data_identity
 from .training import evaluate
 
@@ -161,8 +161,6 @@ def _li(path: str, m, box: bool) -> dict:
                         "only 0 is supported")
     dt = float(getattr(m, "dt", 1e-3))
     try:
-        from .neurons import LIParams
-
         params = LIParams(_f(dt * p.tau_mem_inv), 1.0 if box else _f(dt * p.tau_syn_inv))
     except UserError as e:
         raise UserError(f"layer {path} ({type(m).__name__}): {e}") from None
