@@ -737,6 +737,70 @@ def verify(
 
 # (import commands go here)
 
+def _floats(text: Optional[str], what: str) -> Optional[tuple]:
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise UserError(f"--{what} {text!r}: expected comma-separated numbers") from None
+
+
+@app.command("import-model")
+def import_model_cmd(
+    model_def: Optional[str] = typer.Option(None, "--model-def", help="FILE.py:FUNCTION, a "
+                                            "function returning your nn.Sequential or Norse "
+                                            "SequentialState (the file is run)."),
+    state_dict: Path = typer.Option(..., "--state-dict", help="Your weights (a state_dict saved "
+                                    "with torch.save), loaded with weights_only=True."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Also accept files that "
+                                      "need unpickling code, e.g. a whole pickled nn.Module "
+                                      "(then --model-def is not needed). Runs code from the "
+                                      "file: only for files you trust."),
+    timesteps: int = typer.Option(5, "--timesteps", "-T", help="Timesteps T the model runs."),
+    encoding: str = typer.Option("direct", help="direct (image at every step) or poisson."),
+    data: Optional[str] = typer.Option("digits", "--data", help="Dataset the model was trained "
+                                       "on (input shape, classes, test accuracy); 'none' to "
+                                       "give --input-shape and --num-classes instead."),
+    input_shape: Optional[str] = typer.Option(None, "--input-shape", help="C,H,W without --data."),
+    num_classes: Optional[int] = typer.Option(None, "--num-classes", help="Classes without --data."),
+    mean: Optional[str] = typer.Option(None, "--mean", help="Per-channel mean your model "
+                                       "expects subtracted (comma-separated; default none)."),
+    std: Optional[str] = typer.Option(None, "--std", help="Per-channel std your model expects "
+                                      "divided by (default none)."),
+    seed: int = SeedOpt,
+    out_dir: Path = OutOpt,
+    as_json: bool = JsonOpt,
+):
+    """Import your own Norse model (Python definition + state_dict) as an edgeprune model.pt.
+
+    Supported: nn.Sequential or Norse SequentialState of Conv2d, Linear, BatchNorm1d/2d,
+    AvgPool2d, MaxPool2d, AdaptiveAvgPool2d, Flatten, Dropout, Identity, and Norse LIFBoxCell,
+    LICell, LIBoxCell. The model is rebuilt from a layer list and checked against yours, stepped
+    T times, before it is written; search, retrain and export then take the model.pt without
+    your code."""
+    from edgeprune import stages
+    from edgeprune.norse_import import import_model
+
+    shape = None
+    if input_shape is not None:
+        shape = tuple(int(v) for v in _floats(input_shape, "input-shape"))
+    data_cfg = None if data in (None, "none") else stages.DataConfig(data)
+    art, cached = import_model(Store(out_dir), model_def, state_dict, timesteps=timesteps,
+                               encoding=encoding, data_cfg=data_cfg, input_shape=shape,
+                               num_classes=num_classes, mean=_floats(mean, "mean"),
+                               std=_floats(std, "std"), allow_pickle=allow_pickle, seed=seed)
+    m = art.metrics
+    t = Table(title=f"imported {model_def or state_dict}" + (" (cached)" if cached else ""))
+    for col in ("layers", "parameters", "max |Δ| vs your model", "test accuracy", "spike rate"):
+        t.add_column(col, justify="right")
+    t.add_row(str(m["layers"]), f"{m['parameters']:,}", f"{m['parity_max_abs_diff']:.2e}",
+              f"{m['test_accuracy']:.2%}" if "test_accuracy" in m else "-",
+              f"{m['mean_spike_rate']:.3f}" if "mean_spike_rate" in m else "-")
+    _emit(as_json, {"stage": "import", "id": art.id, "cached": cached,
+                    "model": str(art.path / "model.pt"), "metrics": m}, t,
+          [f"model: {art.path / 'model.pt'}"])
+
 
 # -- inspecting artifacts --------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .errors import UserError
-from .neurons import LIF, NeuronParams
+from .neurons import LI, LIF, LIParams, NeuronParams
 
 ENCODINGS = ("direct", "poisson")
 
@@ -226,7 +226,70 @@ def _plain(seq: nn.Sequential) -> nn.Sequential:
     return nn.Sequential(*[m for m in seq if not isinstance(m, LIF)])
 
 
-ARCHS: dict[str, Callable] = {"convnet": convnet, "vgg16": vgg16, "resnet19": resnet19}
+# -- "sequential": a network described as a JSON-able layer list (imported models) --------------
+# Each entry is a dict with a "type" and that layer's constructor facts; the list is what
+# edgeprune.norse_import writes for a user's Norse model, so the network can be rebuilt from the
+# checkpoint alone. The stem is the stateless prefix before the first neuron layer.
+
+def _pair_list(v) -> tuple:
+    return tuple(v) if isinstance(v, (list, tuple)) else v
+
+
+def layer_from_dict(d: dict) -> nn.Module:
+    """One layer of a "sequential" model from its description."""
+    t = d.get("type")
+    if t == "conv2d":
+        return nn.Conv2d(d["in"], d["out"], _pair_list(d["kernel"]), _pair_list(d["stride"]),
+                         _pair_list(d["padding"]), _pair_list(d.get("dilation", 1)),
+                         d.get("groups", 1), bias=d["bias"])
+    if t == "linear":
+        return nn.Linear(d["in"], d["out"], bias=d["bias"])
+    if t in ("bn1d", "bn2d"):
+        cls = nn.BatchNorm1d if t == "bn1d" else nn.BatchNorm2d
+        return cls(d["features"], eps=d.get("eps", 1e-5), momentum=d.get("momentum", 0.1))
+    if t == "avgpool2d":
+        return nn.AvgPool2d(_pair_list(d["kernel"]), _pair_list(d["stride"]),
+                            _pair_list(d.get("padding", 0)), d.get("ceil_mode", False),
+                            d.get("count_include_pad", True), d.get("divisor_override"))
+    if t == "maxpool2d":
+        return nn.MaxPool2d(_pair_list(d["kernel"]), _pair_list(d["stride"]),
+                            _pair_list(d.get("padding", 0)), _pair_list(d.get("dilation", 1)),
+                            ceil_mode=d.get("ceil_mode", False))
+    if t == "adaptiveavgpool2d":
+        return nn.AdaptiveAvgPool2d(_pair_list(d["output"]))
+    if t == "flatten":
+        return nn.Flatten(d.get("start", 1), d.get("end", -1))
+    if t == "dropout":
+        return nn.Dropout(d.get("p", 0.5))
+    if t == "identity":
+        return nn.Identity()
+    if t == "lif":
+        return LIF(NeuronParams(**d["neuron"]))
+    if t == "li":
+        return LI(LIParams(d["tau_mem_inv"], d.get("tau_syn_inv", 1.0)))
+    raise UserError(f"unknown layer type {t!r} in a sequential model description")
+
+
+def split_stem(layers) -> int:
+    """Index of the first neuron layer: the stem is the stateless prefix before it."""
+    for i, d in enumerate(layers):
+        if d.get("type") in ("lif", "li"):
+            return i
+    raise UserError("a sequential model needs at least one neuron (lif or li) layer")
+
+
+def sequential(input_shape, num_classes, neuron, width=1.0, pool="avg", layers=()) -> tuple:
+    """Rebuild a layer list: (stem, body). `neuron`, `width` and `pool` are not used: every
+    layer's description carries its own facts."""
+    if not layers:
+        raise UserError("architecture 'sequential' needs a layer list (made by import-model)")
+    k = split_stem(layers)
+    stem = nn.Sequential(*[layer_from_dict(d) for d in layers[:k]])
+    return stem, SpikingSequential(*[layer_from_dict(d) for d in layers[k:]])
+
+
+ARCHS: dict[str, Callable] = {"convnet": convnet, "vgg16": vgg16, "resnet19": resnet19,
+                              "sequential": sequential}
 
 
 @dataclass(frozen=True)
@@ -244,6 +307,7 @@ class ModelSpec:
     class_names: tuple[str, ...] = ()
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
+    layers: tuple = ()  # "sequential" only: the layer list (dicts) the network is rebuilt from
 
     def __post_init__(self):
         if self.arch not in ARCHS:
@@ -261,6 +325,10 @@ class ModelSpec:
         d = asdict(self)
         d["input_shape"], d["class_names"] = list(self.input_shape), list(self.class_names)
         d["mean"], d["std"] = list(self.mean), list(self.std)
+        if self.layers:
+            d["layers"] = [dict(x) for x in self.layers]
+        else:  # specs of the built-in archs (and the ids hashed from them) stay as they were
+            del d["layers"]
         return d
 
     @classmethod
@@ -269,11 +337,13 @@ class ModelSpec:
         d["neuron"] = NeuronParams(**d["neuron"])
         for k in ("input_shape", "class_names", "mean", "std"):
             d[k] = tuple(d[k])
+        d["layers"] = tuple(dict(x) for x in d.get("layers", ()))
         return cls(**d)
 
     def build(self) -> SNN:
+        extra = {"layers": self.layers} if self.arch == "sequential" else {}
         stem, body = ARCHS[self.arch](self.input_shape, self.num_classes, self.neuron,
-                                      width=self.width, pool=self.pool)
+                                      width=self.width, pool=self.pool, **extra)
         return SNN(Normalize(list(self.mean), list(self.std)), stem, body, self.encoding)
 
 

@@ -21,6 +21,13 @@ Layer mapping (BatchNorm is folded into the preceding conv/linear first):
     AvgPool2d / AdaptiveAvgPool2d  SumPool2d + Scale(1/kernel area)
     Flatten                      Flatten over all non-batch dims (NIR shapes exclude batch)
     LIF                          LIF, one value per neuron, node named by the PyTorch module name
+    LI (leaky integrator readout) LI with tau = dt / tau_mem_inv, r = 1, v_leak = 0, when it
+                                 carries no synaptic current (tau_syn_inv = 1, Norse's LIBoxCell):
+                                 then v' = v + a·(x − v) is NIR LI's forward-Euler step exactly.
+                                 With a synaptic current (Norse LICell) the model is refused:
+                                 Norse adds the input to the current *before* the voltage update,
+                                 which a NIR CubaLI reader would integrate one step later.
+    Dropout                      nothing (identity in inference)
     SpikingBasicBlock            conv1 → lif1 → conv2 → lif2, plus the shortcut (a 1×1 conv, or a
                                  direct edge) into lif2: NIR sums the edges that enter a node.
 MaxPool2d (NIR 1.0 has no max pooling), an unfolded BatchNorm, and any other layer raise a
@@ -37,7 +44,7 @@ from torch import nn
 
 from edgeprune.errors import UserError
 from edgeprune.models import SNN, Normalize, SpikingBasicBlock, SpikingSequential
-from edgeprune.neurons import LIF
+from edgeprune.neurons import LI, LIF
 
 from .prepare import NORMS, for_export
 
@@ -85,6 +92,17 @@ def _lif(b: _Builder, name: str, m: LIF, shape, sources):
     return b.add(name, node, sources)
 
 
+def _li(b: _Builder, name: str, m: LI, shape, sources):
+    p = m.params
+    if p.tau_syn_inv != 1.0:
+        raise UserError(f"cannot express layer {name} in NIR: its leaky integrator has a "
+                        f"synaptic current (tau_syn_inv·dt = {p.tau_syn_inv}), whose update order "
+                        "NIR's CubaLI does not fix; only a current-free LI (Norse LIBoxCell) maps")
+    full = lambda v: np.full(tuple(shape), v, dtype=np.float64)  # noqa: E731
+    node = nir.LI(tau=full(DT / p.tau_mem_inv), r=full(1.0), v_leak=full(0.0))
+    return b.add(name, node, sources)
+
+
 def _sum_pool(b: _Builder, name: str, kernel, stride, padding, out_shape, sources):
     k, s, p = _pair(kernel), _pair(stride), _pair(padding)
     src = b.add(f"{name}.sum", nir.SumPool2d(kernel_size=k, stride=s, padding=p), sources)
@@ -96,14 +114,15 @@ def _layer(b: _Builder, name: str, m: nn.Module, x: torch.Tensor, sources: list[
     """Add the nodes of one layer fed by `sources`; returns (new sources, output example)."""
     y = None
     shape = tuple(x.shape[1:])
-    if isinstance(m, nn.Identity):
+    if isinstance(m, (nn.Identity, nn.Dropout)):  # Dropout is the identity in inference
         return sources, x
     if isinstance(m, (nn.Sequential,)) and not isinstance(m, SpikingSequential):
         for i, child in enumerate(m):
             sources, x = _layer(b, f"{name}.{i}", child, x, sources)
         return sources, x
     with torch.no_grad():
-        y = m.step(x, m.initial_state(x))[0] if isinstance(m, (LIF, SpikingBasicBlock)) else m(x)
+        y = m.step(x, m.initial_state(x))[0] if isinstance(m, (LIF, LI, SpikingBasicBlock)) \
+            else m(x)
     if isinstance(m, nn.Conv2d):
         sources = _conv(b, name, m, shape, sources)
     elif isinstance(m, nn.Linear):
@@ -114,6 +133,8 @@ def _layer(b: _Builder, name: str, m: nn.Module, x: torch.Tensor, sources: list[
         sources = b.add(name, node, sources)
     elif isinstance(m, LIF):
         sources = _lif(b, name, m, shape, sources)
+    elif isinstance(m, LI):
+        sources = _li(b, name, m, shape, sources)
     elif isinstance(m, nn.AvgPool2d):
         if m.ceil_mode or m.divisor_override or (not m.count_include_pad and m.padding):
             raise UserError(f"cannot express layer {name} ({m}) in NIR as a sum pool")

@@ -6,8 +6,10 @@ NIR backend: it reads only the graph (nodes, edges, metadata). Semantics:
   of the nodes with an edge into it (in edge order), with no delay along edges;
 - LIF is NIR's equation integrated by forward Euler with the graph's `dt` (default 1):
       v' = v + (dt/tau)·((v_leak − v) + r·I);  z = [v' > v_threshold];  v ← v_reset where z
+- LI (leaky integrator, no spikes) the same way: v' = v + (dt/tau)·((v_leak − v) + r·I); its
+  output is v';
 - arithmetic is float32, like the PyTorch model, so spikes can be compared exactly.
-Supported nodes: Input, Output, Conv2d, Affine, Linear, SumPool2d, Scale, Flatten, LIF.
+Supported nodes: Input, Output, Conv2d, Affine, Linear, SumPool2d, Scale, Flatten, LIF, LI.
 """
 from __future__ import annotations
 
@@ -85,6 +87,8 @@ def simulate(graph: nir.NIRGraph, x: np.ndarray, timesteps: int, *,
     v = {n: np.broadcast_to(node.v_reset * 0, (batch, *node.v_reset.shape)).astype(F32)
          for n, node in graph.nodes.items() if isinstance(node, nir.LIF)}
     counts = {n: np.zeros(batch, np.float64) for n in v}
+    v.update({n: np.zeros((batch, *node.tau.shape), F32)
+              for n, node in graph.nodes.items() if isinstance(node, nir.LI)})
     steps = []
     for t in range(timesteps):
         val: dict[str, np.ndarray] = {}
@@ -117,6 +121,11 @@ def simulate(graph: nir.NIRGraph, x: np.ndarray, timesteps: int, *,
                 v[n] = np.where(z, node.v_reset.astype(F32), vd).astype(F32)
                 val[n] = z.astype(F32)
                 counts[n] += z.reshape(batch, -1).sum(1)
+            elif isinstance(node, nir.LI):
+                leak = (dt / node.tau).astype(F32)
+                v[n] = (v[n] + leak * ((node.v_leak.astype(F32) - v[n])
+                                       + node.r.astype(F32) * inp)).astype(F32)
+                val[n] = v[n]
             else:
                 raise ValueError(f"node {n}: {type(node).__name__} is not supported")
         steps.append(val[outputs[0]])

@@ -7,7 +7,8 @@ Graph interface:
   input   `state_in.<i>`   float32 (batch, *shape): membrane potential of state i before the step
   output  `logits`         (batch, classes): this step's logits (sum them over steps to predict)
   output  `state_out.<i>`  the state after the step; feed it back as `state_in.<i>` next step.
-State i belongs to LIF layer `layer` (module name); initial value 0 for every state. The list
+State i belongs to LIF layer `layer` (module name), or is `<layer>.v` / `<layer>.i` of a leaky
+integrator (LI: membrane potential and synaptic current); initial value 0 for every state. The list
 (`input`, `output`, `layer`, `shape` without batch, `init`) goes to the metadata key
 `edgeprune.states`.
 """
@@ -22,7 +23,7 @@ from torch import nn
 
 from edgeprune.errors import UserError
 from edgeprune.models import SNN, SpikingBasicBlock, is_stateful
-from edgeprune.neurons import LIF
+from edgeprune.neurons import LI, LIF
 
 from .prepare import for_export
 
@@ -40,7 +41,7 @@ def state_layout(model: SNN, input_shape) -> list[dict]:
             parts = [(f"body.{i}", s)]
         else:  # a residual block's (v1, v2): its two LIF layers
             names = ["lif1", "lif2"] if isinstance(child, SpikingBasicBlock) else \
-                [str(j) for j in range(len(s))]
+                list(getattr(child, "state_names", [str(j) for j in range(len(s))]))
             parts = [(f"body.{i}.{n}", t) for n, t in zip(names, s)]
         for layer, t in parts:
             k = len(layout)
@@ -57,7 +58,7 @@ class Step(nn.Module):
         super().__init__()
         self.model = model
         self.stateful = [is_stateful(m) for m in model.body]
-        self.arity = [2 if isinstance(m, SpikingBasicBlock) else 1 for m in model.body]
+        self.arity = [2 if isinstance(m, (SpikingBasicBlock, LI)) else 1 for m in model.body]
 
     def forward(self, x: torch.Tensor, *flat: torch.Tensor):
         it, states = iter(flat), []
@@ -82,7 +83,7 @@ def export_step(model: SNN, input_shape, path: Path, *, opset: int = 17) -> dict
     """Write the one-step graph (no metadata yet). Returns seconds and the state layout."""
     prepared = for_export(model)
     for m in prepared.body:
-        if is_stateful(m) and not isinstance(m, (SpikingBasicBlock, LIF)):
+        if is_stateful(m) and not isinstance(m, (SpikingBasicBlock, LIF, LI)):
             # A layer whose state is not one tensor or a block's pair would be mis-flattened.
             raise UserError(f"cannot export the streaming model: stateful layer "
                             f"{type(m).__name__} has no known state layout")

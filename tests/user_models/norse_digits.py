@@ -1,0 +1,52 @@
+"""A Norse user's own model, written the way Norse's tutorials write one (not edgeprune code):
+a SequentialState called once per timestep with its state. Used by tests/test_norse_import.py."""
+import torch
+from torch import nn
+import norse.torch as norse
+from norse.torch.functional.lif_box import LIFBoxParameters
+from norse.torch.functional.leaky_integrator import LIParameters
+
+DT = 1e-3
+LIF = LIFBoxParameters(tau_mem_inv=torch.as_tensor(500.0))  # dt * tau_mem_inv = 0.5
+
+
+def model():
+    return norse.SequentialState(
+        nn.Conv2d(1, 8, 3, padding=1, bias=False),
+        nn.BatchNorm2d(8),
+        norse.LIFBoxCell(LIF, dt=DT),
+        nn.AvgPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1, bias=False),
+        nn.BatchNorm2d(16),
+        norse.LIFBoxCell(LIF, dt=DT),
+        nn.Flatten(),
+        nn.Linear(16 * 4 * 4, 10),
+        norse.LICell(LIParameters(tau_syn_inv=torch.as_tensor(500.0),
+                                  tau_mem_inv=torch.as_tensor(500.0)), dt=DT),
+    )
+
+
+def unsupported():
+    return norse.SequentialState(nn.Conv2d(1, 4, 3), nn.ReLU(), norse.LIFBoxCell(LIF, dt=DT))
+
+
+def plain_torch():
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+
+
+def not_a_module():
+    return 42
+
+
+def box_readout():
+    """A readout without synaptic current (LIBoxCell): expressible in NIR."""
+    from norse.torch.functional.leaky_integrator_box import LIBoxParameters
+
+    return norse.SequentialState(
+        nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), norse.LIFBoxCell(LIF, dt=DT),
+        nn.AvgPool2d(2), nn.Dropout(0.1), nn.Flatten(), nn.Linear(8 * 4 * 4, 10),
+        norse.LIBoxCell(LIBoxParameters(tau_mem_inv=torch.as_tensor(250.0)), dt=DT))
+
+
+def lif_with_current():
+    return norse.SequentialState(nn.Flatten(), nn.Linear(64, 10), norse.LIFCell())
