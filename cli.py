@@ -389,6 +389,13 @@ def compress(
     latency_budget_ms: Optional[float] = typer.Option(None, help="Override the profiles' "
                                                       "latency budget."),
     package: bool = typer.Option(False, "--package", help="End with a release bundle."),
+    model_def: Optional[str] = typer.Option(None, "--model-def", help="Your own Norse model: "
+                                            "FILE.py:FUNCTION (with --state-dict), imported "
+                                            "first as by `edgeprune import-model`."),
+    state_dict: Optional[Path] = typer.Option(None, "--state-dict", help="Weights for "
+                                              "--model-def (loaded without unpickling code)."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Accept a pickled "
+                                      "nn.Module as --state-dict (runs code from the file)."),
     seed: int = SeedOpt, device: str = DeviceOpt, out_dir: Path = OutOpt,
     config: Optional[Path] = ConfigOpt, as_json: bool = JsonOpt,
 ):
@@ -398,6 +405,7 @@ def compress(
     from edgeprune import stages
     from edgeprune.neurons import NeuronParams
     from edgeprune.retrain import open_search, retrain as run_retrain
+    from edgeprune.norse_import import import_model
     from export import stage as export_stage
     from targets.bundle import package as package_bundle
     from edgeprune.search.stage import search as run_search
@@ -412,6 +420,17 @@ def compress(
     paths: dict[str, str] = {}
     with _progress(as_json) as progress:
         model_path = p["model"]
+        if p["model_def"] or p["state_dict"]:
+            if model_path is not None or p["state_dict"] is None:
+                raise UserError("give either MODEL or --model-def FILE.py:FUNCTION with "
+                                "--state-dict W.pt")
+            i_art, _ = import_model(store, p["model_def"], p["state_dict"],
+                                    timesteps=p["timesteps"],
+                                    data_cfg=stages.DataConfig(p["data"] or "digits",
+                                                               p["train_subset"]),
+                                    allow_pickle=p["allow_pickle"], seed=p["seed"])
+            model_path = i_art.path / "model.pt"
+            paths["imported"] = str(model_path)
         if model_path is None:
             tcfg = TrainConfig(epochs=p["epochs"], batch_size=p["batch_size"], lr=p["lr"])
             art, _ = stages.train(store, stages.DataConfig(p["data"] or "digits", p["train_subset"]),

@@ -215,3 +215,16 @@ def test_cli_import_model_json(tmp_path):
     assert out["stage"] == "import" and Path(out["model"]).exists()
     assert out["metrics"]["parity_max_abs_diff"] < 1e-5
     assert np.isfinite(out["metrics"]["parameters"])
+
+
+def test_compress_takes_a_model_def_to_a_validated_onnx(trained_weights, tmp_path):
+    """The headline command with the user's own definition: import, search, retrain, export and
+    validate on ONNX Runtime in one call."""
+    r = run_cli("compress", "--model-def", f"{USER}:model", "--state-dict", trained_weights[0],
+                "-T", str(T), "--data", "digits", "--sparsity", "0.5", "--round-epochs", "1",
+                "--retrain-epochs", "2", "--out", tmp_path, "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert "imported" in out["artifacts"] and out["summary"]["sparsity"] == pytest.approx(0.5, abs=1e-3)
+    val = out["summary"]["validation"]
+    assert val["passed"] and val["agreement"] == 1.0 and val["max_abs_diff"] < 1e-4
