@@ -87,6 +87,13 @@ def machine() -> dict:
         env["scikit-learn"] = metadata.version("scikit-learn")
     except Exception:  # noqa: BLE001
         pass
+    try:  # edits to the library not yet committed (others work in the same tree)
+        import subprocess
+        env["edgeprune_uncommitted"] = subprocess.run(
+            ["git", "status", "--porcelain", "--", "edgeprune"], cwd=ROOT, capture_output=True,
+            text=True, timeout=10).stdout.split("\n")[:-1]
+    except Exception:  # noqa: BLE001
+        pass
     return {"cpu": cpu or platform.processor(), "cores": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
             "load_average_at_start": os.getloadavg(), **env}
@@ -170,7 +177,7 @@ def run(args, res: Results) -> None:
                     continue
                 epochs = cfg["eb_epochs"] if method in ("eb", "et-eb") else cfg["round_epochs"]
                 sc = SearchConfig(method=method, sparsity=s, round_epochs=epochs, batch_size=bs,
-                                  lr=lr)
+                                  lr=lr, et_candidates=tuple(cfg.get("et_candidates") or ()))
                 t1, c1 = time.perf_counter(), time.process_time()
                 sart, scached = search(store, dense, data_cfg, ds, sc, seed,
                                        ticket=imp_art if method in ("random", "reinit") else None)
@@ -443,7 +450,8 @@ def targets(data: dict, S: dict, dense) -> list[str]:
             ok = a >= d - tol
             oks.append(ok)
             parts.append(f"{m} {a:.2f} vs dense {d:.2f} ({a - d:+.2f}) {verdict(ok)}")
-        out.append(f"- imp/et-imp within {tol:g} point of dense at {level_label(r)}%: "
+        pts = "point" if tol == 1 else "points"
+        out.append(f"- imp/et-imp within {tol:g} {pts} of dense at {level_label(r)}%: "
                    + "; ".join(parts) + _overall(oks))
     # 3. random/reinit clearly below tickets
     for r in (11, 14):
@@ -543,7 +551,8 @@ def plot(data: dict, S: dict, dense, out: Path) -> None:
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     if cs:
         pl = cs[0]["per_layer"]
-        names = list(pl)
+        names = sorted(pl, key=lambda n: (not n.startswith("stem"), [
+            (0, int(t), "") if t.isdigit() else (1, 0, t) for t in n.split(".")]))
         ax.bar(range(len(names)), [100 * pl[n]["sparsity"] for n in names])
         ax.set_xticks(range(len(names)), [f"{n}\n({pl[n]['weights']:,})" for n in names],
                       rotation=45 if len(names) > 6 else 0, fontsize=7, ha="right"
@@ -597,6 +606,8 @@ def main() -> None:
     ap.add_argument("--round-epochs", type=int, help="epochs per IMP round")
     ap.add_argument("--eb-epochs", type=int, help="Early-Bird epoch budget")
     ap.add_argument("--retrain-epochs", type=int)
+    ap.add_argument("--et-candidates", default="", help="Early-Time T' candidates, e.g. 2,3,4 "
+                    "(default: the library's default; the resolved list is in each cell)")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=0.1)
     ap.add_argument("--methods", default=",".join(METHODS))
@@ -641,6 +652,8 @@ def main() -> None:
            "epochs": d["epochs"], "round_epochs": d["round_epochs"],
            "eb_epochs": d["eb_epochs"], "retrain_epochs": d["retrain_epochs"],
            "batch_size": args.batch_size, "lr": args.lr,
+           **({"et_candidates": sorted({int(t) for t in args.et_candidates.split(",")})}
+              if args.et_candidates.strip() else {}),
            "levels": sorted(int(r) for r in args.levels.split(",")),
            "methods": methods, "methods_run": run_methods,
            "search_defaults": {k: v for k, v in SearchConfig().to_dict().items()
