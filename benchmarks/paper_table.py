@@ -177,7 +177,9 @@ def run(args, res: Results) -> None:
                     continue
                 epochs = cfg["eb_epochs"] if method in ("eb", "et-eb") else cfg["round_epochs"]
                 sc = SearchConfig(method=method, sparsity=s, round_epochs=epochs, batch_size=bs,
-                                  lr=lr, et_candidates=tuple(cfg.get("et_candidates") or ()))
+                                  lr=lr, et_candidates=tuple(cfg.get("et_candidates") or ())
+                                  if method.startswith("et-") else ())
+                rounds_before = _count_rounds(store)
                 t1, c1 = time.perf_counter(), time.process_time()
                 sart, scached = search(store, dense, data_cfg, ds, sc, seed,
                                        ticket=imp_art if method in ("random", "reinit") else None)
@@ -189,9 +191,13 @@ def run(args, res: Results) -> None:
                 # figure then.
                 key = (seed, method)
                 if method in ("imp", "et-imp"):
+                    # every round this level adds must have been trained in this call, not
+                    # found in the store (another search with the same rounds made them)
+                    prev_r = max([q for q in levels_run if q < r], default=1)
+                    fresh = _count_rounds(store) - rounds_before >= r - prev_r
                     if key not in cpu_ok:
                         cpu_ok[key] = r == levels_run[0] and not resumed
-                    cpu_ok[key] = cpu_ok[key] and not scached
+                    cpu_ok[key] = cpu_ok[key] and not scached and fresh
                     cpu_cum[key] = cpu_cum.get(key, 0.0) + c_search
                     cpu_search = cpu_cum[key] if cpu_ok[key] else None
                 else:
@@ -231,6 +237,10 @@ def run(args, res: Results) -> None:
                     f"sparsity {row['sparsity']:.2%} search "
                     f"{'n/a' if ss is None else f'{ss:.0f}s'} T'={row['timesteps_search']}"
                     + (f" eb_epoch={row['eb_epoch']}" if row["eb_epoch"] is not None else ""))
+
+
+def _count_rounds(store: Store) -> int:
+    return sum(1 for p in Path(store.root).glob("round-*"))
 
 
 # -- report ---------------------------------------------------------------------------------
