@@ -288,6 +288,10 @@ def sequential(input_shape, num_classes, neuron, width=1.0, pool="avg", layers=(
     return stem, SpikingSequential(*[layer_from_dict(d) for d in layers[k:]])
 
 
+# Bumped when an architecture's layers change, so artifacts trained on the old layout get new
+# ids instead of being found as cache hits that no longer load.
+ARCH_REVISION = {"convnet": 2, "vgg16": 1, "resnet19": 1, "sequential": 1}
+
 ARCHS: dict[str, Callable] = {"convnet": convnet, "vgg16": vgg16, "resnet19": resnet19,
                               "sequential": sequential}
 

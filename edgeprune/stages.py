@@ -16,7 +16,7 @@ import torch
 from . import checkpoint, data as datalib, tensorfile
 from .artifacts import Artifact, Store, artifact_id, open_artifact, sha256_file
 from .errors import UserError
-from .models import ModelSpec, prunable
+from .models import ARCH_REVISION, ModelSpec, prunable
 from .neurons import NeuronParams
 from .resume import EpochCheckpoint, run_epochs
 from .training import TrainConfig, Trainer, evaluate
@@ -56,7 +56,7 @@ def train(store: Store, data_cfg: DataConfig, arch: str, width: float, pool: str
                      neuron=neuron, input_shape=ds.input_shape, num_classes=ds.num_classes,
                      class_names=tuple(ds.class_names), mean=tuple(mean), std=tuple(std))
     config = {"data": data_identity(data_cfg, ds), "model": spec.to_dict(),
-              "train": cfg.to_dict(), "seed": seed}
+              "arch_revision": ARCH_REVISION[arch], "train": cfg.to_dict(), "seed": seed}
     aid = artifact_id("train", config, [])
     found = store.find("train", aid)
     if found:
