@@ -216,8 +216,10 @@ def resnet19(input_shape, num_classes, neuron, width=1.0, pool="avg") -> tuple:
             layers.append(SpikingBasicBlock(cin, c, 2 if i == 0 else 1, neuron))
             cin = c
     h = _ch(256, width)
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, h), LIF(neuron),
-               nn.Linear(h, num_classes)]
+    # BN before the hidden LIF (not in the paper; no prunable weights): without it that layer
+    # stayed silent in short runs, as convnet's did.
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, h, bias=False),
+               nn.BatchNorm1d(h), LIF(neuron), nn.Linear(h, num_classes)]
     return stem, SpikingSequential(*layers)
 
 
@@ -290,7 +292,7 @@ def sequential(input_shape, num_classes, neuron, width=1.0, pool="avg", layers=(
 
 # Bumped when an architecture's layers change, so artifacts trained on the old layout get new
 # ids instead of being found as cache hits that no longer load.
-ARCH_REVISION = {"convnet": 2, "vgg16": 1, "resnet19": 1, "sequential": 1}
+ARCH_REVISION = {"convnet": 2, "vgg16": 1, "resnet19": 2, "sequential": 1}
 
 ARCHS: dict[str, Callable] = {"convnet": convnet, "vgg16": vgg16, "resnet19": resnet19,
                               "sequential": sequential}

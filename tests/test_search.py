@@ -120,6 +120,9 @@ def test_early_time_picks_smallest_candidate_under_lambda():
     assert earlytime.pick(norm, 5, 0.6) == 3
     assert earlytime.pick(norm, 5, norm[4] / 2) == 5  # nothing close enough: keep full T
     assert earlytime.pick({2: 0.0, 3: 0.0}, 5, 0.6) == 2
+    # identical outputs at every T': float noise of either sign must not decide the pick
+    for noise in (1.5e-8, -3e-8):
+        assert earlytime.pick(earlytime.normalize({1: noise, 2: noise, 3: noise}), 4, 0.6) == 1
 
 
 # -- the stages on real data -----------------------------------------------------------------

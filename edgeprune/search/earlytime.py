@@ -23,10 +23,16 @@ def kl_scores(model: nn.Module, x: torch.Tensor, timesteps: int,
     return out
 
 
+NOISE_FLOOR = 1e-6  # KL below this is float noise: the outputs at T' and T are the same
+
+
 def normalize(scores: dict[int, float]) -> dict[int, float]:
-    """Divide by the largest score, as the paper does, so lambda is scale-free."""
-    top = max(scores.values(), default=0.0)
-    return {t: (s / top if top > 0 else 0.0) for t, s in scores.items()}
+    """Divide by the largest score, as the paper does, so lambda is scale-free. Scores are
+    clamped at 0 (a KL is never negative; tiny negatives are rounding), and when even the
+    largest is noise every T' counts as equal to T (0), instead of dividing noise by noise."""
+    clamped = {t: max(s, 0.0) for t, s in scores.items()}
+    top = max(clamped.values(), default=0.0)
+    return {t: (s / top if top > NOISE_FLOOR else 0.0) for t, s in clamped.items()}
 
 
 def pick(normalized: dict[int, float], timesteps: int, lam: float) -> int:

@@ -36,8 +36,10 @@ def search(store: Store, dense: ModelInput, data_cfg: DataConfig, ds: Dataset,
     T = dense.spec.timesteps
     rewind_epoch, rewind = _rewind_point(dense, cfg, seed)
     data_id = data_identity(data_cfg, ds)
+    # Defaults resolved into the id, so a changed default is a new artifact, not a stale hit.
     config = {"search": cfg.to_dict(), "seed": seed, "data": data_id,
-              "rewind_epoch_resolved": rewind_epoch}
+              "rewind_epoch_resolved": rewind_epoch,
+              "et_candidates_resolved": _candidates(cfg, T) if cfg.early_time else None}
     inputs = [dense.id] + ([ticket.id] if ticket else [])
     aid = artifact_id("search", config, inputs)
     found = store.find("search", aid)
@@ -130,6 +132,10 @@ def _rewind_point(dense: ModelInput, cfg: SearchConfig, seed: int):
     return epoch, dense.snapshot(epoch)
 
 
+def _candidates(cfg: SearchConfig, T: int) -> list[int]:
+    return [t for t in (cfg.et_candidates or earlytime.default_candidates(T)) if t < T]
+
+
 def _keep_dense(dense: ModelInput, cfg: SearchConfig) -> tuple[str, ...]:
     names = list(prunable(dense.model))
     return tuple(([names[0]] if cfg.keep_first else []) + ([names[-1]] if cfg.keep_last else []))
@@ -161,7 +167,7 @@ def _early_time(dense, ds, cfg, rewind, seed, device, report) -> dict:
             for _ in range(cfg.et_epochs):
                 trainer.train_epoch(report)
         source = f"{cfg.et_epochs} epochs at T={T} from the rewind point"
-    candidates = [t for t in (cfg.et_candidates or earlytime.default_candidates(T)) if t < T]
+    candidates = _candidates(cfg, T)
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(ds.y_train), generator=g)[:cfg.et_batch]
     scores = earlytime.kl_scores(model, ds.x_train[idx].to(device), T, candidates)
