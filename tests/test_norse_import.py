@@ -222,7 +222,8 @@ def test_compress_takes_a_model_def_to_a_validated_onnx(trained_weights, tmp_pat
     validate on ONNX Runtime in one call."""
     r = run_cli("compress", "--model-def", f"{USER}:model", "--state-dict", trained_weights[0],
                 "-T", str(T), "--data", "digits", "--sparsity", "0.5", "--round-epochs", "1",
-                "--retrain-epochs", "2", "--out", tmp_path, "--json")
+                "--retrain-epochs", "2", "--latency-budget-ms", "10000", "--out", tmp_path,
+                "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert "imported" in out["artifacts"] and out["summary"]["sparsity"] == pytest.approx(0.5, abs=1e-3)
