@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -34,6 +32,7 @@ from edgeprune.neurons import NeuronParams  # noqa: E402
 from edgeprune.training import TrainConfig  # noqa: E402
 from export import metadata, parity  # noqa: E402
 from export.onnx_files import STEP, UNROLLED, write_onnx  # noqa: E402
+from machine import describe  # noqa: E402
 
 
 def median_ms(fn, runs: int) -> float:
@@ -48,15 +47,7 @@ def median_ms(fn, runs: int) -> float:
 
 
 def machine() -> dict:
-    cpu = ""
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    from edgeprune.artifacts import environment
-    return {"cpu": cpu or platform.processor(), "cores": os.cpu_count(),
-            "load_average_at_start": os.getloadavg(), **environment()}
+    return describe()
 
 
 def main() -> None:

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -30,12 +28,13 @@ import edgeprune  # noqa: E402,F401  (quiets Norse's import warnings)
 import torch  # noqa: E402
 
 from edgeprune import data as datalib, stages  # noqa: E402
-from edgeprune.artifacts import Store, environment  # noqa: E402
+from edgeprune.artifacts import Store  # noqa: E402
 from edgeprune.neurons import NeuronParams  # noqa: E402
 from edgeprune.retrain import retrain  # noqa: E402
 from edgeprune.search.config import SearchConfig  # noqa: E402
 from edgeprune.search.stage import search  # noqa: E402
 from edgeprune.training import TrainConfig  # noqa: E402
+from machine import describe  # noqa: E402
 
 METHODS = ("imp", "et-imp", "eb", "et-eb", "random", "reinit")
 PAPER_LABEL = {4: "68.3", 8: "89.9", 11: "95.7", 14: "98.1"}  # how the paper names s_r
@@ -74,13 +73,7 @@ def level_label(r: int) -> str:
 
 
 def machine() -> dict:
-    cpu = ""
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    env = environment()
+    env = describe()
     try:
         from importlib import metadata
         env["matplotlib"] = metadata.version("matplotlib")
@@ -94,9 +87,7 @@ def machine() -> dict:
             text=True, timeout=10).stdout.split("\n")[:-1]
     except Exception:  # noqa: BLE001
         pass
-    return {"cpu": cpu or platform.processor(), "cores": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "load_average_at_start": os.getloadavg(), **env}
+    return {**env, "torch_threads": torch.get_num_threads()}
 
 
 # -- running --------------------------------------------------------------------------------
