@@ -34,7 +34,7 @@ def search(store: Store, dense: ModelInput, data_cfg: DataConfig, ds: Dataset,
         raise UserError("--method reinit needs the ticket whose mask it re-initializes: "
                         "pass --from-mask SEARCH_ARTIFACT")
     T = dense.spec.timesteps
-    rewind_epoch, rewind = _rewind_point(dense, cfg, seed)
+    rewind_epoch = _rewind_epoch(dense, cfg)  # validated before any work or I/O
     data_id = data_identity(data_cfg, ds)
     # Defaults resolved into the id, so a changed default is a new artifact, not a stale hit.
     config = {"search": cfg.to_dict(), "seed": seed, "data": data_id,
@@ -46,6 +46,7 @@ def search(store: Store, dense: ModelInput, data_cfg: DataConfig, ds: Dataset,
     if found:
         return found, True
     store.writable()
+    rewind = _rewind_weights(dense, rewind_epoch, seed)  # read only on a cache miss
     keep = _keep_dense(dense, cfg)
     masklib.magnitude(_weights(dense.model), cfg.sparsity, keep_dense=keep)  # reachable at all?
     seconds, t_search, et_info, log = 0.0, T, None, []
@@ -116,20 +117,24 @@ def _fresh_init(dense: ModelInput, seed: int) -> dict[str, torch.Tensor]:
         return {k: v.clone() for k, v in dense.spec.build().state_dict().items()}
 
 
-def _rewind_point(dense: ModelInput, cfg: SearchConfig, seed: int):
-    """The weights a ticket restarts from: the dense run's weights after `rewind_epoch` epochs
-    (late rewinding). A model with no recorded snapshots rewinds to a fresh initialization."""
+def _rewind_epoch(dense: ModelInput, cfg: SearchConfig) -> int:
+    """Which of the dense run's epochs a ticket restarts from (late rewinding). A model with
+    no recorded snapshots rewinds to a fresh initialization (epoch 0)."""
     epoch = cfg.rewind_epoch if cfg.rewind_epoch is not None else dense.rewind_epoch
     if not dense.snapshot_epochs:
         if cfg.rewind_epoch not in (None, 0):
             raise UserError(f"{dense.path} has no recorded early weights to rewind to; use "
                             "--rewind-epoch 0 (a fresh initialization) or a model trained by "
                             "edgeprune train")
-        return 0, _fresh_init(dense, seed)
+        return 0
     if epoch not in dense.snapshot_epochs:
         raise UserError(f"--rewind-epoch {epoch} is not available: the dense run kept the "
                         f"weights of epochs {dense.snapshot_epochs}")
-    return epoch, dense.snapshot(epoch)
+    return epoch
+
+
+def _rewind_weights(dense: ModelInput, epoch: int, seed: int) -> dict[str, torch.Tensor]:
+    return dense.snapshot(epoch) if dense.snapshot_epochs else _fresh_init(dense, seed)
 
 
 def _candidates(cfg: SearchConfig, T: int) -> list[int]:
