@@ -26,10 +26,9 @@ import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 
-from edgeprune import checkpoint, data as datalib, stages  # noqa: E402
+from edgeprune import checkpoint, data as datalib, pipeline  # noqa: E402
 from edgeprune.artifacts import Store, open_artifact  # noqa: E402
-from edgeprune.neurons import NeuronParams  # noqa: E402
-from edgeprune.training import TrainConfig  # noqa: E402
+from edgeprune.config import DataConfig, ModelConfig, TrainConfig  # noqa: E402
 from export import metadata, parity  # noqa: E402
 from export.onnx_files import STEP, UNROLLED, write_onnx  # noqa: E402
 from machine import describe  # noqa: E402
@@ -60,9 +59,8 @@ def main() -> None:
     if args.model:
         art = open_artifact(args.model)
     else:
-        art, _ = stages.train(Store(ROOT / "benchmarks" / "runs"), stages.DataConfig("digits"),
-                              "convnet", 1.0, "avg", 5, "direct", NeuronParams(),
-                              TrainConfig(epochs=12), seed=0)
+        art, _ = pipeline.train(Store(ROOT / "benchmarks" / "runs"), DataConfig("digits"),
+                                ModelConfig(), TrainConfig(epochs=12))
     spec, model = checkpoint.load(art.file("model.pt"))
     model.eval()
     x = datalib.load("digits").x_test[:1]

@@ -18,7 +18,6 @@ import json
 import statistics
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,13 +26,10 @@ sys.path.insert(0, str(ROOT))
 import edgeprune  # noqa: E402,F401  (quiets Norse's import warnings)
 import torch  # noqa: E402
 
-from edgeprune import data as datalib, stages  # noqa: E402
+from edgeprune import inputs, pipeline  # noqa: E402
 from edgeprune.artifacts import Store  # noqa: E402
-from edgeprune.neurons import NeuronParams  # noqa: E402
-from edgeprune.retrain import retrain  # noqa: E402
-from edgeprune.search.config import SearchConfig  # noqa: E402
-from edgeprune.search.stage import search  # noqa: E402
-from edgeprune.training import TrainConfig  # noqa: E402
+from edgeprune.config import (DataConfig, ModelConfig, RetrainConfig, RunConfig,  # noqa: E402
+                              SearchConfig, TrainConfig)
 from machine import describe  # noqa: E402
 
 METHODS = ("imp", "et-imp", "eb", "et-eb", "random", "reinit")
@@ -45,23 +41,6 @@ QUICK = dict(data="digits", seeds="0,1,2", train_subset=None, test_subset=None, 
 # --train-subset/--test-subset/--epochs/--retrain-epochs on a bigger machine.
 FULL = dict(data="fashion-mnist", seeds="0", train_subset=2000, test_subset=1000, epochs=6,
             round_epochs=1, eb_epochs=5, retrain_epochs=2)
-
-
-@dataclass(frozen=True)
-class BenchData(stages.DataConfig):
-    """DataConfig plus an optional seeded subset of the test set (to bound evaluation cost on a
-    small CPU). The artifacts' data fingerprint covers the subset, so ids stay honest."""
-
-    test_subset: int | None = None
-
-    def load(self) -> datalib.Dataset:
-        ds = super().load()
-        n = self.test_subset
-        if n is None or n >= len(ds.y_test):
-            return ds
-        idx = torch.randperm(len(ds.y_test), generator=torch.Generator().manual_seed(1))[:n]
-        return datalib.Dataset(ds.name, ds.x_train, ds.y_train, ds.x_test[idx], ds.y_test[idx],
-                               ds.class_names)
 
 
 def level_sparsity(r: int) -> float:
@@ -135,8 +114,8 @@ class Results:
 def run(args, res: Results) -> None:
     cfg = res.data["meta"]["config"]
     store = Store(Path(args.store))
-    data_cfg = BenchData(cfg["data"], cfg["train_subset"], 0, cfg["test_subset"])
-    ds = data_cfg.load()
+    data_cfg = DataConfig(cfg["data"], cfg["train_subset"], cfg["test_subset"])
+    ds = inputs.load_data(data_cfg)
     log(f"data {cfg['data']}: {len(ds.y_train)} train, {len(ds.y_test)} test images")
     bs, lr = cfg["batch_size"], cfg["lr"]
     cpu_cum: dict = {}
@@ -145,9 +124,10 @@ def run(args, res: Results) -> None:
     resumed = bool(res.data["meta"].get("previous_runs"))
     for seed in cfg["seeds"]:
         t0 = time.perf_counter()
-        art, cached = stages.train(store, data_cfg, cfg["arch"], cfg["width"], "avg",
-                                   cfg["timesteps"], "direct", NeuronParams(),
-                                   TrainConfig(epochs=cfg["epochs"], batch_size=bs, lr=lr), seed)
+        art, cached = pipeline.train(store, data_cfg, ModelConfig(arch=cfg["arch"], width=cfg["width"],
+                                                                  timesteps=cfg["timesteps"]),
+                                     TrainConfig(epochs=cfg["epochs"], batch_size=bs, lr=lr),
+                                     RunConfig(seed=seed))
         m = art.metrics
         if not res.has("dense", seed=seed):
             res.add("dense", {"seed": seed, "artifact": art.id, "test_accuracy": m["test_accuracy"],
@@ -156,7 +136,7 @@ def run(args, res: Results) -> None:
                               "prunable_weights": m["prunable_weights"],
                               "wall_this_run": time.perf_counter() - t0, "cached": cached})
         log(f"seed {seed} dense {m['test_accuracy']:.2%} ({'cached' if cached else 'trained'})")
-        dense = stages.open_model(art.path)
+        dense = art.path / "model.pt"
         for r in cfg["levels"]:
             s = level_sparsity(r)
             imp_art = None
@@ -172,8 +152,9 @@ def run(args, res: Results) -> None:
                                   if method.startswith("et-") else ())
                 rounds_before = _count_rounds(store)
                 t1, c1 = time.perf_counter(), time.process_time()
-                sart, scached = search(store, dense, data_cfg, ds, sc, seed,
-                                       ticket=imp_art if method in ("random", "reinit") else None)
+                sart, scached = pipeline.search(store, dense, sc, data_cfg, RunConfig(seed=seed),
+                                                from_mask=imp_art.path
+                                                if method in ("random", "reinit") else None)
                 t_search, c_search = time.perf_counter() - t1, time.process_time() - c1
                 # Process CPU seconds: robust to other jobs on a shared machine. IMP rounds are
                 # shared between levels, so imp/et-imp accumulate over the levels of this seed
@@ -198,9 +179,9 @@ def run(args, res: Results) -> None:
                 if done or method not in cfg["methods"]:
                     continue  # imp run only as the template of random/reinit
                 t2 = time.perf_counter()
-                rart, rcached = retrain(store, dense, sart, data_cfg, ds,
-                                        TrainConfig(epochs=cfg["retrain_epochs"], batch_size=bs,
-                                                    lr=lr), seed)
+                rart, rcached = pipeline.retrain(store, dense, sart.path, RetrainConfig(
+                    epochs=cfg["retrain_epochs"], batch_size=bs, lr=lr), data_cfg,
+                    RunConfig(seed=seed))
                 t_retrain = time.perf_counter() - t2
                 sm, rm = sart.metrics, rart.metrics
                 et = sm.get("early_time") or {}

@@ -2,8 +2,11 @@
 
 An artifact's id hashes its stage, its fully resolved config and the ids of its inputs, so the
 same inputs give the same id (a rerun finds the artifact and skips the work) and any change gives
-a new one. A folder is written under a temporary name and renamed into place with its manifest
-already inside, so a half-written artifact is never visible; every read checks sha256.
+a new one. Every stage goes through one protocol, `Store.run(stage, config, inputs, compute)`:
+find the artifact, or take its lock, compute it into a temporary folder, add the manifest last
+and rename the folder into place, so a half-written artifact is never visible. Several processes
+may share a run directory: the per-artifact lock makes the second writer wait and then find the
+first one's artifact. Every read checks sha256.
 """
 from __future__ import annotations
 
@@ -13,7 +16,6 @@ import os
 import platform
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -22,6 +24,7 @@ from typing import Callable
 
 from . import faults
 from .errors import UserError
+from .hashing import file_sha256
 
 SCHEMA = "edgeprune.artifact/1"
 MANIFEST = "manifest.json"
@@ -31,14 +34,6 @@ def artifact_id(stage: str, config: dict, inputs: list[str]) -> str:
     blob = json.dumps({"stage": stage, "config": config, "inputs": inputs}, sort_keys=True,
                       separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def environment() -> dict:
@@ -96,7 +91,7 @@ class Artifact:
         p = self.path / name
         if not p.exists():
             raise UserError(f"{p} is missing (artifact damaged; delete {self.path} and rerun)")
-        if p.stat().st_size != entry["bytes"] or sha256_file(p) != entry["sha256"]:
+        if p.stat().st_size != entry["bytes"] or file_sha256(p) != entry["sha256"]:
             raise UserError(f"{p} does not match the sha256 in its manifest: the file is "
                             f"corrupted or was modified (delete {self.path} and rerun)")
         return p
@@ -154,18 +149,42 @@ class Store:
         except OSError as e:
             raise UserError(f"cannot write to output directory {self.root}: {e.strerror}") from None
 
-    def write(self, stage: str, aid: str, *, config: dict, inputs: list[str], metrics: dict,
-              write_files: Callable[[Path], None]) -> Artifact:
-        """Create an artifact: `write_files(tmpdir)` writes its files, then the manifest is added
-        and the folder is renamed into place in one step."""
+    def lock_path(self, stage: str, aid: str) -> Path:
+        return self.root / ".locks" / f"{stage}-{aid}.lock"
+
+    def run(self, stage: str, config: dict, inputs: list[str],
+            compute: Callable[["Job"], dict]) -> tuple[Artifact, bool]:
+        """The one stage protocol. Returns (artifact, cached): the stored artifact of this
+        stage, config and inputs if there is one, else `compute(job)`'s. `compute` writes its
+        files into `job.dir` and returns the metrics; it may resume from `job.partial`.
+
+        The artifact's lock is held from the second look to the rename: a process that finds
+        it taken waits and then finds the first one's artifact. Holding the lock also means no
+        live writer of this artifact exists, so temporaries left by killed ones can go."""
+        from filelock import FileLock  # only writers lock: a device that verifies lacks it
+
+        aid = artifact_id(stage, config, inputs)
+        found = self.find(stage, aid)
+        if found:
+            return found, True
         self.writable()
+        lock = self.lock_path(stage, aid)
+        lock.parent.mkdir(exist_ok=True)
+        with FileLock(str(lock)):
+            found = self.find(stage, aid)
+            if found:
+                return found, True
+            for stale in self.root.glob(f".{stage}-{aid}-*"):
+                shutil.rmtree(stale, ignore_errors=True)
+            return self._write(stage, aid, config, inputs, compute), False
+
+    def _write(self, stage: str, aid: str, config: dict, inputs: list[str],
+               compute: Callable[["Job"], dict]) -> Artifact:
         final = self.folder(stage, aid)
-        for stale in self.root.glob(f".{stage}-{aid}-*"):  # left by a run that was killed
-            shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{stage}-{aid}-", dir=self.root))
         try:
-            write_files(tmp)
-            files = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+            metrics = compute(Job(stage, aid, tmp, self.partial(stage, aid)))
+            files = {p.name: {"sha256": file_sha256(p), "bytes": p.stat().st_size}
                      for p in sorted(tmp.iterdir()) if p.is_file()}
             manifest = {"schema": SCHEMA, "stage": stage, "id": aid,
                         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -173,7 +192,7 @@ class Store:
                         "env": environment()}
             _write_json(tmp / MANIFEST, manifest)
             faults.reach("artifact-write")
-            if final.exists():  # an old, unfinished or replaced copy: swap it out
+            if final.exists():  # a folder without a manifest (damaged by hand): replace it
                 shutil.rmtree(final)
             os.rename(tmp, final)
             self.partial(stage, aid).unlink(missing_ok=True)
@@ -183,6 +202,17 @@ class Store:
                 raise UserError(f"cannot write artifact to {self.root}: {e.strerror or e}") from None
             raise
         return open_artifact(final)
+
+
+@dataclass(frozen=True)
+class Job:
+    """What a stage's compute gets: where to write its files, and where it may keep an epoch
+    checkpoint to resume from (removed once the artifact is written)."""
+
+    stage: str
+    id: str
+    dir: Path
+    partial: Path
 
 
 def _write_json(path: Path, obj) -> None:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .errors import UserError
+from .hashing import arrays_digest
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat",
@@ -57,25 +58,26 @@ class Dataset:
         return Dataset(self.name, self.x_train[idx], self.y_train[idx], self.x_test, self.y_test,
                        self.class_names)
 
+    def test_subset(self, n: int | None, seed: int = 1) -> "Dataset":
+        """A seeded random subset of `n` test images (the training set is kept whole)."""
+        if n is None or n >= len(self.y_test):
+            return self
+        idx = torch.randperm(len(self.y_test), generator=torch.Generator().manual_seed(seed))[:n]
+        return Dataset(self.name, self.x_train, self.y_train, self.x_test[idx], self.y_test[idx],
+                       self.class_names)
+
 
 def load(name_or_path: str) -> Dataset:
-    """Load a dataset by name (`digits`, `fashion-mnist[:DIR]`, `cifar10:DIR`) or path."""
+    """Load a dataset by name (`digits`, `fashion-mnist[:DIR]`, `cifar10:DIR`) or path (a .npz
+    file, or a directory of CIFAR batches or IDX files)."""
     name, _, where = name_or_path.partition(":")
-    if name == "digits":
-        return _digits()
-    if name in ("fashion-mnist", "fashion_mnist", "fmnist"):
-        return _fashion_mnist(Path(where) if where else FASHION_MNIST_DIR)
-    if name in ("cifar10", "cifar-10"):
-        if not where:
-            raise UserError("cifar10 needs its directory: --data cifar10:/path/to/cifar-10-batches-py")
-        return _cifar10(Path(where))
+    if name in DATASETS:
+        return DATASETS[name](where)
     path = Path(name_or_path)
     if path.suffix == ".npz":
         return _npz(path)
     if path.is_dir():
-        if (path / "data_batch_1").exists():
-            return _cifar10(path)
-        return _fashion_mnist(path)
+        return _cifar10(path) if (path / "data_batch_1").exists() else _fashion_mnist(path)
     raise UserError(f"unknown dataset {name_or_path!r}: use digits, fashion-mnist[:DIR], "
                     "cifar10:DIR, a directory of IDX or CIFAR files, or a .npz file")
 
@@ -254,10 +256,20 @@ def augment(x: torch.Tensor, generator: torch.Generator, flip: bool, pad: int = 
 
 def fingerprint(d: Dataset) -> str:
     """A content hash of the data, so an artifact id changes when a user's files change."""
-    import hashlib
+    return arrays_digest(d.x_train, d.y_train, d.x_test, d.y_test)
 
-    h = hashlib.sha256()
-    for t in (d.x_train, d.y_train, d.x_test, d.y_test):
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.numpy().tobytes())
-    return h.hexdigest()[:16]
+
+def _cifar10_named(where: str) -> Dataset:
+    if not where:
+        raise UserError("cifar10 needs its directory: --data cifar10:/path/to/cifar-10-batches-py")
+    return _cifar10(Path(where))
+
+
+# name -> loader of its directory part (`fashion-mnist:DIR`); "" when none was given
+DATASETS = {
+    "digits": lambda where: _digits(),
+    "fashion-mnist": lambda where: _fashion_mnist(Path(where) if where else FASHION_MNIST_DIR),
+    "cifar10": _cifar10_named,
+}
+DATASETS.update({"fashion_mnist": DATASETS["fashion-mnist"], "fmnist": DATASETS["fashion-mnist"],
+                 "cifar-10": DATASETS["cifar10"]})

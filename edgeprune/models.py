@@ -14,10 +14,10 @@ from typing import Callable
 import torch
 from torch import nn
 
+from . import layers
+from .config import ENCODINGS, ModelConfig, NeuronParams
 from .errors import UserError
-from .neurons import LI, LIF, LIParams, NeuronParams
-
-ENCODINGS = ("direct", "poisson")
+from .neurons import LIF
 
 
 def is_stateful(m: nn.Module) -> bool:
@@ -28,7 +28,12 @@ def over_time(m: nn.Module, seq: torch.Tensor) -> torch.Tensor:
     """Apply a layer to a sequence: stateful layers see it whole, others fold T into the batch."""
     if is_stateful(m):
         return m(seq)
-    return m(seq.flatten(0, 1)).unflatten(0, seq.shape[:2])
+    return unfold_time(m(seq.flatten(0, 1)), seq.shape[0])
+
+
+def unfold_time(y: torch.Tensor, timesteps: int) -> torch.Tensor:
+    """(T*B, ...) -> (T, B, ...), the batch inferred: a traced graph keeps it dynamic."""
+    return y.reshape(timesteps, -1, *y.shape[1:])
 
 
 class SpikingSequential(nn.Sequential):
@@ -65,6 +70,8 @@ class SpikingBasicBlock(nn.Module):
     """ResNet basic block with LIF neurons: lif2(bn2(conv2(lif1(bn1(conv1 x)))) + shortcut(x))."""
 
     stateful = True
+    state_names = ("lif1", "lif2")  # its state is (v1, v2), in this order
+    folds = (("conv1", "bn1"), ("conv2", "bn2"))  # BatchNorms an exporter may fold
 
     def __init__(self, cin: int, cout: int, stride: int, neuron: NeuronParams):
         super().__init__()
@@ -84,9 +91,8 @@ class SpikingBasicBlock(nn.Module):
 
     def forward(self, seq: torch.Tensor) -> torch.Tensor:
         h = self.lif1(over_time(nn.Sequential(self.conv1, self.bn1), seq))
-        T, B = seq.shape[:2]
-        pre = self._residual(h.flatten(0, 1), seq.flatten(0, 1)).unflatten(0, (T, B))
-        return self.lif2(pre)
+        pre = self._residual(h.flatten(0, 1), seq.flatten(0, 1))
+        return self.lif2(unfold_time(pre, seq.shape[0]))
 
     def step(self, x: torch.Tensor, state):
         v1, v2 = state
@@ -97,6 +103,14 @@ class SpikingBasicBlock(nn.Module):
     def initial_state(self, x: torch.Tensor):
         a = self.bn1(self.conv1(x))
         return (torch.zeros_like(a), torch.zeros_like(self._residual(torch.zeros_like(a), x)))
+
+
+def poisson_spikes(x: torch.Tensor, timesteps: int,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """Rate encoding: (T, B, C, H, W) spikes, 1 with probability = pixel in [0, 1]. Training
+    draws from the global RNG (on x's device); probes pass a seeded CPU generator."""
+    u = torch.rand((timesteps, *x.shape), generator=generator, device=x.device)
+    return (u < x.clamp(0, 1)).float()
 
 
 class Normalize(nn.Module):
@@ -125,14 +139,19 @@ class SNN(nn.Module):
         """Images (B, C, H, W) in [0, 1] to the stem's output sequence (T, B, ...)."""
         if self.encoding == "direct":
             s = self.stem(self.normalize(x))  # the static image is seen once
-            return s.unsqueeze(0).expand(timesteps, *s.shape)
-        spikes = (torch.rand((timesteps, *x.shape), device=x.device) < x.clamp(0, 1)).float()
-        return over_time(self.stem, spikes)
+            # -1, not s.shape: a traced graph keeps the batch dynamic
+            return s.unsqueeze(0).expand(timesteps, *([-1] * s.dim()))
+        return over_time(self.stem, poisson_spikes(x, timesteps))
 
     def forward(self, x: torch.Tensor, timesteps: int) -> torch.Tensor:
         if timesteps < 1:
             raise UserError(f"timesteps must be at least 1, got {timesteps}")
         return self.body(self.encode(x, timesteps))
+
+    def forward_spikes(self, spikes: torch.Tensor) -> torch.Tensor:
+        """Per-step logits for given input spikes (T, B, C, H, W): poisson encoding with the
+        spikes drawn elsewhere (a reference run must see the spikes a device saw)."""
+        return self.body(over_time(self.stem, spikes))
 
     def step(self, x_t: torch.Tensor, states: list) -> tuple[torch.Tensor, list]:
         """One timestep: for direct encoding x_t is the image, for poisson the input spikes."""
@@ -228,66 +247,14 @@ def _plain(seq: nn.Sequential) -> nn.Sequential:
     return nn.Sequential(*[m for m in seq if not isinstance(m, LIF)])
 
 
-# -- "sequential": a network described as a JSON-able layer list (imported models) --------------
-# Each entry is a dict with a "type" and that layer's constructor facts; the list is what
-# edgeprune.norse_import writes for a user's Norse model, so the network can be rebuilt from the
-# checkpoint alone. The stem is the stateless prefix before the first neuron layer.
-
-def _pair_list(v) -> tuple:
-    return tuple(v) if isinstance(v, (list, tuple)) else v
-
-
-def layer_from_dict(d: dict) -> nn.Module:
-    """One layer of a "sequential" model from its description."""
-    t = d.get("type")
-    if t == "conv2d":
-        return nn.Conv2d(d["in"], d["out"], _pair_list(d["kernel"]), _pair_list(d["stride"]),
-                         _pair_list(d["padding"]), _pair_list(d.get("dilation", 1)),
-                         d.get("groups", 1), bias=d["bias"])
-    if t == "linear":
-        return nn.Linear(d["in"], d["out"], bias=d["bias"])
-    if t in ("bn1d", "bn2d"):
-        cls = nn.BatchNorm1d if t == "bn1d" else nn.BatchNorm2d
-        return cls(d["features"], eps=d.get("eps", 1e-5), momentum=d.get("momentum", 0.1))
-    if t == "avgpool2d":
-        return nn.AvgPool2d(_pair_list(d["kernel"]), _pair_list(d["stride"]),
-                            _pair_list(d.get("padding", 0)), d.get("ceil_mode", False),
-                            d.get("count_include_pad", True), d.get("divisor_override"))
-    if t == "maxpool2d":
-        return nn.MaxPool2d(_pair_list(d["kernel"]), _pair_list(d["stride"]),
-                            _pair_list(d.get("padding", 0)), _pair_list(d.get("dilation", 1)),
-                            ceil_mode=d.get("ceil_mode", False))
-    if t == "adaptiveavgpool2d":
-        return nn.AdaptiveAvgPool2d(_pair_list(d["output"]))
-    if t == "flatten":
-        return nn.Flatten(d.get("start", 1), d.get("end", -1))
-    if t == "dropout":
-        return nn.Dropout(d.get("p", 0.5))
-    if t == "identity":
-        return nn.Identity()
-    if t == "lif":
-        return LIF(NeuronParams(**d["neuron"]))
-    if t == "li":
-        return LI(LIParams(d["tau_mem_inv"], d.get("tau_syn_inv", 1.0)))
-    raise UserError(f"unknown layer type {t!r} in a sequential model description")
-
-
-def split_stem(layers) -> int:
-    """Index of the first neuron layer: the stem is the stateless prefix before it."""
-    for i, d in enumerate(layers):
-        if d.get("type") in ("lif", "li"):
-            return i
-    raise UserError("a sequential model needs at least one neuron (lif or li) layer")
-
-
-def sequential(input_shape, num_classes, neuron, width=1.0, pool="avg", layers=()) -> tuple:
-    """Rebuild a layer list: (stem, body). `neuron`, `width` and `pool` are not used: every
-    layer's description carries its own facts."""
-    if not layers:
+def sequential(input_shape, num_classes, neuron, width=1.0, pool="avg", layers_=()) -> tuple:
+    """Rebuild a layer list (edgeprune.layers): (stem, body). `neuron`, `width` and `pool` are
+    not used: every layer's description carries its own facts."""
+    if not layers_:
         raise UserError("architecture 'sequential' needs a layer list (made by import-model)")
-    k = split_stem(layers)
-    stem = nn.Sequential(*[layer_from_dict(d) for d in layers[:k]])
-    return stem, SpikingSequential(*[layer_from_dict(d) for d in layers[k:]])
+    k = layers.split_stem(layers_)
+    return (nn.Sequential(*[layers.build(d) for d in layers_[:k]]),
+            SpikingSequential(*[layers.build(d) for d in layers_[k:]]))
 
 
 # Bumped when an architecture's layers change, so artifacts trained on the old layout get new
@@ -327,6 +294,15 @@ class ModelSpec:
         if self.encoding not in ENCODINGS:
             raise UserError(f"unknown encoding {self.encoding!r}: choose {', '.join(ENCODINGS)}")
 
+    @classmethod
+    def for_data(cls, cfg: ModelConfig, ds) -> "ModelSpec":
+        """The spec of a model of `cfg` for dataset `ds` (its shape, classes, normalization)."""
+        mean, std = ds.channel_stats()
+        return cls(arch=cfg.arch, width=cfg.width, pool=cfg.pool, timesteps=cfg.timesteps,
+                   encoding=cfg.encoding, neuron=cfg.neuron, input_shape=tuple(ds.input_shape),
+                   num_classes=ds.num_classes, class_names=tuple(ds.class_names),
+                   mean=tuple(mean), std=tuple(std))
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["input_shape"], d["class_names"] = list(self.input_shape), list(self.class_names)
@@ -347,7 +323,7 @@ class ModelSpec:
         return cls(**d)
 
     def build(self) -> SNN:
-        extra = {"layers": self.layers} if self.arch == "sequential" else {}
+        extra = {"layers_": self.layers} if self.arch == "sequential" else {}
         stem, body = ARCHS[self.arch](self.input_shape, self.num_classes, self.neuron,
                                       width=self.width, pool=self.pool, **extra)
         return SNN(Normalize(list(self.mean), list(self.std)), stem, body, self.encoding)

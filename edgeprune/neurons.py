@@ -18,38 +18,20 @@ from norse.torch.functional.leaky_integrator import (LIParameters, LIState,
 from norse.torch.functional.reset import reset_subtract, reset_value
 from torch import nn
 
+from .config import NeuronParams
 from .errors import UserError
 
-SURROGATES = ("super", "triangle", "tanh", "circ", "heavi_erfc")
-RESETS = {"value": reset_value, "subtract": reset_subtract}
+RESET_FUNCTIONS = {"value": reset_value, "subtract": reset_subtract}
 
 
-@dataclass(frozen=True)
-class NeuronParams:
-    tau_mem_inv: float = 0.75  # leak: v = (1 - 0.75) v + 0.75 x, as in the paper
-    v_th: float = 1.0
-    v_reset: float = 0.0
-    reset: str = "value"  # "value": hard reset to v_reset; "subtract": v -= v_th
-    surrogate: str = "super"  # Norse threshold method used for the backward pass
-    alpha: float = 10.0  # surrogate sharpness (ignored by "super")
-
-    def __post_init__(self):
-        if not 0.0 < self.tau_mem_inv <= 1.0:
-            raise UserError(f"tau_mem_inv must be in (0, 1], got {self.tau_mem_inv}")
-        if self.reset not in RESETS:
-            raise UserError(f"unknown reset {self.reset!r}: choose value or subtract")
-        if self.surrogate not in SURROGATES + ("heaviside",):
-            raise UserError(f"unknown surrogate {self.surrogate!r}: choose {', '.join(SURROGATES)}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def norse(self, method: str | None = None) -> LIFBoxParameters:
-        return LIFBoxParameters(
-            tau_mem_inv=torch.as_tensor(self.tau_mem_inv), v_leak=torch.as_tensor(0.0),
-            v_th=torch.as_tensor(self.v_th), v_reset=torch.as_tensor(self.v_reset),
-            method=method or self.surrogate, alpha=torch.as_tensor(self.alpha),
-            reset_method=RESETS[self.reset])
+def lif_parameters(p: NeuronParams, method: str | None = None) -> LIFBoxParameters:
+    """Norse's parameters for `p` (Norse keeps them out of state_dict: the checkpoint records
+    NeuronParams instead)."""
+    return LIFBoxParameters(
+        tau_mem_inv=torch.as_tensor(p.tau_mem_inv), v_leak=torch.as_tensor(0.0),
+        v_th=torch.as_tensor(p.v_th), v_reset=torch.as_tensor(p.v_reset),
+        method=method or p.surrogate, alpha=torch.as_tensor(p.alpha),
+        reset_method=RESET_FUNCTIONS[p.reset])
 
 
 def lif_step(x: torch.Tensor, v: torch.Tensor, p: LIFBoxParameters) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,11 +49,11 @@ class LIF(nn.Module):
     def __init__(self, params: NeuronParams = NeuronParams()):
         super().__init__()
         self.params = params
-        self.p = params.norse()
+        self.p = lif_parameters(params)
 
     def spike_exactly(self) -> None:
         """Use a plain Heaviside (no autograd function): for export and pure inference."""
-        self.p = self.params.norse(method="heaviside")
+        self.p = lif_parameters(self.params, method="heaviside")
 
     def initial_state(self, x: torch.Tensor) -> torch.Tensor:
         return torch.zeros_like(x)

@@ -7,12 +7,14 @@ from pathlib import Path
 import torch
 
 from . import checkpoint, masks as masklib, tensorfile
-from .artifacts import Artifact, Store, artifact_id, open_artifact
+from .artifacts import Artifact, Job, Store, open_artifact
+from .config import DataConfig, TrainConfig, resolved
 from .data import Dataset
 from .errors import UserError
-from .stages import DataConfig, ModelInput, Report, data_identity
+from .inputs import ModelInput, data_identity
 from .resume import EpochCheckpoint, run_epochs
-from .training import TrainConfig, Trainer, evaluate
+from .train import Report
+from .trainer import Trainer, evaluate
 
 
 def open_search(path: Path) -> Artifact:
@@ -22,51 +24,48 @@ def open_search(path: Path) -> Artifact:
     return art
 
 
-def retrain(store: Store, dense: ModelInput, ticket: Artifact, data_cfg: DataConfig, ds: Dataset,
-            cfg: TrainConfig, seed: int = 0, device: str = "cpu",
+def load_mask(ticket: Artifact) -> masklib.Masks:
+    return {k: v.bool() for k, v in tensorfile.load(ticket.file("mask.safetensors")).items()}
+
+
+def retrain(store: Store, dense: ModelInput, ticket: Artifact, data: DataConfig, ds: Dataset,
+            optim: TrainConfig, seed: int = 0, device: str = "cpu",
             report: Report = lambda e: None) -> tuple[Artifact, bool]:
     """Train `rewind * mask` at the dense model's T with the mask held fixed."""
     if dense.id not in ticket.manifest["inputs"]:
         raise UserError(f"mask {ticket.path} was searched on another model "
                         f"({ticket.manifest['inputs'][0]}), not on {dense.path} ({dense.id})")
-    config = {"train": cfg.to_dict(), "seed": seed, "data": data_identity(data_cfg, ds)}
-    inputs = [dense.id, ticket.id]
-    aid = artifact_id("retrain", config, inputs)
-    found = store.find("retrain", aid)
-    if found:
-        return found, True
-    store.writable()
-    mask = {k: v.bool() for k, v in tensorfile.load(ticket.file("mask.safetensors")).items()}
-    model = dense.spec.build()
-    model.load_state_dict(tensorfile.load(ticket.file("rewind.safetensors")))
+    config = {"train": resolved(optim), "seed": seed, "data": data_identity(data, ds)}
     T = dense.spec.timesteps
-    torch.manual_seed(seed)
-    trainer = Trainer(model, ds, T, cfg, seed, device, masks=mask)
 
-    def on_epoch(row: dict, progress: dict) -> bool:
-        row.update(test_acc=evaluate(model, ds.x_test, ds.y_test, T, device)["accuracy"])
-        progress["history"].append(row)
-        report({"event": "epoch", **row})
-        return False
+    def compute(job: Job) -> dict:
+        mask = load_mask(ticket)
+        model = dense.spec.build()
+        model.load_state_dict(tensorfile.load(ticket.file("rewind.safetensors")))
+        torch.manual_seed(seed)
+        trainer = Trainer(model, ds, T, optim, seed, device, masks=mask)
 
-    progress = run_epochs(trainer, cfg.epochs, EpochCheckpoint(store.partial("retrain", aid)),
-                          {"history": []}, on_epoch, report)
-    history = progress["history"]
-    ev = evaluate(model, ds.x_test, ds.y_test, T, device)
-    achieved = masklib.of_model(model)
-    tm = ticket.metrics
-    metrics = {"test_accuracy": ev["accuracy"], "test_loss": ev["loss"],
-               "dense_test_accuracy": dense.test_accuracy,
-               "sparsity": masklib.sparsity(achieved), "per_layer": masklib.per_layer(achieved),
-               "spike_rate": ev["spike_rate"], "mean_spike_rate": ev["mean_spike_rate"],
-               "train_seconds": progress["elapsed"], "epochs": cfg.epochs,
-               "method": tm.get("method"), "timesteps": T,
-               "timesteps_search": tm.get("timesteps_search"),
-               "search_seconds": tm.get("search_seconds"), "rewind_epoch": tm.get("rewind_epoch")}
+        def on_epoch(row: dict, progress: dict) -> bool:
+            row.update(test_acc=evaluate(model, ds.x_test, ds.y_test, T, device)["accuracy"])
+            progress["history"].append(row)
+            report({"event": "epoch", **row})
+            return False
 
-    def write(tmp: Path) -> None:
-        checkpoint.save(tmp / "model.pt", dense.spec, model)
-        (tmp / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
+        progress = run_epochs(trainer, optim.epochs, EpochCheckpoint(job.partial),
+                              {"history": []}, on_epoch, report)
+        ev = evaluate(model, ds.x_test, ds.y_test, T, device)
+        achieved = masklib.of_model(model)
+        checkpoint.save(job.dir / "model.pt", dense.spec, model)
+        (job.dir / "history.jsonl").write_text(
+            "".join(json.dumps(r) + "\n" for r in progress["history"]))
+        tm = ticket.metrics
+        return {"test_accuracy": ev["accuracy"], "test_loss": ev["loss"],
+                "dense_test_accuracy": dense.test_accuracy,
+                "sparsity": masklib.sparsity(achieved), "per_layer": masklib.per_layer(achieved),
+                "spike_rate": ev["spike_rate"], "mean_spike_rate": ev["mean_spike_rate"],
+                "train_seconds": progress["elapsed"], "epochs": optim.epochs,
+                "method": tm.get("method"), "timesteps": T,
+                "timesteps_search": tm.get("timesteps_search"),
+                "search_seconds": tm.get("search_seconds"), "rewind_epoch": tm.get("rewind_epoch")}
 
-    return store.write("retrain", aid, config=config, inputs=inputs, metrics=metrics,
-                       write_files=write), False
+    return store.run("retrain", config, [dense.id, ticket.id], compute)

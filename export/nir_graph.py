@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from edgeprune.errors import UserError
-from edgeprune.models import SNN, Normalize, SpikingBasicBlock, SpikingSequential
+from edgeprune.models import SNN, Normalize, SpikingBasicBlock, is_stateful
 from edgeprune.neurons import LI, LIF
 
 from .prepare import NORMS, for_export
@@ -70,36 +70,48 @@ def _pair(v) -> np.ndarray:
     return np.array(v if isinstance(v, (tuple, list)) else (v, v), dtype=np.int64)
 
 
-def _conv(b: _Builder, name: str, m: nn.Conv2d, shape, sources):
+def _conv(b: _Builder, name: str, m: nn.Conv2d, x, y, sources):
     if m.padding_mode != "zeros" or isinstance(m.padding, str):
         raise UserError(f"cannot express layer {name} ({m}) in NIR: only zero padding given "
                         "as numbers is mapped")
     bias = _np(m.bias) if m.bias is not None else np.zeros(m.out_channels, np.float32)
-    node = nir.Conv2d(input_shape=tuple(int(s) for s in shape[1:]), weight=_np(m.weight),
+    node = nir.Conv2d(input_shape=tuple(int(s) for s in x.shape[2:]), weight=_np(m.weight),
                       stride=tuple(m.stride), padding=tuple(m.padding),
                       dilation=tuple(m.dilation), groups=m.groups, bias=bias)
     return b.add(name, node, sources)
 
 
-def _lif(b: _Builder, name: str, m: LIF, shape, sources):
-    p = m.params
-    if p.reset != "value":
-        raise UserError(f"cannot express layer {name} in NIR: its LIF resets by subtraction, "
-                        "and NIR's LIF resets to a value")
-    full = lambda v: np.full(tuple(shape), v, dtype=np.float64)  # noqa: E731
-    node = nir.LIF(tau=full(DT / p.tau_mem_inv), r=full(1.0), v_leak=full(0.0),
-                   v_threshold=full(p.v_th), v_reset=full(p.v_reset))
+def _linear(b: _Builder, name: str, m: nn.Linear, x, y, sources):
+    if x.dim() != 2:
+        raise UserError(f"cannot express layer {name} in NIR: Linear on a {x.dim() - 1}-d input")
+    node = (nir.Affine(weight=_np(m.weight), bias=_np(m.bias)) if m.bias is not None
+            else nir.Linear(weight=_np(m.weight)))
     return b.add(name, node, sources)
 
 
-def _li(b: _Builder, name: str, m: LI, shape, sources):
-    p = m.params
+def _full(shape, v) -> np.ndarray:
+    return np.full(tuple(shape), v, dtype=np.float64)
+
+
+def _lif(b: _Builder, name: str, m: LIF, x, y, sources):
+    p, shape = m.params, x.shape[1:]
+    if p.reset != "value":
+        raise UserError(f"cannot express layer {name} in NIR: its LIF resets by subtraction, "
+                        "and NIR's LIF resets to a value")
+    node = nir.LIF(tau=_full(shape, DT / p.tau_mem_inv), r=_full(shape, 1.0),
+                   v_leak=_full(shape, 0.0), v_threshold=_full(shape, p.v_th),
+                   v_reset=_full(shape, p.v_reset))
+    return b.add(name, node, sources)
+
+
+def _li(b: _Builder, name: str, m: LI, x, y, sources):
+    p, shape = m.params, x.shape[1:]
     if p.tau_syn_inv != 1.0:
         raise UserError(f"cannot express layer {name} in NIR: its leaky integrator has a "
                         f"synaptic current (tau_syn_inv·dt = {p.tau_syn_inv}), whose update order "
                         "NIR's CubaLI does not fix; only a current-free LI (Norse LIBoxCell) maps")
-    full = lambda v: np.full(tuple(shape), v, dtype=np.float64)  # noqa: E731
-    node = nir.LI(tau=full(DT / p.tau_mem_inv), r=full(1.0), v_leak=full(0.0))
+    node = nir.LI(tau=_full(shape, DT / p.tau_mem_inv), r=_full(shape, 1.0),
+                  v_leak=_full(shape, 0.0))
     return b.add(name, node, sources)
 
 
@@ -110,68 +122,74 @@ def _sum_pool(b: _Builder, name: str, kernel, stride, padding, out_shape, source
     return b.add(f"{name}.scale", nir.Scale(scale=scale), src)
 
 
+def _avg_pool(b: _Builder, name: str, m: nn.AvgPool2d, x, y, sources):
+    if m.ceil_mode or m.divisor_override or (not m.count_include_pad and m.padding):
+        raise UserError(f"cannot express layer {name} ({m}) in NIR as a sum pool")
+    return _sum_pool(b, name, m.kernel_size, m.stride or m.kernel_size, m.padding, y.shape[1:],
+                     sources)
+
+
+def _adaptive_avg_pool(b: _Builder, name: str, m: nn.AdaptiveAvgPool2d, x, y, sources):
+    (h, w), (oh, ow) = x.shape[2:], _pair(m.output_size)
+    if h % oh or w % ow:
+        raise UserError(f"cannot express layer {name} ({m}) in NIR: input {h}x{w} is not a "
+                        f"multiple of the output {oh}x{ow}")
+    k = (h // oh, w // ow)
+    return _sum_pool(b, name, k, k, 0, y.shape[1:], sources)
+
+
+def _flatten(b: _Builder, name: str, m: nn.Flatten, x, y, sources):
+    if m.start_dim != 1 or m.end_dim != -1:
+        raise UserError(f"cannot express layer {name} ({m}) in NIR: only full flattening")
+    return b.add(name, nir.Flatten(input_type={"input": np.array(x.shape[1:])}, start_dim=0,
+                                   end_dim=-1), sources)
+
+
+def _block(b: _Builder, name: str, m: SpikingBasicBlock, x, y, sources):
+    for norm in (m.bn1, m.bn2):
+        if isinstance(norm, NORMS):
+            raise UserError(f"cannot express layer {name} in NIR: unfolded BatchNorm")
+    x1 = m.conv1(x)
+    h = _conv(b, f"{name}.conv1", m.conv1, x, x1, sources)
+    z1 = m.lif1.step(x1, m.lif1.initial_state(x1))[0]
+    h = _lif(b, f"{name}.lif1", m.lif1, x1, z1, h)
+    main = _conv(b, f"{name}.conv2", m.conv2, z1, None, h)
+    short, _ = _layer(b, f"{name}.shortcut", m.shortcut, x, sources)
+    return _lif(b, f"{name}.lif2", m.lif2, y, y, main + short)  # NIR sums what enters a node
+
+
+def _refuse(why: str):
+    def emit(b, name, m, x, y, sources):
+        raise UserError(f"cannot express layer {name} ({type(m).__name__}) in NIR: {why}")
+    return emit
+
+
+# module class -> emitter(builder, name, module, input example, output example, sources)
+EMITTERS = {
+    nn.Conv2d: _conv, nn.Linear: _linear, LIF: _lif, LI: _li, nn.AvgPool2d: _avg_pool,
+    nn.AdaptiveAvgPool2d: _adaptive_avg_pool, nn.Flatten: _flatten, SpikingBasicBlock: _block,
+    nn.MaxPool2d: _refuse("NIR 1.0 has no max pooling; train with --pool avg, or export "
+                          "without --nir"),
+    **{norm: _refuse("a BatchNorm not directly after a conv/linear cannot be folded")
+       for norm in NORMS},
+}
+PASS_THROUGH = (nn.Identity, nn.Dropout)  # Dropout is the identity in inference
+
+
 def _layer(b: _Builder, name: str, m: nn.Module, x: torch.Tensor, sources: list[str]):
     """Add the nodes of one layer fed by `sources`; returns (new sources, output example)."""
-    y = None
-    shape = tuple(x.shape[1:])
-    if isinstance(m, (nn.Identity, nn.Dropout)):  # Dropout is the identity in inference
+    if isinstance(m, PASS_THROUGH):
         return sources, x
-    if isinstance(m, (nn.Sequential,)) and not isinstance(m, SpikingSequential):
+    if type(m) is nn.Sequential:
         for i, child in enumerate(m):
             sources, x = _layer(b, f"{name}.{i}", child, x, sources)
         return sources, x
-    with torch.no_grad():
-        y = m.step(x, m.initial_state(x))[0] if isinstance(m, (LIF, LI, SpikingBasicBlock)) \
-            else m(x)
-    if isinstance(m, nn.Conv2d):
-        sources = _conv(b, name, m, shape, sources)
-    elif isinstance(m, nn.Linear):
-        if len(shape) != 1:
-            raise UserError(f"cannot express layer {name} in NIR: Linear on a {len(shape)}-d input")
-        node = (nir.Affine(weight=_np(m.weight), bias=_np(m.bias)) if m.bias is not None
-                else nir.Linear(weight=_np(m.weight)))
-        sources = b.add(name, node, sources)
-    elif isinstance(m, LIF):
-        sources = _lif(b, name, m, shape, sources)
-    elif isinstance(m, LI):
-        sources = _li(b, name, m, shape, sources)
-    elif isinstance(m, nn.AvgPool2d):
-        if m.ceil_mode or m.divisor_override or (not m.count_include_pad and m.padding):
-            raise UserError(f"cannot express layer {name} ({m}) in NIR as a sum pool")
-        sources = _sum_pool(b, name, m.kernel_size, m.stride or m.kernel_size, m.padding,
-                            y.shape[1:], sources)
-    elif isinstance(m, nn.AdaptiveAvgPool2d):
-        (h, w), (oh, ow) = shape[1:], _pair(m.output_size)
-        if h % oh or w % ow:
-            raise UserError(f"cannot express layer {name} ({m}) in NIR: input {h}x{w} is not a "
-                            f"multiple of the output {oh}x{ow}")
-        k = (h // oh, w // ow)
-        sources = _sum_pool(b, name, k, k, 0, y.shape[1:], sources)
-    elif isinstance(m, nn.Flatten):
-        if m.start_dim != 1 or m.end_dim != -1:
-            raise UserError(f"cannot express layer {name} ({m}) in NIR: only full flattening")
-        sources = b.add(name, nir.Flatten(input_type={"input": np.array(shape)}, start_dim=0,
-                                          end_dim=-1), sources)
-    elif isinstance(m, SpikingBasicBlock):
-        h, = _conv(b, f"{name}.conv1", m.conv1, shape, sources)
-        x1 = m.conv1(x)
-        h = _lif(b, f"{name}.lif1", m.lif1, x1.shape[1:], [h])
-        z1 = m.lif1.step(x1, m.lif1.initial_state(x1))[0]
-        main = _conv(b, f"{name}.conv2", m.conv2, z1.shape[1:], h)
-        for norm in (m.bn1, m.bn2):
-            if isinstance(norm, NORMS):
-                raise UserError(f"cannot express layer {name} in NIR: unfolded BatchNorm")
-        short, _ = _layer(b, f"{name}.shortcut", m.shortcut, x, sources)
-        sources = _lif(b, f"{name}.lif2", m.lif2, y.shape[1:], main + short)
-    elif isinstance(m, nn.MaxPool2d):
-        raise UserError(f"cannot express layer {name} (MaxPool2d) in NIR: NIR 1.0 has no max "
-                        "pooling; train with --pool avg, or export without --nir")
-    elif isinstance(m, NORMS):
-        raise UserError(f"cannot express layer {name} ({type(m).__name__}) in NIR: a BatchNorm "
-                        "not directly after a conv/linear cannot be folded")
-    else:
+    emit = EMITTERS.get(type(m))
+    if emit is None:
         raise UserError(f"cannot express layer {name} ({type(m).__name__}) in NIR")
-    return sources, y
+    with torch.no_grad():
+        y = m.step(x, m.initial_state(x))[0] if is_stateful(m) else m(x)
+    return emit(b, name, m, x, y, sources), y
 
 
 def _normalize(b: _Builder, m: Normalize, sources: list[str]):

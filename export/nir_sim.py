@@ -71,6 +71,37 @@ def _order(graph: nir.NIRGraph) -> list[str]:
     return order
 
 
+def _lif_step(node: nir.LIF, inp, v, dt):
+    leak = (dt / node.tau).astype(F32)  # dt/tau in float64, rounded once
+    vd = v + leak * ((node.v_leak.astype(F32) - v) + node.r.astype(F32) * inp)
+    z = vd > node.v_threshold.astype(F32)
+    return z.astype(F32), np.where(z, node.v_reset.astype(F32), vd).astype(F32)
+
+
+def _li_step(node: nir.LI, inp, v, dt):
+    leak = (dt / node.tau).astype(F32)
+    v = (v + leak * ((node.v_leak.astype(F32) - v) + node.r.astype(F32) * inp)).astype(F32)
+    return v, v
+
+
+# node class -> f(input, node): nodes without state
+STATELESS = {
+    nir.Output: lambda x, node: x,
+    nir.Conv2d: conv2d,
+    nir.Affine: lambda x, node: x @ node.weight.astype(F32).T + node.bias.astype(F32),
+    nir.Linear: lambda x, node: x @ node.weight.astype(F32).T,
+    nir.SumPool2d: sum_pool,
+    nir.Scale: lambda x, node: x * node.scale.astype(F32),
+    nir.Flatten: flatten,
+}
+# node class -> (state shape of the node, step(node, input, state, dt) -> (output, state))
+STATEFUL = {
+    nir.LIF: (lambda node: node.v_reset.shape, _lif_step),
+    nir.LI: (lambda node: node.tau.shape, _li_step),
+}
+SPIKING = (nir.LIF,)
+
+
 def simulate(graph: nir.NIRGraph, x: np.ndarray, timesteps: int, *,
              input_is_sequence: bool = False) -> dict:
     """Run `graph` for `timesteps` steps on a batch. `x`: (B, ...) fed at every step, or
@@ -83,12 +114,14 @@ def simulate(graph: nir.NIRGraph, x: np.ndarray, timesteps: int, *,
     outputs = [n for n, v in graph.nodes.items() if isinstance(v, nir.Output)]
     if len(inputs) != 1 or len(outputs) != 1:
         raise ValueError("expected one Input and one Output node")
+    for n, node in graph.nodes.items():
+        if not isinstance(node, (nir.Input, *STATELESS, *STATEFUL)):
+            raise ValueError(f"node {n}: {type(node).__name__} is not supported")
     batch = x.shape[1] if input_is_sequence else x.shape[0]
-    v = {n: np.broadcast_to(node.v_reset * 0, (batch, *node.v_reset.shape)).astype(F32)
-         for n, node in graph.nodes.items() if isinstance(node, nir.LIF)}
-    counts = {n: np.zeros(batch, np.float64) for n in v}
-    v.update({n: np.zeros((batch, *node.tau.shape), F32)
-              for n, node in graph.nodes.items() if isinstance(node, nir.LI)})
+    state = {n: np.zeros((batch, *STATEFUL[type(node)][0](node)), F32)
+             for n, node in graph.nodes.items() if type(node) in STATEFUL}
+    counts = {n: np.zeros(batch, np.float64) for n, node in graph.nodes.items()
+              if isinstance(node, SPIKING)}
     steps = []
     for t in range(timesteps):
         val: dict[str, np.ndarray] = {}
@@ -100,34 +133,12 @@ def simulate(graph: nir.NIRGraph, x: np.ndarray, timesteps: int, *,
             inp = val[sources[n][0]]
             for s in sources[n][1:]:
                 inp = inp + val[s]
-            if isinstance(node, nir.Output):
-                val[n] = inp
-            elif isinstance(node, nir.Conv2d):
-                val[n] = conv2d(inp, node)
-            elif isinstance(node, nir.Affine):
-                val[n] = inp @ node.weight.astype(F32).T + node.bias.astype(F32)
-            elif isinstance(node, nir.Linear):
-                val[n] = inp @ node.weight.astype(F32).T
-            elif isinstance(node, nir.SumPool2d):
-                val[n] = sum_pool(inp, node)
-            elif isinstance(node, nir.Scale):
-                val[n] = inp * node.scale.astype(F32)
-            elif isinstance(node, nir.Flatten):
-                val[n] = flatten(inp, node)
-            elif isinstance(node, nir.LIF):
-                leak = (dt / node.tau).astype(F32)  # dt/tau in float64, rounded once
-                vd = v[n] + leak * ((node.v_leak.astype(F32) - v[n]) + node.r.astype(F32) * inp)
-                z = vd > node.v_threshold.astype(F32)
-                v[n] = np.where(z, node.v_reset.astype(F32), vd).astype(F32)
-                val[n] = z.astype(F32)
-                counts[n] += z.reshape(batch, -1).sum(1)
-            elif isinstance(node, nir.LI):
-                leak = (dt / node.tau).astype(F32)
-                v[n] = (v[n] + leak * ((node.v_leak.astype(F32) - v[n])
-                                       + node.r.astype(F32) * inp)).astype(F32)
-                val[n] = v[n]
+            if type(node) in STATEFUL:
+                val[n], state[n] = STATEFUL[type(node)][1](node, inp, state[n], dt)
             else:
-                raise ValueError(f"node {n}: {type(node).__name__} is not supported")
+                val[n] = STATELESS[type(node)](inp, node)
+            if n in counts:
+                counts[n] += val[n].reshape(batch, -1).sum(1)
         steps.append(val[outputs[0]])
     step_logits = np.stack(steps)
     out = {"step_logits": step_logits, "logits": step_logits.sum(0)}

@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from edgeprune.errors import UserError
-from edgeprune.models import SNN, SpikingBasicBlock, is_stateful
-from edgeprune.neurons import LI, LIF
+from edgeprune.models import SNN, is_stateful
+from edgeprune.neurons import LIF
 
 from .prepare import for_export
 
@@ -39,10 +39,8 @@ def state_layout(model: SNN, input_shape) -> list[dict]:
             continue
         if isinstance(s, torch.Tensor):
             parts = [(f"body.{i}", s)]
-        else:  # a residual block's (v1, v2): its two LIF layers
-            names = ["lif1", "lif2"] if isinstance(child, SpikingBasicBlock) else \
-                list(getattr(child, "state_names", [str(j) for j in range(len(s))]))
-            parts = [(f"body.{i}.{n}", t) for n, t in zip(names, s)]
+        else:  # several tensors, named by the layer (a block's two LIFs, an LI's v and i)
+            parts = [(f"body.{i}.{n}", t) for n, t in zip(child.state_names, s)]
         for layer, t in parts:
             k = len(layout)
             layout.append({"input": f"state_in.{k}", "output": f"state_out.{k}",
@@ -58,7 +56,7 @@ class Step(nn.Module):
         super().__init__()
         self.model = model
         self.stateful = [is_stateful(m) for m in model.body]
-        self.arity = [2 if isinstance(m, (SpikingBasicBlock, LI)) else 1 for m in model.body]
+        self.arity = [len(getattr(m, "state_names", "x")) for m in model.body]
 
     def forward(self, x: torch.Tensor, *flat: torch.Tensor):
         it, states = iter(flat), []
@@ -83,8 +81,8 @@ def export_step(model: SNN, input_shape, path: Path, *, opset: int = 17) -> dict
     """Write the one-step graph (no metadata yet). Returns seconds and the state layout."""
     prepared = for_export(model)
     for m in prepared.body:
-        if is_stateful(m) and not isinstance(m, (SpikingBasicBlock, LIF, LI)):
-            # A layer whose state is not one tensor or a block's pair would be mis-flattened.
+        if is_stateful(m) and not isinstance(m, LIF) and not hasattr(m, "state_names"):
+            # A state that is not one tensor (a LIF's v) or named parts would be mis-flattened.
             raise UserError(f"cannot export the streaming model: stateful layer "
                             f"{type(m).__name__} has no known state layout")
     layout = state_layout(prepared, input_shape)

@@ -23,44 +23,16 @@ import onnx
 import torch
 from torch import nn
 
-from edgeprune.models import SNN, SpikingBasicBlock, SpikingSequential, spiking_layers
-from edgeprune.neurons import LIF
+from edgeprune.models import SNN, spiking_layers
 
 from .prepare import for_export
 
 OUTPUT_CHOICES = ("logits", "all")
 
 
-def _unfold_time(y: torch.Tensor, timesteps: int) -> torch.Tensor:
-    # (T*B, ...) -> (T, B, ...) with the batch inferred (-1): `unflatten(0, seq.shape[:2])`, as
-    # the models use, bakes the example batch size into the traced Reshape.
-    return y.reshape(timesteps, -1, *y.shape[1:])
-
-
-def run_sequence(m: nn.Module, seq: torch.Tensor) -> torch.Tensor:
-    """The layer protocol of edgeprune.models (stateless layers on T folded into the batch,
-    stateful ones on the whole sequence), written so a trace keeps the batch dynamic."""
-    T = seq.shape[0]
-    if isinstance(m, SpikingSequential):
-        for child in m:
-            seq = run_sequence(child, seq)
-        return seq
-    if isinstance(m, SpikingBasicBlock):
-        h = m.lif1(run_sequence(nn.Sequential(m.conv1, m.bn1), seq))
-        return m.lif2(_unfold_time(m._residual(h.flatten(0, 1), seq.flatten(0, 1)), T))
-    if isinstance(m, LIF) or getattr(m, "stateful", False):
-        return m(seq)
-    return _unfold_time(m(seq.flatten(0, 1)), T)
-
-
 def run_snn(model: SNN, x: torch.Tensor, timesteps: int) -> torch.Tensor:
     """Per-step logits (T, B, classes) of `model` on images (direct) or input spikes (poisson)."""
-    if model.encoding == "direct":
-        s = model.stem(model.normalize(x))  # the static image goes through the stem once
-        seq = s.unsqueeze(0).expand(timesteps, *([-1] * s.dim()))
-    else:  # the input already is the spike train (T, B, C, H, W)
-        seq = run_sequence(model.stem, x)
-    return run_sequence(model.body, seq)
+    return model(x, timesteps) if model.encoding == "direct" else model.forward_spikes(x)
 
 
 class Unrolled(nn.Module):

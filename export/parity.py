@@ -9,7 +9,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from edgeprune.models import SNN, over_time, spiking_layers
+from edgeprune.models import SNN, spiking_layers
 
 
 @torch.no_grad()
@@ -45,7 +45,7 @@ def torch_reference(model: SNN, x: torch.Tensor, timesteps: int, *,
         if model.encoding == "direct":
             steps = model(x, timesteps)
         else:
-            steps = model.body(over_time(model.stem, x))
+            steps = model.forward_spikes(x)
     finally:
         for h in handles:
             h.remove()
@@ -119,3 +119,22 @@ def compare(ref: dict, got: dict, near: dict | None = None) -> dict:
         out["spike_mismatches_unexplained"] = sum(max(0, n - near.get(k, 0))
                                                   for k, n in spikes.items())
     return out
+
+
+@torch.no_grad()
+def reference_logits(model: SNN, timesteps: int, inputs: np.ndarray,
+                     batch: int = 256) -> np.ndarray:
+    """PyTorch logits summed over T for an ONNX model's inputs: images (N, C, H, W), or input
+    spikes (T, N, C, H, W), which are fed through stem and body directly so both models see
+    the same spikes."""
+    model.eval()
+    x = torch.from_numpy(np.ascontiguousarray(inputs))
+    outs = []
+    n = x.shape[1] if x.ndim == 5 else x.shape[0]
+    for s in range(0, n, batch):
+        if x.ndim == 5:
+            per_step = model.forward_spikes(x[:, s:s + batch])
+        else:
+            per_step = model(x[s:s + batch], timesteps)
+        outs.append(per_step.sum(0).numpy())
+    return np.concatenate(outs).astype(np.float32)

@@ -13,7 +13,6 @@ import copy
 import torch
 from torch import nn
 
-from edgeprune.models import SpikingBasicBlock
 from edgeprune.neurons import LIF
 
 FOLDABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -45,11 +44,10 @@ def _fold_sequential(seq: nn.Sequential) -> None:
 def _fold_tree(module: nn.Module) -> None:
     if isinstance(module, nn.Sequential):
         _fold_sequential(module)
-    if isinstance(module, SpikingBasicBlock):  # its data flow is known: conv1->bn1, conv2->bn2
-        for conv, bn in (("conv1", "bn1"), ("conv2", "bn2")):
-            if isinstance(getattr(module, bn), NORMS):
-                fold_into(getattr(module, conv), getattr(module, bn))
-                setattr(module, bn, nn.Identity())
+    for conv, bn in getattr(module, "folds", ()):  # pairs a layer declares (a residual block)
+        if isinstance(getattr(module, bn), NORMS):
+            fold_into(getattr(module, conv), getattr(module, bn))
+            setattr(module, bn, nn.Identity())
     for child in module.children():
         _fold_tree(child)
 

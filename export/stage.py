@@ -6,8 +6,6 @@ and how closely each file reproduces the PyTorch model on a probe batch.
 """
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -15,9 +13,10 @@ from typing import Callable
 import torch
 
 from edgeprune import checkpoint
-from edgeprune.artifacts import Artifact, Store, artifact_id
+from edgeprune.artifacts import Artifact, Job, Store
+from edgeprune.config import ExportConfig
 from edgeprune.errors import UserError
-from edgeprune.models import ModelSpec
+from edgeprune.models import ModelSpec, poisson_spikes
 
 from . import metadata, parity
 from .nir_graph import write_nir
@@ -60,37 +59,31 @@ def probe_batch(model_artifact: Artifact, spec: ModelSpec, timesteps: int,
     if x is None:
         x = torch.rand((size, *spec.input_shape), generator=g)
     if spec.encoding == "poisson":
-        x = (torch.rand((timesteps, *x.shape), generator=g) < x.clamp(0, 1)).float()
+        x = poisson_spikes(x, timesteps, g)
         source += ", poisson spikes (seed 0)"
     return x, source
 
 
-def export(store: Store, model_artifact: Artifact, *, outputs: str = "logits", opset: int = 17,
-           sparse: bool = False, nir: bool | None = None, timesteps: int | None = None,
-           probe: int = 256, report: Report = _quiet) -> tuple[Artifact, bool]:
+def export(store: Store, model_artifact: Artifact, cfg: ExportConfig = ExportConfig(),
+           report: Report = _quiet) -> tuple[Artifact, bool]:
     """Export the model.pt of `model_artifact`. Returns (artifact, cached).
 
-    nir: True = required (UserError if NIR cannot express the model), False = skip,
+    cfg.nir: True = required (UserError if NIR cannot express the model), False = skip,
     None = write when expressible, else skip with the reason in metrics["nir"].
     """
     spec, model = checkpoint.load(model_artifact.file("model.pt"))
-    T = timesteps or spec.timesteps
-    config = {"format": FORMAT, "timesteps": T, "outputs": outputs, "opset": opset,
-              "sparse_initializers": sparse, "nir": nir_mode(nir), "probe": probe,
-              "exporter": "torch.onnx (TorchScript)"}
-    aid = artifact_id("export", config, [model_artifact.id])
-    found = store.find("export", aid)
-    if found:
-        return found, True
-    store.writable()
+    T = cfg.timesteps or spec.timesteps
+    config = {"format": FORMAT, "timesteps": T, "outputs": cfg.outputs, "opset": cfg.opset,
+              "sparse_initializers": cfg.sparse_initializers, "nir": nir_mode(cfg.nir),
+              "probe": cfg.probe, "exporter": "torch.onnx (TorchScript)"}
     model.eval()
 
-    with tempfile.TemporaryDirectory(prefix="edgeprune-export-") as tmp:
-        tmp = Path(tmp)
+    def compute(job: Job) -> dict:
+        tmp = job.dir
         report({"event": "onnx"})
-        files = write_onnx(spec, model, tmp, timesteps=T, outputs=outputs, opset=opset,
-                           sparse=sparse, artifact_id=model_artifact.id)
-        x, source = probe_batch(model_artifact, spec, T, probe)
+        files = write_onnx(spec, model, tmp, timesteps=T, outputs=cfg.outputs, opset=cfg.opset,
+                           sparse=cfg.sparse_initializers, artifact_id=model_artifact.id)
+        x, source = probe_batch(model_artifact, spec, T, cfg.probe)
         report({"event": "parity"})
         # Two references: the checkpoint's model as trained, and the folded network the files
         # hold. Against the folded one spikes must match exactly; against the original, folding
@@ -102,13 +95,13 @@ def export(store: Store, model_artifact: Artifact, *, outputs: str = "logits", o
                 STEP: parity.run_stream(parity.session(tmp / STEP), x.numpy(), T, spec.encoding,
                                         metadata.read(tmp / STEP)["edgeprune.states"])}
         nir_note = "not asked (--no-nir)"
-        if nir is not False:
+        if cfg.nir is not False:
             report({"event": "nir"})
             t0 = time.perf_counter()
             try:
                 graph = write_nir(model, spec.input_shape, T, tmp / NIR_FILE)
             except UserError as e:
-                if nir:
+                if cfg.nir:
                     raise
                 nir_note = f"skipped: {e}"
             else:
@@ -123,8 +116,8 @@ def export(store: Store, model_artifact: Artifact, *, outputs: str = "logits", o
         for k, got in runs.items():
             checks[k]["spike_mismatches_vs_folded"] = \
                 parity.compare(folded, got)["spike_mismatches"]
-        metrics = {
-            "timesteps": T, "encoding": spec.encoding, "opset": opset, "outputs": outputs,
+        return {
+            "timesteps": T, "encoding": spec.encoding, "opset": cfg.opset, "outputs": cfg.outputs,
             "export_seconds": {k: v["seconds"] for k, v in files.items()},
             "nodes": {k: v["nodes"] for k, v in files.items()},
             "bytes": {k: v["bytes"] for k, v in files.items()},
@@ -144,10 +137,4 @@ def export(store: Store, model_artifact: Artifact, *, outputs: str = "logits", o
             "prediction_agreement": min(c["prediction_agreement"] for c in checks.values()),
         }
 
-        def write(dest: Path) -> None:
-            for name in files:
-                shutil.copy2(tmp / name, dest / name)
-
-        art = store.write("export", aid, config=config, inputs=[model_artifact.id],
-                          metrics=metrics, write_files=write)
-    return art, False
+    return store.run("export", config, [model_artifact.id], compute)

@@ -3,7 +3,6 @@ validation reports, reference inputs/outputs, MODEL_CARD.md, manifest with linea
 of every file); `verify` checks one on a device with only numpy and onnxruntime."""
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 import sys
@@ -16,8 +15,10 @@ from typing import Callable
 import numpy as np
 
 from edgeprune import __version__
-from edgeprune.artifacts import MANIFEST, Artifact, Store, artifact_id, open_artifact
+from edgeprune.artifacts import MANIFEST, Artifact, Job, Store, open_artifact
+from edgeprune.config import PackageConfig
 from edgeprune.errors import GateFailed, UserError
+from edgeprune.hashing import bytes_sha256
 
 from . import archive, modelcard, profiles as profiles_mod, runtime
 from .validation import _parity
@@ -91,14 +92,10 @@ def lineage(run_dir: Path, art: Artifact) -> list[dict]:
     return order
 
 
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def _manifest_bytes(manifest: dict) -> bytes:
     """JSON with its own sha256 inside: the hash of the file with the hash zeroed."""
     text = json.dumps({**manifest, SELF_KEY: ZERO}, indent=2, sort_keys=True, default=str) + "\n"
-    return text.replace(ZERO, _sha(text.encode()), 1).encode()
+    return text.replace(ZERO, bytes_sha256(text.encode()), 1).encode()
 
 
 def _convert_ort(onnx_bytes: bytes, platform: str) -> dict[str, bytes]:
@@ -119,7 +116,7 @@ def _convert_ort(onnx_bytes: bytes, platform: str) -> dict[str, bytes]:
                     (out / "model.required_operators.config").read_bytes()}
 
 
-def package(source: Path, out_dir: Path | None = None, ort: bool = False,
+def package(source: Path, cfg: PackageConfig = PackageConfig(), out_dir: Path | None = None,
             progress: Progress = lambda m: None) -> tuple[Artifact, bool]:
     """Build (or find) the package artifact holding the bundle of `source`'s validated model."""
     val = resolve(source)
@@ -135,64 +132,56 @@ def package(source: Path, out_dir: Path | None = None, ort: bool = False,
             if a.stage == "validate" and export.id in a.manifest.get("inputs", [])]
     if val.id not in [v.id for v in vals]:
         vals.append(val)
-    store = Store(out_dir or run_dir)
-    config = {"validate": val.id, "validations": sorted(v.id for v in vals), "ort": ort,
+    config = {"validate": val.id, "validations": sorted(v.id for v in vals), "ort": cfg.ort,
               "schema": SCHEMA}
-    aid = artifact_id(STAGE, config, [val.id])
-    found = store.find(STAGE, aid)
-    if found:
-        return found, True
-    store.writable()
 
-    progress(f"package: collecting export {export.id} and {len(vals)} validation(s)")
-    files: dict[str, bytes] = {}
-    for name in sorted(export.manifest["files"]):
-        if name.endswith(MODEL_SUFFIXES):
-            files[name] = export.file(name).read_bytes()  # sha256 checked on read
-    if "model.onnx" not in files:
-        raise UserError(f"export artifact {export.id} has no model.onnx")
-    reports = []
-    for v in vals:
-        report = json.loads(v.file("report.json").read_text())
-        files[f"reports/validate-{v.id}/report.json"] = v.file("report.json").read_bytes()
-        files[f"reports/validate-{v.id}/report.md"] = v.file("report.md").read_bytes()
-        reports.append({"id": v.id, "report": report})
-    files["reference.npz"] = val.file("reference.npz").read_bytes()
-    targets = [{"target": e["target"], "isa": e["isa"], "mode": e["mode"],
-                "onnxruntime": e["onnxruntime"], "passed": e["passed"], "validate_id": r["id"],
-                "profile": e["profile"]} for r in reports for e in r["report"]["targets"]]
-    if ort:
-        for isa in sorted({t["isa"] for t in targets}):
-            progress(f"package: converting to ORT format for {ORT_PLATFORM[isa]}")
-            files.update(_convert_ort(files["model.onnx"], ORT_PLATFORM[isa]))
-    meta = json.loads(files[f"reports/validate-{val.id}/report.json"])["model"]["metadata"]
-    name = f"edgeprune-{export.id}"
-    files["MODEL_CARD.md"] = modelcard.render(name, lin, meta, reports,
-                                              sorted([*files, "MODEL_CARD.md"])).encode()
-    with np.load(val.file("reference.npz")) as z:
-        ref_info = {"file": "reference.npz", "source": str(z["source"]),
-                    "inputs": int(z["logits"].shape[0])}
-    manifest = {"schema": SCHEMA, "name": name, "created": time.strftime(
-                    "%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "edgeprune": __version__,
-                "model": {"file": "model.onnx", "export": export.id, "metadata": meta},
-                "validate": val.id, "targets": targets, "reference": ref_info,
-                "lineage": lin,
-                "files": {n: {"sha256": _sha(b), "bytes": len(b)} for n, b in sorted(files.items())}}
-    files[MANIFEST] = _manifest_bytes(manifest)
-    bundle_name = f"{name}.tar.gz"
-    blob = archive.pack(name, files)
+    def compute(job: Job) -> dict:
+        progress(f"package: collecting export {export.id} and {len(vals)} validation(s)")
+        files: dict[str, bytes] = {}
+        for name in sorted(export.manifest["files"]):
+            if name.endswith(MODEL_SUFFIXES):
+                files[name] = export.file(name).read_bytes()  # sha256 checked on read
+        if "model.onnx" not in files:
+            raise UserError(f"export artifact {export.id} has no model.onnx")
+        reports = []
+        for v in vals:
+            report = json.loads(v.file("report.json").read_text())
+            files[f"reports/validate-{v.id}/report.json"] = v.file("report.json").read_bytes()
+            files[f"reports/validate-{v.id}/report.md"] = v.file("report.md").read_bytes()
+            reports.append({"id": v.id, "report": report})
+        files["reference.npz"] = val.file("reference.npz").read_bytes()
+        targets = [{"target": e["target"], "isa": e["isa"], "mode": e["mode"],
+                    "onnxruntime": e["onnxruntime"], "passed": e["passed"],
+                    "validate_id": r["id"], "profile": e["profile"]}
+                   for r in reports for e in r["report"]["targets"]]
+        if cfg.ort:
+            for isa in sorted({t["isa"] for t in targets}):
+                progress(f"package: converting to ORT format for {ORT_PLATFORM[isa]}")
+                files.update(_convert_ort(files["model.onnx"], ORT_PLATFORM[isa]))
+        meta = json.loads(files[f"reports/validate-{val.id}/report.json"])["model"]["metadata"]
+        name = f"edgeprune-{export.id}"
+        files["MODEL_CARD.md"] = modelcard.render(name, lin, meta, reports,
+                                                  sorted([*files, "MODEL_CARD.md"])).encode()
+        with np.load(val.file("reference.npz")) as z:
+            ref_info = {"file": "reference.npz", "source": str(z["source"]),
+                        "inputs": int(z["logits"].shape[0])}
+        manifest = {"schema": SCHEMA, "name": name, "created": time.strftime(
+                        "%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "edgeprune": __version__,
+                    "model": {"file": "model.onnx", "export": export.id, "metadata": meta},
+                    "validate": val.id, "targets": targets, "reference": ref_info,
+                    "lineage": lin,
+                    "files": {n: {"sha256": bytes_sha256(b), "bytes": len(b)}
+                              for n, b in sorted(files.items())}}
+        files[MANIFEST] = _manifest_bytes(manifest)
+        bundle_name = f"{name}.tar.gz"
+        blob = archive.pack(name, files)
+        progress(f"package: writing {bundle_name}")
+        (job.dir / bundle_name).write_bytes(blob)
+        return {"bundle": bundle_name, "files": len(files), "bytes": len(blob),
+                "validated_targets": sorted({t["target"] for t in targets}),
+                "lineage": " → ".join(f"{e['stage']}-{e['id']}" for e in lin), "ort": cfg.ort}
 
-    def write(tmp: Path) -> None:
-        (tmp / bundle_name).write_bytes(blob)
-
-    progress(f"package: writing {bundle_name}")
-    art = store.write(STAGE, aid, config=config, inputs=[val.id],
-                      metrics={"bundle": bundle_name, "files": len(files), "bytes": len(blob),
-                               "validated_targets": sorted({t["target"] for t in targets}),
-                               "lineage": " → ".join(f"{e['stage']}-{e['id']}" for e in lin),
-                               "ort": ort},
-                      write_files=write)
-    return art, False
+    return Store(out_dir or run_dir).run(STAGE, config, [val.id], compute)
 
 
 # -- verify ------------------------------------------------------------------------------------
@@ -208,7 +197,7 @@ def _check_manifest(files: dict[str, bytes]) -> tuple[dict | None, list[str]]:
         return None, [f"{MANIFEST} is damaged (not the JSON manifest it should be)"]
     text = raw.decode("utf-8", errors="replace")
     if not isinstance(claimed, str) or text.count(claimed) != 1 or \
-            _sha(text.replace(claimed, ZERO, 1).encode()) != claimed:
+            bytes_sha256(text.replace(claimed, ZERO, 1).encode()) != claimed:
         return None, [f"{MANIFEST} does not match its own sha256 (modified or damaged)"]
     if manifest.get("schema") != SCHEMA:
         return None, [f"{MANIFEST} is not an {SCHEMA} manifest"]
@@ -218,7 +207,7 @@ def _check_manifest(files: dict[str, bytes]) -> tuple[dict | None, list[str]]:
         data = files.get(name)
         if data is None:
             problems.append(f"{name} is missing")
-        elif len(data) != entry["bytes"] or _sha(data) != entry["sha256"]:
+        elif len(data) != entry["bytes"] or bytes_sha256(data) != entry["sha256"]:
             problems.append(f"{name} does not match its sha256 in {MANIFEST}")
     for name in sorted(set(files) - set(listed) - {MANIFEST}):
         problems.append(f"{name} is not listed in {MANIFEST}")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeprune.artifacts import sha256_file
+from edgeprune.hashing import file_sha256
 from edgeprune.errors import UserError
 
 PREFIX = "edgeprune."
@@ -67,7 +67,7 @@ def inspect(path: Path) -> ModelInfo:
         raise UserError(f"{path} has {len(inputs)} inputs; validate expects one image input "
                         "(the unrolled model.onnx, not model.step.onnx)")
     meta = sess.get_modelmeta().custom_metadata_map
-    return ModelInfo(path=path, sha256=sha256_file(path), bytes=path.stat().st_size,
+    return ModelInfo(path=path, sha256=file_sha256(path), bytes=path.stat().st_size,
                      metadata={k[len(PREFIX):]: _decode(v) for k, v in sorted(meta.items())
                                if k.startswith(PREFIX)},
                      input_name=inputs[0].name, input_shape=list(inputs[0].shape),

@@ -4,7 +4,6 @@ the validation, store report.json/report.md/reference.npz, then apply the gates.
 The report is written before the gates raise, so a failing run still leaves its evidence."""
 from __future__ import annotations
 
-import hashlib
 import json
 import zipfile
 from pathlib import Path
@@ -12,8 +11,9 @@ from typing import Callable
 
 import numpy as np
 
-from edgeprune.artifacts import Artifact, MANIFEST, Store, artifact_id, open_artifact
+from edgeprune.artifacts import Artifact, Job, MANIFEST, Store, open_artifact
 from edgeprune.errors import GateFailed, UserError
+from edgeprune.hashing import arrays_digest
 
 from . import report as rep
 from .modelfile import ModelInfo, inspect
@@ -33,16 +33,6 @@ def source_artifact(path: Path) -> Artifact | None:
     return art
 
 
-def _digest(*arrays: np.ndarray | None) -> str:
-    h = hashlib.sha256()
-    for a in arrays:
-        if a is not None:
-            a = np.ascontiguousarray(a)
-            h.update(f"{a.dtype}{a.shape}".encode())
-            h.update(a.tobytes())
-    return h.hexdigest()[:16]
-
-
 def run_validate(store: Store, model: Path, profiles: list[Profile], inputs: np.ndarray,
                  labels: np.ndarray | None, *, data_name: str, reference: np.ndarray | None = None,
                  reference_source: str | None = None, extra_inputs: tuple[str, ...] = (),
@@ -58,31 +48,24 @@ def run_validate(store: Store, model: Path, profiles: list[Profile], inputs: np.
     info = info or inspect(model)
     config = {"model": {"file": model.name, "sha256": info.sha256},
               "targets": [p.to_dict() for p in profiles],
-              "data": {"name": data_name, "inputs": _digest(inputs, labels)},
-              "reference": ({"source": reference_source, "logits": _digest(reference)}
+              "data": {"name": data_name, "inputs": arrays_digest(inputs, labels)},
+              "reference": ({"source": reference_source, "logits": arrays_digest(reference)}
                             if reference is not None else None)}
     inputs_ids = ([source.id] if source else []) + [i for i in extra_inputs
                                                     if i and (not source or i != source.id)]
-    aid = artifact_id(STAGE, config, inputs_ids)
-    found = store.find(STAGE, aid)
-    if found:
-        report = json.loads(found.file("report.json").read_text())
-        _gate(report, found)
-        return found, True
-    store.writable()
-    v = validate(info, profiles, inputs, labels, reference, reference_source, progress)
-    v.report["model"]["artifact"] = source.id if source else None
-    ref_blob = rep.reference_npz(v, inputs, labels, reference, reference_source)
 
-    def write(tmp: Path) -> None:
-        (tmp / "report.json").write_text(rep.to_json(v.report))
-        (tmp / "report.md").write_text(rep.to_markdown(v.report))
-        (tmp / "reference.npz").write_bytes(ref_blob)
+    def compute(job: Job) -> dict:
+        v = validate(info, profiles, inputs, labels, reference, reference_source, progress)
+        v.report["model"]["artifact"] = source.id if source else None
+        (job.dir / "report.json").write_text(rep.to_json(v.report))
+        (job.dir / "report.md").write_text(rep.to_markdown(v.report))
+        (job.dir / "reference.npz").write_bytes(
+            rep.reference_npz(v, inputs, labels, reference, reference_source))
+        return rep.metrics(v.report)
 
-    art = store.write(STAGE, aid, config=config, inputs=inputs_ids,
-                      metrics=rep.metrics(v.report), write_files=write)
-    _gate(v.report, art)
-    return art, False
+    art, cached = store.run(STAGE, config, inputs_ids, compute)
+    _gate(json.loads(art.file("report.json").read_text()), art)
+    return art, cached
 
 
 def _gate(report: dict, art: Artifact) -> None:

@@ -30,12 +30,10 @@ requires_fashion = pytest.mark.skipif(
 @pytest.fixture(scope="session")
 def digits_model(tmp_path_factory):
     """A dense convnet trained on digits through the real train stage (shared by tests)."""
-    from edgeprune import stages
+    from edgeprune import pipeline
     from edgeprune.artifacts import Store
-    from edgeprune.neurons import NeuronParams
-    from edgeprune.training import TrainConfig
+    from edgeprune.config import DataConfig, ModelConfig, TrainConfig
 
     store = Store(tmp_path_factory.mktemp("runs"))
-    art, _ = stages.train(store, stages.DataConfig("digits"), "convnet", 1.0, "avg", 5, "direct",
-                          NeuronParams(), TrainConfig(epochs=12), seed=0)
+    art, _ = pipeline.train(store, DataConfig("digits"), ModelConfig(), TrainConfig(epochs=12))
     return art

@@ -12,6 +12,7 @@ import torch
 from cli import app  # noqa: F401  (the CLI module must import with the export command in it)
 from edgeprune import checkpoint, data as datalib
 from edgeprune.artifacts import Store, open_artifact
+from edgeprune.config import ExportConfig
 from edgeprune.errors import UserError
 from edgeprune.models import ModelSpec, prunable
 from export import metadata, parity
@@ -247,7 +248,7 @@ def test_nir_refuses_what_it_cannot_express():
     spec = ModelSpec(pool="max")
     with pytest.raises(UserError, match=r"body\.1 \(MaxPool2d\)"):
         to_nir(spec.build(), spec.input_shape, 2)
-    from edgeprune.neurons import NeuronParams
+    from edgeprune.config import NeuronParams
     spec = ModelSpec(neuron=NeuronParams(reset="subtract"))
     with pytest.raises(UserError, match="subtraction"):
         to_nir(spec.build(), spec.input_shape, 2)
@@ -255,7 +256,7 @@ def test_nir_refuses_what_it_cannot_express():
 
 def test_export_stage_writes_an_artifact_and_caches(digits_model, tmp_path):
     store = Store(tmp_path)
-    art, cached = export(store, digits_model, outputs="all", probe=64)
+    art, cached = export(store, digits_model, ExportConfig(outputs="all", probe=64))
     assert not cached and art.stage == "export" and art.manifest["inputs"] == [digits_model.id]
     for name in (UNROLLED, STEP, "model.nir"):
         art.file(name)  # present, sha256 checked
@@ -266,7 +267,7 @@ def test_export_stage_writes_an_artifact_and_caches(digits_model, tmp_path):
     assert set(m["parity"]) == {UNROLLED, STEP, "model.nir"}
     assert m["probe"] == "digits test[:64]"
     assert m["nodes"][STEP] < m["nodes"][UNROLLED]
-    again, cached = export(store, digits_model, outputs="all", probe=64)
+    again, cached = export(store, digits_model, ExportConfig(outputs="all", probe=64))
     assert cached and again.id == art.id
 
 
@@ -291,12 +292,13 @@ def test_nir_flag_maxpool_model_errors_only_when_asked(tmp_path):
     spec = ModelSpec(pool="max")
     store = Store(tmp_path / "runs")
 
-    def write(d):
-        checkpoint.save(d / "model.pt", spec, spec.build())
+    def write(job):
+        checkpoint.save(job.dir / "model.pt", spec, spec.build())
+        return {}
 
-    src = store.write("train", "maxpool0001", config={}, inputs=[], metrics={}, write_files=write)
-    art, _ = export(store, src, probe=8)
+    src, _ = store.run("train", {"maxpool": 1}, [], write)
+    art, _ = export(store, src, ExportConfig(probe=8))
     assert art.metrics["nir"].startswith("skipped") and "MaxPool2d" in art.metrics["nir"]
     assert "model.nir" not in art.manifest["files"]
     with pytest.raises(UserError, match=r"body\.1 \(MaxPool2d\)"):  # --nir asked explicitly
-        export(store, src, probe=8, nir=True)
+        export(store, src, ExportConfig(probe=8, nir=True))

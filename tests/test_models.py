@@ -2,8 +2,9 @@ import pytest
 import torch
 
 from edgeprune.models import ModelSpec, prunable
-from edgeprune.neurons import LIF, NeuronParams, lif_step
-from edgeprune.training import TrainConfig, Trainer
+from edgeprune.config import NeuronParams, TrainConfig
+from edgeprune.neurons import LIF, lif_parameters, lif_step
+from edgeprune.trainer import Trainer
 from edgeprune.data import Dataset
 
 
@@ -21,7 +22,7 @@ def test_paper_weight_counts(arch, expected):
 
 
 def test_lif_step_is_the_papers_neuron():
-    p = NeuronParams().norse()
+    p = lif_parameters(NeuronParams())
     v = torch.tensor([0.0, 0.8, 0.0])
     x = torch.tensor([1.0, 1.0, 2.0])
     z, v_new = lif_step(x, v, p)
@@ -31,7 +32,7 @@ def test_lif_step_is_the_papers_neuron():
 
 
 def test_lif_subtract_reset():
-    p = NeuronParams(reset="subtract").norse()
+    p = lif_parameters(NeuronParams(reset="subtract"))
     z, v = lif_step(torch.tensor([2.0]), torch.tensor([0.0]), p)
     assert z.item() == 1.0 and abs(v.item() - 0.5) < 1e-6
 

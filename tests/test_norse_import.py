@@ -14,12 +14,12 @@ from edgeprune import data as datalib
 from edgeprune.artifacts import Store
 from edgeprune.errors import UserError
 from edgeprune.models import ModelSpec
-from edgeprune.norse_import import import_model, user_steps
+from edgeprune import pipeline
+from edgeprune.config import DataConfig, ExportConfig, ImportConfig, SearchConfig, TrainConfig
+from edgeprune.importers.norse import user_steps
+from edgeprune.inputs import dataset_for, open_model
 from edgeprune.retrain import retrain
-from edgeprune.search import SearchConfig
 from edgeprune.search.stage import search
-from edgeprune.stages import DataConfig, dataset_for, open_model
-from edgeprune.training import TrainConfig
 from export.stage import export
 from tests.conftest import run_cli
 
@@ -62,11 +62,16 @@ def trained_weights(tmp_path_factory):
     return path, model.eval()
 
 
+def _import(store, model_def, weights, data="none", allow_pickle=False, **cfg):
+    return pipeline.import_model(store, model_def, weights, ImportConfig(**cfg), DataConfig(data),
+                                 allow_pickle)
+
+
 @pytest.fixture(scope="module")
 def imported(trained_weights, tmp_path_factory):
     store = Store(tmp_path_factory.mktemp("runs"))
-    art, cached = import_model(store, f"{USER}:model", trained_weights[0], timesteps=T,
-                               data_cfg=DataConfig("digits"))
+    art, cached = _import(store, f"{USER}:model", trained_weights[0], timesteps=T,
+                               data="digits")
     assert not cached
     return store, art
 
@@ -90,15 +95,15 @@ def test_import_rebuilds_the_users_model_exactly(imported, trained_weights):
         for t in range(T):
             y, states = mi.model.step(x, states)
             assert float((y - ref[t]).abs().max()) < 1e-5
-    again, cached = import_model(store, f"{USER}:model", trained_weights[0], timesteps=T,
-                                 data_cfg=DataConfig("digits"))
+    again, cached = _import(store, f"{USER}:model", trained_weights[0], timesteps=T,
+                                 data="digits")
     assert cached and again.id == art.id
 
 
 def test_search_retrain_export_chain_gives_a_validated_onnx(imported):
     store, art = imported
     dense = open_model(art.path / "model.pt")
-    dcfg, ds = dataset_for(dense, None)
+    dcfg, ds = dataset_for(dense, DataConfig())
     cfg = SearchConfig(method="et-imp", sparsity=0.5, prune_rate=0.5, round_epochs=1,
                        et_epochs=0, et_batch=64)
     ticket, _ = search(store, dense, dcfg, ds, cfg)
@@ -108,7 +113,7 @@ def test_search_retrain_export_chain_gives_a_validated_onnx(imported):
     out, _ = retrain(store, dense, ticket, dcfg, ds, TrainConfig(epochs=2), 0)
     assert out.metrics["sparsity"] >= 0.49 and out.metrics["test_accuracy"] > 0.5
     assert min(out.metrics["spike_rate"].values()) > 0.01
-    exp, _ = export(store, out, outputs="all", probe=64)
+    exp, _ = export(store, out, ExportConfig(outputs="all", probe=64))
     m = exp.metrics
     assert set(m["parity"]) == {"model.onnx", "model.step.onnx"}
     assert m["max_abs_diff"] < 1e-4 and m["prediction_agreement"] == 1.0
@@ -127,10 +132,10 @@ def test_current_free_readout_exports_to_nir_and_matches(tmp_path):
         user[1].weight.uniform_(0.5, 3.0)
     torch.save(user.state_dict(), tmp_path / "w.pt")
     store = Store(tmp_path / "runs")
-    art, _ = import_model(store, f"{USER}:box_readout", tmp_path / "w.pt", timesteps=6,
+    art, _ = _import(store, f"{USER}:box_readout", tmp_path / "w.pt", timesteps=6,
                           input_shape=(1, 8, 8), num_classes=10)
     assert art.metrics["parity_max_abs_diff"] < 1e-5 and "test_accuracy" not in art.metrics
-    exp, _ = export(store, art, probe=64, nir=True)
+    exp, _ = export(store, art, ExportConfig(probe=64, nir=True))
     p = exp.metrics["parity"]["model.nir"]
     assert p["max_abs_diff"] < 1e-5 and p["spike_mismatches"] == 0
 
@@ -150,7 +155,7 @@ def test_spec_of_builtin_archs_is_unchanged():
 def test_unusable_definitions_are_user_errors(func, words, tmp_path):
     torch.save({}, tmp_path / "w.pt")
     with pytest.raises(UserError) as e:
-        import_model(Store(tmp_path), f"{USER}:{func}", tmp_path / "w.pt", input_shape=(1, 8, 8),
+        _import(Store(tmp_path), f"{USER}:{func}", tmp_path / "w.pt", input_shape=(1, 8, 8),
                      num_classes=10)
     assert all(w in str(e.value) for w in words), str(e.value)
 
@@ -158,10 +163,10 @@ def test_unusable_definitions_are_user_errors(func, words, tmp_path):
 def test_weights_that_do_not_fit_and_missing_files(tmp_path):
     torch.save({"0.weight": torch.zeros(3)}, tmp_path / "w.pt")
     with pytest.raises(UserError, match="does not fit"):
-        import_model(Store(tmp_path), f"{USER}:model", tmp_path / "w.pt", input_shape=(1, 8, 8),
+        _import(Store(tmp_path), f"{USER}:model", tmp_path / "w.pt", input_shape=(1, 8, 8),
                      num_classes=10)
     with pytest.raises(UserError, match="does not exist"):
-        import_model(Store(tmp_path), f"{tmp_path}/nope.py:model", tmp_path / "w.pt",
+        _import(Store(tmp_path), f"{tmp_path}/nope.py:model", tmp_path / "w.pt",
                      input_shape=(1, 8, 8), num_classes=10)
 
 
@@ -179,7 +184,7 @@ def test_pickle_that_runs_code_is_refused_and_nothing_runs(tmp_path):
     marker = tmp_path / "pwned"
     torch.save({"state_dict": {}, "payload": Bomb(marker)}, tmp_path / "evil.pt")
     with pytest.raises(UserError, match="--allow-pickle") as e:
-        import_model(Store(tmp_path / "runs"), f"{USER}:model", tmp_path / "evil.pt",
+        _import(Store(tmp_path / "runs"), f"{USER}:model", tmp_path / "evil.pt",
                      input_shape=(1, 8, 8), num_classes=10)
     assert "\n" not in str(e.value) and not marker.exists()
     r = run_cli("import-model", "--model-def", f"{USER}:model", "--state-dict",
@@ -192,15 +197,15 @@ def test_allow_pickle_accepts_a_pickled_module_without_a_definition(tmp_path):
     # taken as the model (no --model-def asked for) and then refused for having no neurons.
     torch.save(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), tmp_path / "whole.pt")
     with pytest.raises(UserError, match="--allow-pickle"):
-        import_model(Store(tmp_path), None, tmp_path / "whole.pt", input_shape=(1, 8, 8),
+        _import(Store(tmp_path), None, tmp_path / "whole.pt", input_shape=(1, 8, 8),
                      num_classes=10)
     with pytest.raises(UserError, match="no spiking layer"):
-        import_model(Store(tmp_path), None, tmp_path / "whole.pt", input_shape=(1, 8, 8),
+        _import(Store(tmp_path), None, tmp_path / "whole.pt", input_shape=(1, 8, 8),
                      num_classes=10, allow_pickle=True)
     # a checkpoint dict with non-tensor objects in it loads with --allow-pickle only
     user = _user_module("box_readout")
     torch.save({"state_dict": user.state_dict(), "args": Namespace(lr=0.1)}, tmp_path / "ck.pt")
-    art, _ = import_model(Store(tmp_path / "r"), f"{USER}:box_readout", tmp_path / "ck.pt",
+    art, _ = _import(Store(tmp_path / "r"), f"{USER}:box_readout", tmp_path / "ck.pt",
                           input_shape=(1, 8, 8), num_classes=10, allow_pickle=True)
     assert art.metrics["parity_max_abs_diff"] < 1e-5
 

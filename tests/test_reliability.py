@@ -57,7 +57,7 @@ def test_sigkill_at_many_points_then_resume_is_bit_identical(tmp_path):
         assert all((p / "manifest.json").exists() for p in out.iterdir()
                    if p.is_dir() and not p.name.startswith("."))
     res, model, mask = _final(out)
-    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == [".partial"]
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == [".locks", ".partial"]
     assert res["ids"] == ref["ids"]
     assert all(torch.equal(model[k], ref_model[k]) for k in ref_model)
     assert all(torch.equal(mask[k], ref_mask[k]) for k in ref_mask)
@@ -161,6 +161,8 @@ def _bad_files(tmp):
     (tmp / "bad.toml").write_text("epochs = 'three'\n")
     (tmp / "unknown.toml").write_text("[train]\nepohcs = 3\n")
     (tmp / "broken.toml").write_text("epochs = [\n")
+    (tmp / "ambiguous.toml").write_text("epochs = 3\n")
+    (tmp / "wrongtable.toml").write_text("[search]\nepochs = 3\n")
     (tmp / "bad.npz").write_bytes(b"PK\x03\x04 not really")
     import numpy as np
     np.savez(tmp / "nolabels.npz", x_train=np.zeros((4, 8, 8)))
@@ -212,7 +214,10 @@ BAD = [
     ["search", "{model}", "--method", "magic"],
     ["search", "{model}", "--prune-rate", "1"],
     ["search", "{model}", "--rewind-epoch", "7"],
-    ["search", "{model}", "--method", "reinit"],
+    ["search", "{model}", "--method", "reinit", "--from-mask", "{model_dir}"],
+    ["compress", "--config", "{tmp}/ambiguous.toml"],
+    ["compress", "--config", "{tmp}/wrongtable.toml"],
+    ["compress", "{model}", "--model-def", "{tmp}/nope.py:build"],
     ["search", "{model}", "--data", "{tmp}/big.npz"],
     ["search", "{model}", "--keep-first", "--keep-last", "--sparsity", "0.999"],
     ["search", "{model}", "--et-candidates", "two,three"],
@@ -234,7 +239,11 @@ BAD = [
 ]
 
 
-def test_bad_inputs_table(chain_run, tmp_path):
+def test_bad_inputs_table(chain_run, tmp_path, capsys):
+    """Every case in-process through the console script's own entry (cli.run): exit 2, one
+    line on stderr, nothing written."""
+    import cli
+
     out, res = chain_run
     _bad_files(tmp_path)
     assert len(BAD) >= 30
@@ -245,27 +254,48 @@ def test_bad_inputs_table(chain_run, tmp_path):
         dest = tmp_path / "out"
         if "--out" not in args and args[0] not in ("show", "ls", "verify", "frobnicate"):
             args += ["--out", str(dest)]
-        r = run_cli(*args)
-        lines = r.stderr.strip().splitlines()
-        assert r.returncode == 2, (args, r.returncode, r.stderr[-800:])
-        assert len(lines) == 1 and "Traceback" not in r.stderr, (args, r.stderr)
+        capsys.readouterr()
+        rc = cli.run(args)
+        err = capsys.readouterr().err
+        lines = err.strip().splitlines()
+        assert rc == 2, (args, rc, err[-800:])
+        assert len(lines) == 1 and "Traceback" not in err, (args, err)
         assert not dest.exists() or not [p for p in dest.rglob("*") if p.is_file()], args
+
+
+@pytest.mark.parametrize("args", [["train", "--epochs", "many"], ["search", "/nonexistent.pt"],
+                                  ["frobnicate"]])
+def test_console_script_exit_codes_without_traceback(args, tmp_path):
+    """A few through a real subprocess: the installed entry maps failures the same way."""
+    r = run_cli(*args, *(["--out", tmp_path] if args[0] != "frobnicate" else []))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "Traceback" not in r.stderr
 
 
 # -- recipe parsing (property-based) ---------------------------------------------------------
 
-KNOWN = {"epochs": int, "lr": float, "augment": bool, "data": str, "et_lambda": float}
+KNOWN = {("train", "epochs"): int, ("train", "lr"): float, ("train", "augment"): bool,
+         ("search", "et_lambda"): float, ("search", "method"): str, ("", "data"): str,
+         ("", "seed"): int}
 VALUES = {int: st.integers(-5, 10**6), float: st.floats(allow_nan=False, allow_infinity=False),
           bool: st.booleans(), str: st.text(max_size=20)}
 
 
+def _raw(items: dict) -> dict:
+    raw: dict = {}
+    for (table, key), value in items.items():
+        (raw.setdefault(table, {}) if table else raw)[key] = value
+    return raw
+
+
 @settings(max_examples=100, deadline=None)
 @given(st.dictionaries(st.sampled_from(sorted(KNOWN)), st.none(), min_size=1).flatmap(
-    lambda keys: st.fixed_dictionaries({k: VALUES[KNOWN[k]] for k in keys})),
-    st.booleans())
-def test_recipe_accepts_right_types_flat_or_in_tables(values, tabled):
-    raw = {"section": values} if tabled else values
-    assert recipe.check(raw, KNOWN) == values
+    lambda keys: st.fixed_dictionaries({k: VALUES[KNOWN[k]] for k in keys})))
+def test_recipe_accepts_right_types_in_their_tables(values):
+    r = recipe.parse(_raw(values))
+    for (table, key), value in values.items():
+        got = r.top[key] if not table else r.tables[table][key]
+        assert got == value and type(got) is type(value)
 
 
 @settings(max_examples=100, deadline=None)
@@ -276,12 +306,37 @@ def test_recipe_rejects_wrong_types(key, value):
     ok = isinstance(value, want) and not (want is int and isinstance(value, bool))
     if ok or (want is float and isinstance(value, int) and not isinstance(value, bool)):
         return
-    with pytest.raises(UserError, match=key):
-        recipe.check({key: value}, KNOWN)
+    with pytest.raises(UserError, match=key[1]):
+        recipe.parse(_raw({key: value}))
 
 
 @settings(max_examples=50, deadline=None)
-@given(st.text(min_size=1, max_size=12).filter(lambda k: k.replace("-", "_") not in KNOWN))
+@given(st.text(min_size=1, max_size=12).filter(
+    lambda k: not any(k.replace("-", "_") == name for _, name in KNOWN)
+    and k.replace("-", "_") not in {f.name for s in recipe.schema.STAGES
+                                    for f in recipe.schema.fields_of_stage(s)}
+    and k.replace("-", "_") not in {f.name for c in recipe.schema.RUN_WIDE
+                                    for f in recipe.schema.fields_of(c)}))
 def test_recipe_rejects_unknown_keys(key):
     with pytest.raises(UserError, match="unknown key"):
-        recipe.check({key: 1}, KNOWN)
+        recipe.parse({key: 1})
+    with pytest.raises(UserError, match=r"unknown key .* in \[search\]"):
+        recipe.parse({"search": {key: 1}})
+
+
+def test_recipe_tables_reach_only_their_stage():
+    r = recipe.parse({"seed": 3, "width": 0.5, "train": {"epochs": 4}, "search": {"round_epochs": 1},
+                      "retrain": {"epochs": 2}})
+    assert r.values("train", ("train", "search", "retrain")) == {"width": 0.5, "epochs": 4}
+    assert r.values("retrain", ("train", "search", "retrain")) == {"epochs": 2}
+    assert r.values("search", ("search",)) == {"round_epochs": 1} and r.run_values() == {"seed": 3}
+    flat = recipe.parse({"epochs": 4})
+    assert flat.values("train", ("train",)) == {"epochs": 4}  # one stage has it: unambiguous
+    with pytest.raises(UserError, match=r"ambiguous.*\[train\] and \[retrain\]"):
+        flat.values("train", ("train", "search", "retrain"))
+    with pytest.raises(UserError, match=r"'epochs' in \[search\].*belongs to \[train\], \[retrain\]"):
+        recipe.parse({"search": {"epochs": 3}})
+    with pytest.raises(UserError, match=r"'seed' in \[train\] is run-wide"):
+        recipe.parse({"train": {"seed": 3}})
+    with pytest.raises(UserError, match=r"unknown table \[model\]"):
+        recipe.parse({"model": {"width": 0.5}})

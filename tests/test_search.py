@@ -4,16 +4,17 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from edgeprune import masks as masklib, stages, tensorfile
+from edgeprune import inputs, masks as masklib, pipeline, tensorfile
 from edgeprune.artifacts import Store
+from edgeprune.config import DataConfig, ModelConfig, SearchConfig, TrainConfig
+from edgeprune.errors import UserError
 from edgeprune.models import ModelSpec, prunable
 from edgeprune.retrain import retrain
-from edgeprune.search import SearchConfig
 from edgeprune.search import earlytime
 from edgeprune.search.earlybird import EarlyBird
 from edgeprune.search.imp import round_sparsities
 from edgeprune.search.stage import search
-from edgeprune.training import TrainConfig, Trainer
+from edgeprune.trainer import Trainer
 
 from .conftest import run_cli
 
@@ -130,12 +131,10 @@ def test_early_time_picks_smallest_candidate_under_lambda():
 @pytest.fixture(scope="module")
 def dense_small(tmp_path_factory):
     store = Store(tmp_path_factory.mktemp("search"))
-    from edgeprune.neurons import NeuronParams
-
-    art, _ = stages.train(store, stages.DataConfig("digits", 400), "convnet", 0.5, "avg", 4,
-                          "direct", NeuronParams(), TrainConfig(epochs=6), seed=0)
-    dense = stages.open_model(art.path)
-    cfg, ds = stages.dataset_for(dense, None)
+    art, _ = pipeline.train(store, DataConfig("digits", 400), ModelConfig(width=0.5, timesteps=4),
+                            TrainConfig(epochs=6))
+    dense = inputs.open_model(art.path)
+    cfg, ds = inputs.dataset_for(dense, DataConfig())
     return store, dense, cfg, ds
 
 
@@ -185,13 +184,13 @@ def test_early_time_eb_and_baselines(dense_small):
     assert m["eb_epoch"] <= 6 and abs(m["sparsity"] - 0.8) <= 0.001
     ticket = {k: v.bool() for k, v in tensorfile.load(eb.file("mask.safetensors")).items()}
 
-    rnd, _ = search(store, dense, dcfg, ds, SearchConfig(method="random", sparsity=0.8), ticket=eb)
+    rnd, _ = search(store, dense, dcfg, ds, SearchConfig(method="random", sparsity=0.8), trunk=eb)
     rmask = {k: v.bool() for k, v in tensorfile.load(rnd.file("mask.safetensors")).items()}
     for n in ticket:
         assert int(rmask[n].sum()) == int(ticket[n].sum())  # same per-layer sparsity
     assert any(not torch.equal(rmask[n], ticket[n]) for n in ticket)
 
-    re, _ = search(store, dense, dcfg, ds, SearchConfig(method="reinit", sparsity=0.8), ticket=eb)
+    re, _ = search(store, dense, dcfg, ds, SearchConfig(method="reinit", sparsity=0.8), trunk=eb)
     remask = tensorfile.load(re.file("mask.safetensors"))
     assert all(torch.equal(remask[n].bool(), ticket[n]) for n in ticket)
     r1 = tensorfile.load(re.file("rewind.safetensors"))
@@ -216,4 +215,21 @@ def test_compress_cli_end_to_end(tmp_path):
     again = run_cli("compress", out["artifacts"]["dense"], "--sparsity", "0.9", "--round-epochs",
                     "1", "--retrain-epochs", "2", "--latency-budget-ms", "10000", "--out", tmp_path,
                     "--json")
-    assert json.loads(again.stdout)["ids"] == out["ids"]  # every stage a cache hit
+    second = json.loads(again.stdout)
+    assert second["ids"] == {k: v for k, v in out["ids"].items() if k != "dense"}
+    assert all(second["cached"].values())  # every stage a cache hit
+
+
+def test_branch_without_a_trunk_searches_the_imp_ticket_first(dense_small):
+    store, dense, dcfg, ds = dense_small
+    cfg = SearchConfig(method="random", sparsity=0.5, prune_rate=0.5)
+    rnd, _ = search(store, dense, dcfg, ds, cfg)
+    trunk = store.find("search", rnd.metrics["trunk"])
+    assert trunk is not None and trunk.metrics["method"] == "imp"
+    assert rnd.manifest["inputs"] == [dense.id, trunk.id]
+    for n, layer in trunk.metrics["per_layer"].items():
+        assert rnd.metrics["per_layer"][n]["kept"] == layer["kept"]
+    other, _ = pipeline.train(store, DataConfig("digits", 100), ModelConfig(width=0.5, timesteps=4),
+                              TrainConfig(epochs=1))
+    with pytest.raises(UserError, match="searched on another model"):
+        search(store, inputs.open_model(other.path), dcfg, ds, cfg, trunk=trunk)

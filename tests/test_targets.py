@@ -31,55 +31,20 @@ def run_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def exported(run_dir, digits_model):
-    """The suite's trained digits SNN and its ONNX export, stored as train-/export- artifacts.
-
-    Stands in for export/ until it lands: TorchScript exporter, a wrapper returning the logits
-    summed over T, and the edgeprune.* metadata of the exporter contract. The trace fixes the
-    batch size inside the graph's reshapes, so the model is exported at batch 1 (the runner
-    feeds fixed-batch models chunk by chunk)."""
-    import onnx
-    import torch
-
-    import edgeprune
-    from edgeprune import checkpoint
-    from edgeprune.artifacts import Store, artifact_id
+    """A real lineage through the library: the suite's dense digits SNN, an imp ticket at 50%,
+    retrained and exported. Returns (retrain artifact, export artifact)."""
+    from edgeprune import pipeline
+    from edgeprune.artifacts import Store
+    from edgeprune.config import RetrainConfig, SearchConfig
 
     store = Store(run_dir)
     shutil.copytree(digits_model.path, run_dir / digits_model.path.name)  # lineage needs it here
-    train = store.find("train", digits_model.id)
-    spec, model = checkpoint.load(train.path / "model.pt")
-    model.eval()
-
-    class Summed(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.m = model
-
-        def forward(self, x):
-            return self.m(x, spec.timesteps).sum(0)
-
-    meta = {"version": edgeprune.__version__, "artifact_id": train.id,
-            "timesteps": str(spec.timesteps), "encoding": spec.encoding,
-            "neuron": json.dumps(spec.neuron.to_dict()),
-            "sparsity": json.dumps({"total": 0.0, "layers": {}}),
-            "class_names": json.dumps(list(spec.class_names)),
-            "normalization": json.dumps({"mean": list(spec.mean), "std": list(spec.std)}),
-            "input_shape": json.dumps(list(spec.input_shape)), "kind": "unrolled"}
-
-    def write(tmp: Path) -> None:
-        torch.onnx.export(Summed(), torch.rand(1, *spec.input_shape), tmp / "model.onnx",
-                          input_names=["input"], output_names=["logits"], dynamo=False,
-                          opset_version=17)
-        m = onnx.load(tmp / "model.onnx")
-        for k, v in meta.items():
-            p = m.metadata_props.add()
-            p.key, p.value = f"edgeprune.{k}", v
-        onnx.save(m, tmp / "model.onnx")
-
-    cfg = {"format": "onnx", "test": "targets"}
-    export = store.write("export", artifact_id("export", cfg, [train.id]), config=cfg,
-                         inputs=[train.id], metrics={}, write_files=write)
-    return train, export
+    dense = run_dir / digits_model.path.name / "model.pt"
+    mask, _ = pipeline.search(store, dense, SearchConfig(method="imp", sparsity=0.5,
+                                                         prune_rate=0.5))
+    ticket, _ = pipeline.retrain(store, dense, mask.path, RetrainConfig(epochs=4))
+    export, _ = pipeline.export(store, ticket.path / "model.pt")
+    return ticket, export
 
 
 @pytest.fixture(scope="session")
@@ -184,7 +149,8 @@ print('ok')
         assert "import torch" not in text and "from torch" not in text, src
         for line in text.splitlines():
             if line.strip().startswith(("from edgeprune", "import edgeprune")):
-                assert ("errors" in line or "artifacts" in line
+                allowed = ("errors", "artifacts", "hashing", "config")  # torch-free modules
+                assert (any(f"edgeprune.{m} " in line for m in allowed)
                         or line.strip() == "from edgeprune import __version__"), (src, line)
 
 
@@ -200,7 +166,7 @@ def test_validate_against_pytorch_stores_report(exported, run_dir):
     assert {"report.json", "report.md", "reference.npz", "manifest.json"} <= {
         p.name for p in art.iterdir()}
     manifest = json.loads((art / "manifest.json").read_text())
-    assert manifest["inputs"] == [export.id, train.id]
+    assert manifest["inputs"] == [export.id, train.id]  # the ticket it was exported from
     (e,) = out["report"]["targets"]
     assert e["mode"] == "native" and e["inputs"] == 360
     assert e["parity"]["agreement"] == 1.0 and e["parity"]["max_abs_diff"] < 1e-4
@@ -315,7 +281,7 @@ def test_bundle_manifest_and_model_card(bundle, exported):
     import hashlib
 
     path, val = bundle
-    train, export = exported
+    ticket, export = exported
     files = _members(path)
     top = f"edgeprune-{export.id}"
     names = {n.split("/", 1)[1] for n in files}
@@ -326,8 +292,8 @@ def test_bundle_manifest_and_model_card(bundle, exported):
         assert hashlib.sha256(files[f"{top}/{name}"]).hexdigest() == entry["sha256"], name
     assert set(manifest["files"]) == names - {"manifest.json"}
     stages = [e["stage"] for e in manifest["lineage"]]
-    assert stages == ["train", "export", "validate"]
-    assert manifest["lineage"][0]["id"] == train.id and manifest["lineage"][0]["config"]["model"]
+    assert stages == ["train", "search", "retrain", "export", "validate"]
+    assert manifest["lineage"][2]["id"] == ticket.id and manifest["lineage"][0]["config"]["model"]
     assert all("metrics" in e and "config" in e for e in manifest["lineage"])
     with np.load(io.BytesIO(files[f"{top}/reference.npz"])) as z:
         assert z["inputs"].shape == (16, 1, 8, 8) and z["logits"].shape == (16, 10)
@@ -335,12 +301,12 @@ def test_bundle_manifest_and_model_card(bundle, exported):
     card = files[f"{top}/MODEL_CARD.md"].decode()
     front = card.split("---\n")[1]
     for line in ("library_name: onnx", '  timesteps: 5', '  encoding: "direct"',
-                 '  reset: "value"', '  ticket_method: "n/a"', '  search_timesteps: "n/a"',
-                 '  rewind_point: "n/a"', "  sparsity: 0.0", "datasets:\n- \"digits\""):
+                 '  reset: "value"', '  ticket_method: "imp"', '  search_timesteps: 5',
+                 '  rewind_point: 1', "  sparsity: 0.5", "datasets:\n- \"digits\""):
         assert line in front, line
     assert '"onnxruntime": "1.' in front and '"target": "arm64-cortex-a72"' in front
     assert '"max_abs_logit_diff": 0.001' in front and "tau_mem_inv=0.75" in front
-    assert "| ticket method | n/a |" in card and "| search timesteps T′ | n/a |" in card
+    assert "| ticket method | imp |" in card and "| search timesteps T′ | 5 |" in card
 
 
 def _flipped(path: Path, member: str, out: Path) -> Path:

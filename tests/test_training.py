@@ -2,7 +2,8 @@ import torch
 
 from edgeprune import data
 from edgeprune.models import ModelSpec
-from edgeprune.training import TrainConfig, Trainer, evaluate, loss_fn, predict
+from edgeprune.config import TrainConfig
+from edgeprune.trainer import Trainer, evaluate, loss_fn, predict
 
 
 def _digits_run(seed, epochs=2):

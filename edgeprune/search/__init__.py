@@ -1,7 +1,7 @@
 """Lottery-ticket search: IMP with rewinding, Early-Bird, Early-Time, and baselines.
 
-`config.SearchConfig` says *what* a search is; `stage.search` runs it against the artifact store.
-The mechanics (round schedule, stop rule, timestep scoring) are pure functions in their own
-modules so they can be tested on constructed cases.
+`edgeprune.config.SearchConfig` says *what* a search is; `stage.search` runs it against the
+artifact store; `methods` holds one entry per method. The mechanics (round schedule, stop rule,
+timestep scoring) are pure functions in their own modules so they can be tested on constructed
+cases.
 """
-from .config import METHODS, SearchConfig  # noqa: F401

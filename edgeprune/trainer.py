@@ -3,7 +3,6 @@ of per-step cross-entropy, prediction = argmax of the logits summed over time.""
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
 from typing import Callable
 
 import torch
@@ -11,30 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import faults, masks as masklib
+from .config import TrainConfig
 from .data import Dataset, augment
-from .errors import UserError
 from .models import spiking_layers
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    epochs: int = 30
-    batch_size: int = 64
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    augment: bool = False
-
-    def __post_init__(self):
-        if self.epochs < 1:
-            raise UserError(f"epochs must be at least 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise UserError(f"batch size must be at least 1, got {self.batch_size}")
-        if self.lr <= 0:
-            raise UserError(f"learning rate must be positive, got {self.lr}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def loss_fn(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

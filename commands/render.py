@@ -1,0 +1,110 @@
+"""What the commands show: progress on stderr, tables and JSON on stdout."""
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from typing import Callable
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+err = Console(stderr=True)
+out = Console()
+
+
+@contextmanager
+def progress(quiet: bool):
+    """A report function for the pipeline's events: a rich progress display on stderr, one
+    bar per stage, or nothing for --json / non-terminals (messages still go to stderr)."""
+    if quiet or not err.is_terminal:
+        yield lambda e: None
+        return
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=err,
+                  transient=False) as p:
+        yield _Reporter(p)
+
+
+class _Reporter:
+    def __init__(self, p: Progress):
+        self.p, self.task = p, None
+
+    def __call__(self, e: dict) -> None:
+        ev, p = e.get("event"), self.p
+        if ev == "stage":
+            total = e.get("epochs")
+            self.task = p.add_task(e["stage"] + (f" {e['method']}" if "method" in e else ""),
+                                   total=total, info="")
+            return
+        if ev == "message":
+            p.console.print(f"[dim]{e['text']}[/dim]", highlight=False)
+            return
+        if self.task is None:
+            return
+        t = self.task
+        if ev == "epoch":
+            p.update(t, completed=e["epoch"], info=f"loss {e['loss']:.3f}  train "
+                     f"{e['train_acc']:.1%}  test {e['test_acc']:.1%}")
+        elif ev == "early-time":
+            p.update(t, info=f"T'={e['pick']} (normalized KL " + ", ".join(
+                f"{k}:{v:.2f}" for k, v in e["normalized_kl"].items()) + ")")
+        elif ev == "round":
+            p.update(t, total=e["rounds"] - 1, completed=e["round"],
+                     info=f"round {e['round']}/{e['rounds']}  sparsity {e['sparsity']:.1%}  "
+                          f"acc {e['test_acc']:.1%}  T={e['timesteps']}")
+        elif ev == "eb":
+            p.update(t, total=e["epochs"], completed=e["epoch"], info=f"epoch {e['epoch']}  "
+                     "mask distance " + ("-" if e["distance"] is None else f"{e['distance']:.4f}"))
+        elif "step" in e and "round" in e:
+            p.update(t, info=f"round {e['round']}/{e['rounds']}  epoch {e['epoch']}  "
+                             f"loss {e['loss']:.3f}  acc {e['train_acc']:.1%}")
+        elif "step" in e:
+            p.update(t, completed=e["epoch"] - 1 + e["step"] / e["steps"],
+                     info=f"epoch {e['epoch']}  loss {e['loss']:.3f}  acc {e['train_acc']:.1%}")
+        elif ev in ("onnx", "parity", "nir"):
+            p.update(t, info=ev)
+
+
+def emit(as_json: bool, payload: dict, table: Table | None = None, lines=()) -> None:
+    """One JSON object (for CI), or the table and lines for people."""
+    if as_json:
+        print(json.dumps(payload, default=str))
+        return
+    if table is not None:
+        out.print(table)
+    for line in lines:
+        out.print(line)
+
+
+def fmt(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def pct(v) -> str:
+    return "-" if v is None else f"{v:.2%}"
+
+
+def kv_table(title: str, rows: dict) -> Table:
+    t = Table(title=title, show_header=False)
+    t.add_column("key", style="bold")
+    t.add_column("value")
+    for k, v in rows.items():
+        t.add_row(k, fmt(v))
+    return t
+
+
+def columns(title: str, cols: list[str], rows: list[list[str]]) -> Table:
+    t = Table(title=title)
+    for c in cols:
+        t.add_column(c)
+    for r in rows:
+        t.add_row(*r)
+    return t
+
+
+def cached_mark(cached: bool) -> str:
+    return " (cached)" if cached else ""
+
+
+Report = Callable[[dict], None]

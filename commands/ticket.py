@@ -1,0 +1,138 @@
+"""edgeprune search, retrain and compress: the ticket commands."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from edgeprune import pipeline
+from edgeprune.artifacts import Store
+from edgeprune.config import (DataConfig, ExportConfig, ImportConfig, ModelConfig,
+                              PackageConfig, RetrainConfig, RunConfig, SearchConfig,
+                              TrainConfig, ValidateConfig)
+from edgeprune.errors import GateFailed
+
+from . import render
+from .options import Group, JsonOpt, OutOpt, configured
+
+FromMaskOpt = typer.Option(None, "--from-mask", help="random/reinit: the imp ticket (search "
+                           "artifact) to branch off \\[default: one searched first].")
+DATA = Group("data", "run", DataConfig)
+RUN = Group("run", "run", RunConfig)
+
+
+@configured(DATA, RUN, Group("cfg", "search", SearchConfig))
+def search(model: Path = typer.Argument(..., help="Dense model.pt (or its artifact folder)."),
+           from_mask: Optional[Path] = FromMaskOpt, data: DataConfig = None,
+           run: RunConfig = None, cfg: SearchConfig = None, out_dir: Path = OutOpt,
+           as_json: bool = JsonOpt):
+    """Search a winning ticket: writes a mask artifact (mask, rewind weights, log, plot)."""
+    with render.progress(as_json) as report:
+        art, cached = pipeline.search(Store(out_dir), model, cfg, data, run, from_mask, report)
+    render.emit(as_json, {"stage": "search", "id": art.id, "cached": cached,
+                          "mask": str(art.path), "metrics": art.metrics},
+                search_table(art.metrics, cached), [f"mask: {art.path}"])
+
+
+def search_table(m: dict, cached: bool):
+    return render.columns(
+        f"{m['method']} ticket search" + render.cached_mark(cached),
+        ["sparsity", "T", "T'", "rewind epoch", "search time", "rounds / EB epoch"],
+        [[f"{m['sparsity']:.2%}", str(m["timesteps"]), str(m["timesteps_search"]),
+          str(m["rewind_epoch"]), f"{m['search_seconds']:.1f} s",
+          str(m.get("rounds", m.get("eb_epoch", "-")))]])
+
+
+@configured(DATA, RUN, Group("cfg", "retrain", RetrainConfig))
+def retrain(model: Path = typer.Argument(..., help="Dense model.pt the mask was searched on."),
+            mask: Path = typer.Option(..., help="Search artifact folder (from `edgeprune "
+                                      "search`)."),
+            data: DataConfig = None, run: RunConfig = None, cfg: RetrainConfig = None,
+            out_dir: Path = OutOpt, as_json: bool = JsonOpt):
+    """Retrain a ticket at the full T with its mask held fixed: writes the sparse model.pt."""
+    with render.progress(as_json) as report:
+        art, cached = pipeline.retrain(Store(out_dir), model, mask, cfg, data, run, report)
+    render.emit(as_json, {"stage": "retrain", "id": art.id, "cached": cached,
+                          "model": str(art.path / "model.pt"), "metrics": art.metrics},
+                ticket_table(art.metrics, cached), [f"ticket: {art.path / 'model.pt'}"])
+
+
+def ticket_table(m: dict, cached: bool = False):
+    st = m.get("search_seconds")
+    return render.columns(
+        f"{m.get('method')} ticket" + render.cached_mark(cached),
+        ["dense acc", "ticket acc", "sparsity", "T", "search T'", "search time", "spike rate"],
+        [[render.pct(m.get("dense_test_accuracy")), f"{m['test_accuracy']:.2%}",
+          f"{m['sparsity']:.2%}", str(m["timesteps"]), str(m.get("timesteps_search")),
+          "-" if st is None else f"{st:.1f} s", f"{m['mean_spike_rate']:.3f}"]])
+
+
+@configured(DATA, RUN, Group("imports", "import", ImportConfig, exclude=("input_shape",
+                                                                            "num_classes")),
+            Group("model_cfg", "train", ModelConfig), Group("optim", "train", TrainConfig),
+            Group("search_cfg", "search", SearchConfig),
+            Group("retrain_cfg", "retrain", RetrainConfig),
+            Group("export_cfg", "export", ExportConfig, exclude=("timesteps",)),
+            Group("validate_cfg", "validate", ValidateConfig),
+            Group("package_cfg", "package", PackageConfig))
+def compress(
+    model: Optional[Path] = typer.Argument(None, help="Dense model.pt; without it a dense model "
+                                           "is trained first on --data. With --model-def: your "
+                                           "state_dict file."),
+    package: bool = typer.Option(False, "--package", help="End with a release bundle."),
+    model_def: Optional[str] = typer.Option(None, "--model-def", help="Your own Norse model: "
+                                            "FILE.py:FUNCTION (its state_dict as MODEL or "
+                                            "--state-dict), imported first as by `edgeprune "
+                                            "import-model`."),
+    state_dict: Optional[Path] = typer.Option(None, "--state-dict", help="Weights for "
+                                              "--model-def (loaded without unpickling code)."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Accept a pickled "
+                                      "nn.Module as --state-dict (runs code from the file)."),
+    from_mask: Optional[Path] = FromMaskOpt,
+    data: DataConfig = None, run: RunConfig = None, imports: ImportConfig = None,
+    model_cfg: ModelConfig = None, optim: TrainConfig = None, search_cfg: SearchConfig = None,
+    retrain_cfg: RetrainConfig = None, export_cfg: ExportConfig = None,
+    validate_cfg: ValidateConfig = None, package_cfg: PackageConfig = None,
+    out_dir: Path = OutOpt, as_json: bool = JsonOpt,
+):
+    """Search a winning ticket, retrain it at full T, export it to ONNX (and NIR), validate it
+    on each target (exit 1 if a gate fails) and, with --package, bundle it. Trains the dense
+    model first when no MODEL is given. Every option of every stage can also come from a
+    recipe (--config) table."""
+    if model_def and state_dict is None and model is not None:
+        model, state_dict = None, model  # `compress w.pt --model-def net.py:build`
+    plan = pipeline.Plan(data, run, model_cfg, optim, search_cfg, retrain_cfg, export_cfg,
+                         validate_cfg, imports, package_cfg if package else None)
+    failed = None
+    with render.progress(as_json) as report:
+        try:
+            result = pipeline.compress(Store(out_dir), plan, model, model_def=model_def,
+                                       state_dict=state_dict, allow_pickle=allow_pickle,
+                                       from_mask=from_mask, report=report)
+        except GateFailed as e:
+            failed, result = e, getattr(e, "compressed", None)
+            if result is None or "validate" not in result.artifacts:
+                raise
+    arts = result.artifacts
+    paths = {"imported": arts.get("imported") and arts["imported"].path / "model.pt",
+             "dense": arts.get("dense") and arts["dense"].path / "model.pt",
+             "mask": arts["search"].path, "ticket": arts["retrain"].path / "model.pt",
+             "onnx": arts["export"].path / "model.onnx", "validation": arts["validate"].path}
+    if "package" in arts:
+        paths["bundle"] = arts["package"].path / arts["package"].metrics["bundle"]
+    paths = {k: str(v) for k, v in paths.items() if v}
+    m, e = arts["retrain"].metrics, arts["export"].metrics
+    summary = {"dense_accuracy": m["dense_test_accuracy"], "ticket_accuracy": m["test_accuracy"],
+               "sparsity": m["sparsity"], "method": search_cfg.method,
+               "search_seconds": arts["search"].metrics["search_seconds"],
+               "timesteps": m["timesteps"], "timesteps_search": m["timesteps_search"],
+               "onnx_max_abs_diff": e.get("max_abs_diff"),
+               "onnx_bytes": e.get("bytes", {}).get("model.onnx"), "nir": e.get("nir"),
+               "validation": arts["validate"].metrics, "passed": failed is None}
+    render.emit(as_json, {"stage": "compress", "summary": summary, "artifacts": paths,
+                          "ids": {k: a.id for k, a in arts.items()},
+                          "cached": result.cached},
+                ticket_table(m), [f"{k}: {v}" for k, v in paths.items()])
+    if failed is not None:
+        raise failed

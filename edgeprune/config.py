@@ -1,0 +1,442 @@
+"""What each stage is: the one schema of every option.
+
+A stage's settings are small frozen dataclasses. Each field's type, default and `help` are the
+single source of the command-line option (commands/options.py), the recipe key (recipe.py) and
+the resolved config a manifest records (`asdict`). Nested dataclasses (a model's neuron) are
+flattened into their fields. Values are checked in `__post_init__`, so a bad value is the same
+one-line error whether it came from the command line, a recipe or Python.
+
+Torch-free on purpose: targets/ reads these on a device without PyTorch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from .errors import UserError
+
+ARCH_NAMES = ("convnet", "vgg16", "resnet19")
+ENCODINGS = ("direct", "poisson")
+POOLS = ("avg", "max")
+SURROGATES = ("super", "triangle", "tanh", "circ", "heavi_erfc")
+RESETS = ("value", "subtract")
+METHODS = ("imp", "et-imp", "eb", "et-eb", "random", "reinit")
+SCOPES = ("global", "layer")
+OUTPUTS = ("logits", "all")
+
+
+def option(default: Any, help: str, *, flags: tuple[str, ...] = (), parse: Callable | None = None,
+           show: str | None = None) -> Any:
+    """A dataclass field that is also a command-line option and a recipe key.
+    flags: the option's spellings (default `--field-name`); parse: turns the command line's text
+    (or a recipe's string) into the value; show: how the default reads in --help."""
+    meta = {"help": help, "flags": flags, "parse": parse, "show": show}
+    if isinstance(default, (list, dict, set)):
+        return field(default_factory=lambda: default, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise UserError(message)
+
+
+def parse_ints(text) -> tuple[int, ...]:
+    """'2,3,4' (or [2, 3, 4]) -> (2, 3, 4); '' -> ()."""
+    if isinstance(text, (list, tuple)):
+        items = list(text)
+    else:
+        items = [t for t in str(text).split(",") if t.strip()]
+    try:
+        return tuple(sorted({int(t) for t in items}))
+    except (TypeError, ValueError):
+        raise UserError(f"expected comma-separated integers, got {text!r}") from None
+
+
+# -- run-wide: the data and the seed every stage of a run shares ------------------------------
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: Optional[str] = option(None, "digits, fashion-mnist[:DIR], cifar10:DIR, a directory "
+                                 "of IDX/CIFAR files, or a .npz file.", flags=("--data",),
+                                 show="the model's data; digits when training")
+    train_subset: Optional[int] = option(None, "Use a seeded random subset of N training images.")
+    test_subset: Optional[int] = option(None, "Evaluate on a seeded random subset of N test "
+                                        "images (quick runs on a small machine).", show="all")
+
+    def __post_init__(self):
+        for name in ("train_subset", "test_subset"):
+            n = getattr(self, name)
+            _check(n is None or n >= 1, f"--{name.replace('_', '-')} must be at least 1, got {n}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    seed: int = option(0, "Random seed (runs are deterministic on CPU).")
+    device: str = option("cpu", "cpu, cuda or cuda:N (not part of artifact ids: the math is the "
+                         "same on every device).")
+
+    def __post_init__(self):
+        _check(self.device in ("cpu", "cuda") or self.device.startswith("cuda:"),
+               f"unknown device {self.device!r}: choose cpu, cuda or cuda:N")
+
+
+# -- train ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class NeuronParams:
+    """The LIF neuron (edgeprune.neurons): v = (1 - tau_mem_inv)·v + tau_mem_inv·x, spike when
+    v > v_th, then reset."""
+
+    tau_mem_inv: float = option(0.75, "LIF leak a: v = (1-a)·v + a·x (paper: 0.75).")
+    v_th: float = option(1.0, "LIF threshold.")
+    v_reset: float = option(0.0, "LIF reset potential (reset = value).")
+    reset: str = option("value", "value (hard reset to v_reset) or subtract (v -= v_th).")
+    surrogate: str = option("super", "Surrogate gradient: " + ", ".join(SURROGATES) + ".")
+    alpha: float = option(10.0, "Surrogate sharpness (ignored by super).")
+
+    def __post_init__(self):
+        _check(0.0 < self.tau_mem_inv <= 1.0,
+               f"tau_mem_inv must be in (0, 1], got {self.tau_mem_inv}")
+        _check(self.reset in RESETS, f"unknown reset {self.reset!r}: choose {', '.join(RESETS)}")
+        _check(self.surrogate in SURROGATES + ("heaviside",),
+               f"unknown surrogate {self.surrogate!r}: choose {', '.join(SURROGATES)}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str = option("convnet", "Architecture: " + ", ".join(ARCH_NAMES) + ".")
+    width: float = option(1.0, "Channel width multiplier (vgg16/resnet19 at 1.0 are the "
+                          "paper's sizes).")
+    pool: str = option("avg", "Pooling: avg (NIR-exportable) or max.")
+    timesteps: int = option(5, "Timesteps T.", flags=("--timesteps", "-T"))
+    encoding: str = option("direct", "direct (the first conv sees the image once) or poisson.")
+    neuron: NeuronParams = field(default_factory=NeuronParams)
+
+    def __post_init__(self):
+        _check(self.arch in ARCH_NAMES,
+               f"unknown architecture {self.arch!r}: choose {', '.join(ARCH_NAMES)}")
+        _check(self.width > 0, f"width must be positive, got {self.width}")
+        _check(self.pool in POOLS, f"unknown pooling {self.pool!r}: choose avg or max")
+        _check(self.timesteps >= 1, f"timesteps must be at least 1, got {self.timesteps}")
+        _check(self.encoding in ENCODINGS,
+               f"unknown encoding {self.encoding!r}: choose {', '.join(ENCODINGS)}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """SGD with momentum and a cosine schedule; loss = mean over timesteps of cross-entropy."""
+
+    epochs: int = option(30, "Training epochs.")
+    batch_size: int = option(64, "Batch size.")
+    lr: float = option(0.1, "Initial learning rate (SGD, cosine schedule).")
+    momentum: float = option(0.9, "SGD momentum.")
+    weight_decay: float = option(5e-4, "SGD weight decay.")
+    augment: bool = option(False, "Random shifts (and flips for CIFAR).")
+
+    def __post_init__(self):
+        _check(self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}")
+        _check(self.batch_size >= 1, f"batch size must be at least 1, got {self.batch_size}")
+        _check(self.lr > 0, f"learning rate must be positive, got {self.lr}")
+        _check(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
+        _check(self.weight_decay >= 0, f"weight decay must be >= 0, got {self.weight_decay}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# -- search -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """A ticket search: a method and every knob, with the paper's defaults."""
+
+    method: str = option("et-imp", "imp, et-imp, eb, et-eb, random or reinit (random/reinit "
+                         "branch off an imp ticket: --from-mask, or one searched first).")
+    sparsity: float = option(0.97, "Target fraction of conv/linear weights set to zero.")
+    prune_rate: float = option(0.25, "IMP: fraction of the remaining weights pruned per round.")
+    rewind_epoch: Optional[int] = option(None, "Rewind to the dense run's weights after this many "
+                                         "epochs (0 = initialization).",
+                                         show="the dense run's late-rewinding point")
+    round_epochs: int = option(10, "IMP: epochs per round; EB: epoch budget.")
+    batch_size: int = option(64, "Batch size.")
+    lr: float = option(0.1, "Initial learning rate (SGD, cosine schedule).")
+    momentum: float = option(0.9, "SGD momentum.")
+    weight_decay: float = option(5e-4, "SGD weight decay.")
+    scope: str = option("global", "Magnitude ranking: global or layer.")
+    keep_first: bool = option(False, "Keep the first conv layer dense.")
+    keep_last: bool = option(False, "Keep the classifier layer dense.")
+    eb_q: int = option(5, "Early-Bird: masks in the comparison window.")
+    eb_tau: float = option(0.02, "Early-Bird: stop when all mask distances are below this.")
+    et_epochs: int = option(2, "Early-Time: epochs at full T before scoring timesteps.")
+    et_lambda: float = option(0.6, "Early-Time: normalized-KL threshold for picking T'.")
+    et_candidates: tuple[int, ...] = option((), "Early-Time: candidate T' list, e.g. 2,3,4 (the "
+                                            "paper's).", parse=parse_ints, show="1..T-1")
+    et_batch: int = option(256, "Early-Time: training images in the scoring batch.")
+
+    def __post_init__(self):
+        _check(self.method in METHODS,
+               f"unknown method {self.method!r}: choose {', '.join(METHODS)}")
+        _check(0.0 < self.sparsity < 1.0, f"sparsity must be in (0, 1), got {self.sparsity}")
+        _check(0.0 < self.prune_rate < 1.0, f"prune rate must be in (0, 1), got {self.prune_rate}")
+        _check(self.round_epochs >= 1, f"round epochs must be at least 1, got {self.round_epochs}")
+        _check(self.rewind_epoch is None or self.rewind_epoch >= 0,
+               f"rewind epoch must be >= 0, got {self.rewind_epoch}")
+        _check(self.scope in SCOPES, f"unknown scope {self.scope!r}: choose global or layer")
+        _check(self.eb_q >= 2, f"eb-q must be at least 2, got {self.eb_q}")
+        _check(0.0 < self.eb_tau < 1.0, f"eb-tau must be in (0, 1), got {self.eb_tau}")
+        _check(self.et_epochs >= 0, f"et-epochs must be >= 0, got {self.et_epochs}")
+        _check(self.et_lambda > 0, f"et-lambda must be positive, got {self.et_lambda}")
+        _check(all(t >= 1 for t in self.et_candidates),
+               f"et-candidates must be positive timesteps, got {self.et_candidates}")
+        _check(self.et_batch >= 1, f"et-batch must be at least 1, got {self.et_batch}")
+        _check(self.batch_size >= 1 and self.lr > 0,
+               "batch size must be >= 1 and learning rate positive")
+
+    @property
+    def early_time(self) -> bool:
+        return self.method.startswith("et-")
+
+    @property
+    def base(self) -> str:
+        """The mask search proper: imp, eb, random or reinit."""
+        return self.method.removeprefix("et-")
+
+    def train_config(self, epochs: int) -> TrainConfig:
+        return TrainConfig(epochs=epochs, batch_size=self.batch_size, lr=self.lr,
+                           momentum=self.momentum, weight_decay=self.weight_decay)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["et_candidates"] = list(self.et_candidates)
+        return d
+
+
+# -- retrain ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RetrainConfig:
+    epochs: Optional[int] = option(None, "Ticket retraining epochs.", show="as the dense model")
+    batch_size: int = option(64, "Batch size.")
+    lr: float = option(0.1, "Initial learning rate (SGD, cosine schedule).")
+    momentum: float = option(0.9, "SGD momentum.")
+    weight_decay: float = option(5e-4, "SGD weight decay.")
+    augment: bool = option(False, "Random shifts (and flips for CIFAR).")
+
+    def __post_init__(self):
+        _check(self.epochs is None or self.epochs >= 1,
+               f"epochs must be at least 1, got {self.epochs}")
+
+    def train_config(self, dense_epochs: int | None) -> TrainConfig:
+        return TrainConfig(epochs=self.epochs or dense_epochs or 30, batch_size=self.batch_size,
+                           lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,
+                           augment=self.augment)
+
+
+# -- export, validate, package ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ExportConfig:
+    outputs: str = option("logits", "logits: summed logits only; all: also step_logits "
+                          "(T,batch,classes) and spikes.<layer> (per-sample spike totals).")
+    opset: int = option(17, "ONNX opset (13 to 20).")
+    sparse_initializers: bool = option(False, "Store mostly-zero weights as ONNX sparse "
+                                       "initializers (smaller files; ONNX Runtime densifies them "
+                                       "at load).")
+    nir: Optional[bool] = option(None, "Also write model.nir; --nir makes it an error when NIR "
+                                 "cannot express the model.", flags=("--nir/--no-nir",),
+                                 show="when NIR can express the model")
+    timesteps: Optional[int] = option(None, "Timesteps to unroll.", flags=("--timesteps", "-T"),
+                                      show="the model's T")
+    probe: int = option(256, "Test images in the export's parity check against PyTorch.")
+
+    def __post_init__(self):
+        _check(self.outputs in OUTPUTS,
+               f"unknown --outputs {self.outputs!r}: choose {' or '.join(OUTPUTS)}")
+        # 13: ReduceSum with axes input; 20: the newest the TorchScript exporter knows
+        _check(13 <= self.opset <= 20, f"--opset {self.opset} is not supported: choose 13 to 20")
+        _check(self.timesteps is None or self.timesteps >= 1,
+               f"timesteps must be at least 1, got {self.timesteps}")
+        _check(self.probe >= 1, f"--probe must be at least 1, got {self.probe}")
+
+
+@dataclass(frozen=True)
+class ValidateConfig:
+    target: str = option("x86_64", "Target profiles, comma-separated: names in targets/profiles "
+                         "(x86_64, arm64-cortex-a72, arm64-neoverse-n1) or .toml paths.")
+    latency_budget_ms: Optional[float] = option(None, "Override every profile's latency budget.",
+                                                show="the profile's")
+    limit: Optional[int] = option(None, "Use only the first N test images.", show="all")
+
+    def __post_init__(self):
+        _check(self.latency_budget_ms is None or self.latency_budget_ms > 0,
+               "--latency-budget-ms must be positive")
+        _check(self.limit is None or self.limit >= 1, "--limit must be at least 1")
+
+
+@dataclass(frozen=True)
+class PackageConfig:
+    ort: bool = option(False, "Also convert the model to ONNX Runtime's .ort format.")
+
+
+# -- import -----------------------------------------------------------------------------------
+
+def parse_floats(text) -> tuple[float, ...]:
+    """'0.5,0.25' (or [0.5, 0.25]) -> (0.5, 0.25)."""
+    items = list(text) if isinstance(text, (list, tuple)) else \
+        [t for t in str(text).split(",") if t.strip()]
+    try:
+        return tuple(float(t) for t in items)
+    except (TypeError, ValueError):
+        raise UserError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def parse_shape(text) -> tuple[int, ...]:
+    shape = parse_floats(text)
+    if any(v != int(v) or v < 1 for v in shape):
+        raise UserError(f"expected positive integers C,H,W, got {text!r}")
+    return tuple(int(v) for v in shape)
+
+
+@dataclass(frozen=True)
+class ImportConfig:
+    """How to run a model brought from elsewhere (its file does not say)."""
+
+    timesteps: int = option(5, "Timesteps T the model runs.", flags=("--timesteps", "-T"))
+    encoding: str = option("direct", "direct (the image at every step) or poisson.")
+    input_shape: tuple[int, ...] = option((), "C,H,W of the input, without --data.",
+                                          parse=parse_shape, show="the data's")
+    num_classes: Optional[int] = option(None, "Classes, without --data.", show="the data's")
+    mean: tuple[float, ...] = option((), "Per-channel mean your model expects subtracted "
+                                     "(comma-separated).", parse=parse_floats, show="none")
+    std: tuple[float, ...] = option((), "Per-channel std your model expects divided by.",
+                                    parse=parse_floats, show="none")
+
+    def __post_init__(self):
+        _check(self.timesteps >= 1, f"timesteps must be at least 1, got {self.timesteps}")
+        _check(self.encoding in ENCODINGS,
+               f"unknown encoding {self.encoding!r}: choose {', '.join(ENCODINGS)}")
+        _check(self.num_classes is None or self.num_classes >= 1,
+               f"--num-classes must be at least 1, got {self.num_classes}")
+        _check(len(self.input_shape) in (0, 3), f"--input-shape must be C,H,W, got "
+               f"{','.join(map(str, self.input_shape))}")
+
+
+# -- the schema -------------------------------------------------------------------------------
+
+RUN_WIDE = (DataConfig, RunConfig)  # set at a recipe's top level; every stage of a run shares them
+STAGES: dict[str, tuple[type, ...]] = {
+    "import": (ImportConfig,),
+    "train": (ModelConfig, TrainConfig),
+    "search": (SearchConfig,),
+    "retrain": (RetrainConfig,),
+    "export": (ExportConfig,),
+    "validate": (ValidateConfig,),
+    "package": (PackageConfig,),
+}
+
+
+@dataclass(frozen=True)
+class Field:
+    """One leaf option of a config dataclass (nested dataclasses flattened)."""
+
+    name: str  # option name, snake_case: the recipe key and the Python parameter
+    path: tuple[str, ...]  # attribute path inside the top dataclass, e.g. ("neuron", "v_th")
+    type: Any  # the value's type: int, float, bool, str, tuple (parsed), Optional[...]
+    default: Any
+    help: str
+    flags: tuple[str, ...]
+    parse: Callable | None
+    show: str | None
+
+    @property
+    def optional(self) -> bool:
+        return _is_optional(self.type)
+
+    @property
+    def base(self) -> type:
+        """The type without Optional: what a given value must be."""
+        if self.optional:
+            return next(a for a in typing.get_args(self.type) if a is not type(None))
+        origin = typing.get_origin(self.type)
+        return origin if origin is not None else self.type
+
+
+def _is_optional(t) -> bool:
+    return (typing.get_origin(t) in (typing.Union, types.UnionType)
+            and type(None) in typing.get_args(t))
+
+
+def fields_of(cls: type, prefix: tuple[str, ...] = ()) -> list[Field]:
+    """Every leaf option of `cls`, in declaration order."""
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        t = hints[f.name]
+        if dataclasses.is_dataclass(t):
+            out += fields_of(t, prefix + (f.name,))
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        m = f.metadata
+        flags = tuple(m.get("flags") or ())
+        out.append(Field(_option_name(f.name, flags), prefix + (f.name,), t, default,
+                         m.get("help", ""), flags, m.get("parse"), m.get("show")))
+    return out
+
+
+def _option_name(attr: str, flags: tuple[str, ...]) -> str:
+    """The first long flag names the option (`--data` for DataConfig.name), else the field."""
+    for flag in flags:
+        if flag.startswith("--"):
+            return flag[2:].split("/")[0].replace("-", "_")
+    return attr
+
+
+def coerce(f: Field, value: Any, where: str) -> Any:
+    """A value from a recipe (TOML types) or parsed text, checked against the field's type."""
+    if value is None and f.optional:
+        return None
+    if f.parse is not None:
+        return f.parse(value)
+    want = f.base
+    ok = isinstance(value, want) and not (want in (int, float) and isinstance(value, bool))
+    if want is float and isinstance(value, int) and not isinstance(value, bool):
+        value, ok = float(value), True
+    if not ok:
+        raise UserError(f"{where}: {f.name} must be {want.__name__}, got "
+                        f"{type(value).__name__} {value!r}")
+    return value
+
+
+def build(cls: type, values: dict[str, Any]):
+    """An instance of `cls` from {option name: value}; missing options keep their defaults."""
+    kwargs: dict = {}
+    for f in fields_of(cls):
+        if f.name in values:
+            node = kwargs
+            for part in f.path[:-1]:
+                node = node.setdefault(part, {})
+            node[f.path[-1]] = values[f.name]
+    return _instantiate(cls, kwargs)
+
+
+def _instantiate(cls: type, kwargs: dict):
+    hints = typing.get_type_hints(cls)
+    return cls(**{k: _instantiate(hints[k], v) if dataclasses.is_dataclass(hints[k]) else v
+                  for k, v in kwargs.items()})
+
+
+def resolved(obj) -> dict:
+    """The fully resolved config of a dataclass instance, JSON-ready (for manifests)."""
+    d = dataclasses.asdict(obj)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def fields_of_stage(stage: str) -> list[Field]:
+    return [f for cls in STAGES[stage] for f in fields_of(cls)]

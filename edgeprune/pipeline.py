@@ -1,0 +1,253 @@
+"""The chain of stages as library calls: train → search → retrain → export → validate →
+package, and `compress`, which runs them in order. The CLI, the benchmarks and users' scripts
+all call these.
+
+Each call opens its inputs (a model.pt, a mask, data), hands typed configs to its stage and
+returns `(artifact, cached)`. This module is the top of the library: the one place in
+`edgeprune` that imports `export` and `targets`, which sit on top of the rest of it. Stage
+modules are imported inside the calls: the CLI imports this module, and `edgeprune verify` must
+run on a device without PyTorch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+from .artifacts import Artifact, Store, open_artifact
+from .config import (DataConfig, ExportConfig, ImportConfig, ModelConfig, PackageConfig,
+                     RetrainConfig, RunConfig, SearchConfig, TrainConfig, ValidateConfig)
+from .errors import GateFailed, UserError
+
+Report = Callable[[dict], None]
+DEFAULT_DATA = "digits"
+
+
+def _quiet(_event: dict) -> None:
+    pass
+
+
+def device(run: RunConfig) -> str:
+    import torch
+
+    if run.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda asked for, but this torch build sees no CUDA GPU")
+    return run.device
+
+
+def _stage(report: Report, name: str, **info) -> None:
+    report({"event": "stage", "stage": name, **info})
+
+
+def train(store: Store, data: DataConfig, model: ModelConfig, optim: TrainConfig,
+          run: RunConfig = RunConfig(), report: Report = _quiet) -> tuple[Artifact, bool]:
+    """Train a dense SNN on `data` (digits when none is named)."""
+    from . import inputs
+    from .train import train as train_stage
+
+    dev = device(run)
+    data = data if data.name else replace(data, name=DEFAULT_DATA)
+    ds = inputs.load_data(data)
+    _stage(report, "train", epochs=optim.epochs)
+    return train_stage(store, data, ds, model, optim, run.seed, dev, report)
+
+
+def search(store: Store, model: Path, cfg: SearchConfig, data: DataConfig = DataConfig(),
+           run: RunConfig = RunConfig(), from_mask: Path | None = None,
+           report: Report = _quiet) -> tuple[Artifact, bool]:
+    """Search a ticket of the dense model at `model` (a model.pt or its artifact folder)."""
+    from . import inputs
+    from .retrain import open_search
+    from .search.stage import search as search_stage
+
+    dev = device(run)
+    trunk = open_search(from_mask) if from_mask else None
+    dense = inputs.open_model(model, dev)
+    data, ds = inputs.dataset_for(dense, data)
+    _stage(report, "search", method=cfg.method)
+    return search_stage(store, dense, data, ds, cfg, run.seed, dev, report, trunk)
+
+
+def retrain(store: Store, model: Path, mask: Path, cfg: RetrainConfig,
+            data: DataConfig = DataConfig(), run: RunConfig = RunConfig(),
+            report: Report = _quiet) -> tuple[Artifact, bool]:
+    """Retrain the ticket of search artifact `mask` at the dense model's full T."""
+    from . import inputs
+    from .retrain import open_search, retrain as retrain_stage
+
+    dev = device(run)
+    ticket = open_search(mask)
+    dense = inputs.open_model(model, dev)
+    data, ds = inputs.dataset_for(dense, data)
+    optim = cfg.train_config(dense.train_epochs)
+    _stage(report, "retrain", epochs=optim.epochs)
+    return retrain_stage(store, dense, ticket, data, ds, optim, run.seed, dev, report)
+
+
+def export(store: Store, model: Path, cfg: ExportConfig = ExportConfig(),
+           report: Report = _quiet) -> tuple[Artifact, bool]:
+    """Export the model.pt inside a train/retrain/import artifact folder."""
+    from export.stage import export as export_stage
+
+    model = Path(model)
+    if not model.exists():
+        raise UserError(f"model file {model} does not exist")
+    source = open_artifact(model)
+    if model.is_dir() or model.name != "model.pt":
+        raise UserError(f"{model}: give the model.pt file inside an artifact folder")
+    _stage(report, "export")
+    return export_stage(store, source, cfg, report)
+
+
+def validate(store: Store, model: Path, cfg: ValidateConfig = ValidateConfig(), *,
+             against: Path | None = None, reference: Path | None = None,
+             data: DataConfig = DataConfig(), report: Report = _quiet) -> tuple[Artifact, bool]:
+    """Validate an ONNX model on the target profiles of `cfg`. Reference logits come from
+    `against` (the model.pt it was exported from, run here with PyTorch) or a stored
+    `reference` npz. Raises UserError on bad input before any work, and GateFailed (with
+    `.artifact`) after storing a report whose gates failed."""
+    from . import inputs
+    import numpy as np
+
+    from targets import modelfile, profiles as profiles_mod, stage
+    from targets.validation import take
+
+    profs = profiles_mod.load_many(cfg.target)
+    if cfg.latency_budget_ms is not None:
+        profs = [p.with_latency_budget(cfg.latency_budget_ms) for p in profs]
+    if against is not None and reference is not None:
+        raise UserError("give --against (PyTorch reference) or --reference (npz), not both")
+    model = Path(model)
+    stage.source_artifact(model)  # a damaged export artifact is refused before any work
+    info = modelfile.inspect(model)
+    ref = ref_source = None
+    extra: list[str] = []
+    if reference is not None:
+        feed, ref, labels, ref_source = stage.load_reference(Path(reference))
+        data_name = f"reference:{Path(reference).name}"
+        if cfg.limit:
+            feed, ref = take(feed, cfg.limit), ref[:cfg.limit]
+            labels = labels[:cfg.limit] if labels is not None else None
+    else:
+        ds = inputs.load_data(replace(data, name=data.name or DEFAULT_DATA, train_subset=None))
+        x, labels = ds.x_test.numpy(), ds.y_test.numpy()
+        if cfg.limit:
+            x, labels = x[:cfg.limit], labels[:cfg.limit]
+        feed, data_name = modelfile.model_inputs(x, info), data.name or DEFAULT_DATA
+    if against is not None:
+        ref, model_id = _reference_logits(Path(against), np.ascontiguousarray(feed), info)
+        ref_source = f"pytorch:{Path(against).name}" + (f"@{model_id}" if model_id else "")
+        extra = [model_id] if model_id else []
+    _stage(report, "validate", targets=[p.name for p in profs])
+    return stage.run_validate(store, model, profs, feed, labels, data_name=data_name,
+                              reference=ref, reference_source=ref_source,
+                              extra_inputs=tuple(extra), info=info,
+                              progress=lambda text: report({"event": "message", "text": text}))
+
+
+def _reference_logits(model_pt: Path, feed, info) -> tuple:
+    from export.parity import reference_logits
+    from . import inputs
+
+    m = inputs.open_model(model_pt)
+    if info.timesteps is not None and info.timesteps != m.spec.timesteps:
+        raise UserError(f"{model_pt} runs T={m.spec.timesteps} but the ONNX model was exported "
+                        f"with T={info.timesteps}: --against must be the model it was exported "
+                        "from")
+    return (reference_logits(m.model, m.spec.timesteps, feed),
+            m.artifact.id if m.artifact else None)
+
+
+def package(source: Path, cfg: PackageConfig = PackageConfig(), out_dir: Path | None = None,
+            report: Report = _quiet) -> tuple[Artifact, bool]:
+    """Bundle a validated model: `source` is a run directory, a validate artifact, or an
+    export artifact that has been validated."""
+    from targets.bundle import package as package_stage
+
+    _stage(report, "package")
+    return package_stage(source, cfg, out_dir,
+                         progress=lambda text: report({"event": "message", "text": text}))
+
+
+def import_model(store: Store, model_def: str | None, state_dict: Path, cfg: ImportConfig,
+                 data: DataConfig = DataConfig(), allow_pickle: bool = False,
+                 run: RunConfig = RunConfig(), report: Report = _quiet) -> tuple[Artifact, bool]:
+    """Bring in a user's Norse model (definition + state_dict) as a self-describing model.pt.
+    `data.name == "none"`: no dataset (then cfg gives input shape and classes)."""
+    from . import inputs
+    from .importers.stage import import_model as import_stage
+
+    name = data.name or DEFAULT_DATA
+    ds = None if name == "none" else inputs.load_data(replace(data, name=name))
+    _stage(report, "import")
+    return import_stage(store, model_def, state_dict, cfg, replace(data, name=name), ds,
+                        allow_pickle, run.seed)
+
+
+# -- compress ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything `compress` runs: one config per stage."""
+
+    data: DataConfig = DataConfig()
+    run: RunConfig = RunConfig()
+    model: ModelConfig = ModelConfig()  # the dense model's, when compress trains it
+    train: TrainConfig = TrainConfig()
+    search: SearchConfig = SearchConfig()
+    retrain: RetrainConfig = RetrainConfig()
+    export: ExportConfig = ExportConfig()
+    validate: ValidateConfig = ValidateConfig()
+    imports: ImportConfig = ImportConfig()
+    package: PackageConfig | None = None  # None: no bundle
+
+
+@dataclass
+class Compressed:
+    """The artifacts of one compress run, in chain order."""
+
+    artifacts: dict[str, Artifact] = field(default_factory=dict)
+    cached: dict[str, bool] = field(default_factory=dict)
+
+    def add(self, name: str, result: tuple[Artifact, bool]) -> Artifact:
+        self.artifacts[name], self.cached[name] = result
+        return result[0]
+
+
+def compress(store: Store, plan: Plan, model: Path | None = None, *,
+             model_def: str | None = None, state_dict: Path | None = None,
+             allow_pickle: bool = False, from_mask: Path | None = None,
+             report: Report = _quiet) -> Compressed:
+    """search → retrain → export → validate (→ package) on `model`; a user's Norse model
+    (`model_def` + `state_dict`) is imported first, and with neither a dense model is trained
+    on `plan.data`. A failed gate raises GateFailed after the report is stored."""
+    out = Compressed()
+    device(plan.run)
+    if model_def or state_dict:
+        if model is not None or state_dict is None:
+            raise UserError("give either MODEL or --model-def FILE.py:FUNCTION with "
+                            "--state-dict W.pt")
+        model = out.add("imported", import_model(store, model_def, state_dict, plan.imports,
+                                                 plan.data, allow_pickle, plan.run, report)
+                        ).path / "model.pt"
+    if model is None:
+        model = out.add("dense", train(store, plan.data, plan.model, plan.train, plan.run,
+                                       report)).path / "model.pt"
+    mask = out.add("search", search(store, model, plan.search, plan.data, plan.run, from_mask,
+                                    report))
+    ticket = out.add("retrain", retrain(store, model, mask.path, plan.retrain, plan.data,
+                                        plan.run, report))
+    onnx = out.add("export", export(store, ticket.path / "model.pt", plan.export, report))
+    data_name = ticket.config["data"]["name"]
+    try:
+        val = out.add("validate", validate(store, onnx.path / "model.onnx", plan.validate,
+                                           against=ticket.path / "model.pt",
+                                           data=DataConfig(data_name), report=report))
+    except GateFailed as e:
+        if getattr(e, "artifact", None) is not None:
+            out.artifacts["validate"], out.cached["validate"] = e.artifact, False
+        e.compressed = out
+        raise
+    if plan.package is not None:
+        out.add("package", package(val.path, plan.package, report=report))
+    return out
