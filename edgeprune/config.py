@@ -130,22 +130,34 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """SGD with momentum and a cosine schedule; loss = mean over timesteps of cross-entropy."""
+class Schedule:
+    """SGD with momentum and a cosine learning-rate schedule: what every training stage shares."""
 
-    epochs: int = option(30, "Training epochs.")
     batch_size: int = option(64, "Batch size.")
     lr: float = option(0.1, "Initial learning rate (SGD, cosine schedule).")
     momentum: float = option(0.9, "SGD momentum.")
     weight_decay: float = option(5e-4, "SGD weight decay.")
-    augment: bool = option(False, "Random shifts (and flips for CIFAR).")
 
     def __post_init__(self):
-        _check(self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}")
         _check(self.batch_size >= 1, f"batch size must be at least 1, got {self.batch_size}")
         _check(self.lr > 0, f"learning rate must be positive, got {self.lr}")
         _check(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
         _check(self.weight_decay >= 0, f"weight decay must be >= 0, got {self.weight_decay}")
+
+    def schedule(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(Schedule)}
+
+
+@dataclass(frozen=True)
+class TrainConfig(Schedule):
+    """Loss = mean over timesteps of the per-step cross-entropy."""
+
+    epochs: int = option(30, "Training epochs.")
+    augment: bool = option(False, "Random shifts (and flips for CIFAR).")
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check(self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -154,7 +166,7 @@ class TrainConfig:
 # -- search -----------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class SearchConfig:
+class SearchConfig(Schedule):
     """A ticket search: a method and every knob, with the paper's defaults."""
 
     method: str = option("et-imp", "imp, et-imp, eb, et-eb, random or reinit (random/reinit "
@@ -165,10 +177,6 @@ class SearchConfig:
                                          "epochs (0 = initialization).",
                                          show="the dense run's late-rewinding point")
     round_epochs: int = option(10, "IMP: epochs per round; EB: epoch budget.")
-    batch_size: int = option(64, "Batch size.")
-    lr: float = option(0.1, "Initial learning rate (SGD, cosine schedule).")
-    momentum: float = option(0.9, "SGD momentum.")
-    weight_decay: float = option(5e-4, "SGD weight decay.")
     scope: str = option("global", "Magnitude ranking: global or layer.")
     keep_first: bool = option(False, "Keep the first conv layer dense.")
     keep_last: bool = option(False, "Keep the classifier layer dense.")
@@ -181,6 +189,7 @@ class SearchConfig:
     et_batch: int = option(256, "Early-Time: training images in the scoring batch.")
 
     def __post_init__(self):
+        super().__post_init__()
         _check(self.method in METHODS,
                f"unknown method {self.method!r}: choose {', '.join(METHODS)}")
         _check(0.0 < self.sparsity < 1.0, f"sparsity must be in (0, 1), got {self.sparsity}")
@@ -196,8 +205,6 @@ class SearchConfig:
         _check(all(t >= 1 for t in self.et_candidates),
                f"et-candidates must be positive timesteps, got {self.et_candidates}")
         _check(self.et_batch >= 1, f"et-batch must be at least 1, got {self.et_batch}")
-        _check(self.batch_size >= 1 and self.lr > 0,
-               "batch size must be >= 1 and learning rate positive")
 
     @property
     def early_time(self) -> bool:
@@ -209,8 +216,7 @@ class SearchConfig:
         return self.method.removeprefix("et-")
 
     def train_config(self, epochs: int) -> TrainConfig:
-        return TrainConfig(epochs=epochs, batch_size=self.batch_size, lr=self.lr,
-                           momentum=self.momentum, weight_decay=self.weight_decay)
+        return TrainConfig(epochs=epochs, **self.schedule())
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -221,22 +227,18 @@ class SearchConfig:
 # -- retrain ----------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class RetrainConfig:
+class RetrainConfig(Schedule):
     epochs: Optional[int] = option(None, "Ticket retraining epochs.", show="as the dense model")
-    batch_size: int = option(64, "Batch size.")
-    lr: float = option(0.1, "Initial learning rate (SGD, cosine schedule).")
-    momentum: float = option(0.9, "SGD momentum.")
-    weight_decay: float = option(5e-4, "SGD weight decay.")
     augment: bool = option(False, "Random shifts (and flips for CIFAR).")
 
     def __post_init__(self):
+        super().__post_init__()
         _check(self.epochs is None or self.epochs >= 1,
                f"epochs must be at least 1, got {self.epochs}")
 
     def train_config(self, dense_epochs: int | None) -> TrainConfig:
-        return TrainConfig(epochs=self.epochs or dense_epochs or 30, batch_size=self.batch_size,
-                           lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay,
-                           augment=self.augment)
+        return TrainConfig(epochs=self.epochs or dense_epochs or 30, augment=self.augment,
+                           **self.schedule())
 
 
 # -- export, validate, package ------------------------------------------------------------------
