@@ -451,19 +451,20 @@ def _pool_fn(op: dict, fn: str) -> str:
 def _lif_fn(op: dict, fn: str) -> str:
     n = int(np.prod(op["in_shape"]))
     a, th, vr = _hexf(op["tau_mem_inv"]), _hexf(op["v_th"]), _hexf(op["v_reset"])
-    reset = f"v[i] = {vr};" if op["reset"] == "value" else f"v[i] = vd - {th};"
+    after = vr if op["reset"] == "value" else f"vd - {th}"
     return (f"/* {_c_comment(op['name'])}: LIF, {n} neurons, tau_mem_inv {op['tau_mem_inv']!r}, "
-            f"v_th {op['v_th']!r}, reset {op['reset']} ({op['v_reset']!r}); returns the spike count */\n"
+            f"v_th {op['v_th']!r}, reset {op['reset']} ({op['v_reset']!r}); returns the spike count.\n"
+            f" * Branch-free (spikes are unpredictable), so the compiler can vectorize it. */\n"
             f"static uint32_t {fn}(const float *restrict x, float *restrict z, float *restrict v)\n{{\n"
             f"    uint32_t spikes = 0;\n    int i;\n"
             f"    for (i = 0; i < {n}; i++) {{\n"
             f"        const float dv = {a} * ((x[i] + 0.0f) - v[i]); /* v_leak = 0 */\n"
             f"        const float vd = v[i] + dv;\n"
-            f"        if (vd - {th} > 0.0f) {{\n"
-            f"            z[i] = 1.0f;\n            {reset}\n            spikes++;\n"
-            f"        }} else {{\n"
-            f"            z[i] = 0.0f;\n            v[i] = vd;\n"
-            f"        }}\n    }}\n    return spikes;\n}}\n")
+            f"        const int s = vd - {th} > 0.0f;\n"
+            f"        z[i] = s ? 1.0f : 0.0f;\n"
+            f"        v[i] = s ? {after} : vd;\n"
+            f"        spikes += (uint32_t)s;\n"
+            f"    }}\n    return spikes;\n}}\n")
 
 
 def _li_fn(op: dict, fn: str) -> str:

@@ -20,6 +20,13 @@ SPARSITY = 0.95
 # conv/linear sums differs (measured ~1e-6 on digits logits of magnitude ~10-40).
 MAX_LOGIT_DIFF = 1e-4
 
+HAVE_CC = any(shutil.which(c) for c in ("cc", "gcc", "clang"))
+
+
+def _need_cc():
+    if not HAVE_CC and os.environ.get("EDGEPRUNE_REQUIRE_CC") != "1":
+        pytest.skip("no C compiler installed (apt-get install gcc)")
+
 HAVE_CROSS = bool(shutil.which("aarch64-linux-gnu-gcc")) and bool(
     shutil.which("qemu-aarch64-static") or shutil.which("qemu-aarch64"))
 requires_arm64 = pytest.mark.skipif(
@@ -83,6 +90,7 @@ def generated(ticket, tmp_path_factory):
 def native(generated):
     from targets import c_build
 
+    _need_cc()
     return c_build.build(generated[2])
 
 
@@ -228,6 +236,7 @@ def _c_vs_torch(spec, model, tmp_path, timesteps=T, edit=None, reference=None):
     from export.c_program import program_from_model
     from targets import c_build, c_run
 
+    _need_cc()
     program = program_from_model(model, timesteps, spec.input_shape)
     if edit:
         edit(program)
