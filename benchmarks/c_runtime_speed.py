@@ -251,7 +251,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    result = {"machine": describe(), "config": vars(args) | {"out": str(args.out)}, "rows": []}
+    result = {"machine": describe(), "rows": [],
+              "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
     with tempfile.TemporaryDirectory(prefix="c-speed-") as tmp:
         work = Path(tmp)
         result["rows"] += digits_tickets(args, work)

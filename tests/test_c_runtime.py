@@ -286,6 +286,39 @@ def test_li_readout_maxpool_stride_and_subtract_reset(tmp_path):
     assert np.abs(out - ref).max() < MAX_LOGIT_DIFF * max(1.0, np.abs(ref).max())
 
 
+VARIETY_LAYERS = [
+    # stem: two convs on dense input (gather path): non-square kernel, stride 2x1, padding 1x0
+    {"type": "conv2d", "in": 1, "out": 6, "kernel": [3, 2], "stride": [2, 1], "padding": [1, 0],
+     "bias": True},
+    {"type": "conv2d", "in": 6, "out": 4, "kernel": [3, 3], "stride": [1, 1], "padding": [1, 1],
+     "bias": False},
+    {"type": "lif", "neuron": {"tau_mem_inv": 0.75}},
+    {"type": "adaptiveavgpool2d", "output": [2, 7]},  # 4x7 -> 2x7: windows 2x1
+    {"type": "flatten"},
+    {"type": "linear", "in": 56, "out": 20, "bias": True},  # pooled spikes: events times value
+    {"type": "dropout", "p": 0.5},
+    {"type": "linear", "in": 20, "out": 10, "bias": True},  # dense input: gather path
+    {"type": "lif", "neuron": {"tau_mem_inv": 0.5, "v_th": 0.5}},  # logits = spike counts
+]
+
+
+def test_gather_paths_adaptive_pool_and_spiking_output(tmp_path):
+    from edgeprune import masks
+    from edgeprune.models import prunable
+
+    spec, model = _sequential(VARIETY_LAYERS, seed=3)
+    with torch.no_grad():
+        for p in prunable(model).values():
+            p.mul_(4.0)
+    masks.apply(model, masks.magnitude(prunable(model), 0.5))
+    out, ref, program = _c_vs_torch(spec, model, tmp_path)
+    assert [op["kind"] for op in program["stem"]] == ["conv2d", "conv2d"]
+    assert "dropout" not in [op["kind"] for op in program["body"]]
+    assert ref.max() > 0 and ref.min() < T  # the readout neurons do spike, not always
+    # spike counts: equal unless a potential lands within rounding of the threshold
+    assert (out != ref).mean() < 0.01, np.argwhere(out != ref)[:5]
+
+
 def test_step_bias_is_added_per_step(ticket, tmp_path):
     """step_bias (T, O) on a body conv and a body linear: the reference adds the same per-step
     constants to those layers' outputs in the prepared PyTorch model."""
