@@ -9,6 +9,9 @@
 - sparse.py        mostly-zero weights as ONNX sparse initializers
 - nir_graph.py     the SNN as a NIR graph (`model.nir`); nir_sim.py simulates one in numpy
 - parity.py        PyTorch references and ONNX Runtime runs, to compare exported files with the model
+- c_program.py     the SNN as a torch-free program (dicts + float32 arrays) for the sparse C runtime
+- c_codegen.py     that program as dependency-free C99 (model.h/.c, const sparse weights, runner.c);
+                   torch-free, event-driven after spiking layers
 - stage.py         the `export` stage: writes an `export-<id>/` artifact
 """
 
