@@ -47,7 +47,8 @@ def ticket(digits_model):
     mask held (so its layers still spike like a ticket's), in eval mode."""
     from edgeprune import checkpoint, masks
     from edgeprune.models import prunable
-    from edgeprune.training import TrainConfig, Trainer
+    from edgeprune.config import TrainConfig
+    from edgeprune.trainer import Trainer
 
     spec, model = checkpoint.load(digits_model.file("model.pt"))
     mask = masks.magnitude(prunable(model), SPARSITY)
@@ -222,7 +223,7 @@ def test_aarch64_under_qemu_matches_native(generated, native, reference):
 
 def _sequential(layers, input_shape=(1, 8, 8), neuron=None, seed=0):
     from edgeprune.models import ModelSpec
-    from edgeprune.neurons import NeuronParams
+    from edgeprune.config import NeuronParams
 
     spec = ModelSpec(arch="sequential", input_shape=input_shape, num_classes=10,
                      mean=(0.3,), std=(0.4,), neuron=neuron or NeuronParams(),
