@@ -81,8 +81,16 @@ def fmt(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def pct(v) -> str:
-    return "-" if v is None else f"{v:.2%}"
+def pct(v, digits: int = 2) -> str:
+    """A percentage that never reads 100% (or 0%) unless it is exactly that: a ticket with one
+    weight left must not look empty."""
+    if v is None:
+        return "-"
+    text = f"{v:.{digits}%}"
+    while digits < 8 and 0 < v < 1 and text in (f"{1:.{digits}%}", f"{0:.{digits}%}"):
+        digits += 1
+        text = f"{v:.{digits}%}"
+    return text
 
 
 def kv_table(title: str, rows: dict) -> Table:

@@ -39,7 +39,7 @@ def search_table(m: dict, cached: bool):
     return render.columns(
         f"{m['method']} ticket search" + render.cached_mark(cached),
         ["sparsity", "T", "T'", "rewind epoch", "search time", "rounds / EB epoch"],
-        [[f"{m['sparsity']:.2%}", str(m["timesteps"]), str(m["timesteps_search"]),
+        [[render.pct(m["sparsity"]), str(m["timesteps"]), str(m["timesteps_search"]),
           str(m["rewind_epoch"]), f"{m['search_seconds']:.1f} s",
           str(m.get("rounds", m.get("eb_epoch", "-")))]])
 
@@ -63,8 +63,8 @@ def ticket_table(m: dict, cached: bool = False):
     return render.columns(
         f"{m.get('method')} ticket" + render.cached_mark(cached),
         ["dense acc", "ticket acc", "sparsity", "T", "search T'", "search time", "spike rate"],
-        [[render.pct(m.get("dense_test_accuracy")), f"{m['test_accuracy']:.2%}",
-          f"{m['sparsity']:.2%}", str(m["timesteps"]), str(m.get("timesteps_search")),
+        [[render.pct(m.get("dense_test_accuracy")), render.pct(m["test_accuracy"]),
+          render.pct(m["sparsity"]), str(m["timesteps"]), str(m.get("timesteps_search")),
           "-" if st is None else f"{st:.1f} s", f"{m['mean_spike_rate']:.3f}"]])
 
 

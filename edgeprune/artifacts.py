@@ -24,7 +24,7 @@ from typing import Callable
 
 from . import faults
 from .errors import UserError
-from .hashing import file_sha256
+from .hashing import file_sha256, is_file_table
 
 SCHEMA = "edgeprune.artifact/1"
 MANIFEST = "manifest.json"
@@ -106,13 +106,18 @@ def open_artifact(path: Path) -> Artifact:
         raise UserError(f"{folder} is not an edgeprune artifact (no {MANIFEST})")
     try:
         manifest = json.loads(mpath.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise UserError(f"{mpath} is unreadable or not JSON: {e}") from None
     if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
         raise UserError(f"{mpath} is not an {SCHEMA} manifest")
-    for key in ("stage", "id", "files"):
-        if key not in manifest:
-            raise UserError(f"{mpath} lacks {key!r}")
+    for key, kind in (("stage", str), ("id", str), ("files", dict)):
+        if not isinstance(manifest.get(key), kind):
+            raise UserError(f"{mpath} lacks {key!r} or it is not a {kind.__name__}")
+    if not is_file_table(manifest["files"]):
+        raise UserError(f"{mpath}: 'files' is not a table of sha256 and sizes")
+    for key, kind in (("inputs", list), ("config", dict), ("metrics", dict)):
+        if not isinstance(manifest.get(key, kind()), kind):
+            raise UserError(f"{mpath}: {key!r} is not a {kind.__name__}")
     return Artifact(folder, manifest)
 
 

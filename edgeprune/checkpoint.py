@@ -41,11 +41,20 @@ def load(path: Path, device: str = "cpu") -> tuple[ModelSpec, SNN]:
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise UserError(f"{path} is not an edgeprune model.pt (expected format {FORMAT}); "
                         "for your own Norse model use --model-def FILE.py:FUNCTION")
-    spec = ModelSpec.from_dict(blob["spec"])
-    model = spec.build().to(device)
+    try:
+        spec = ModelSpec.from_dict(blob["spec"])
+        model = spec.build().to(device)
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from None
+    except Exception as e:  # a description we did not write: any failure means a bad file
+        raise UserError(f"{path}: its model description is malformed "
+                        f"({type(e).__name__}: {str(e)[:120]})") from None
+    if not isinstance(blob.get("state_dict"), dict):
+        raise UserError(f"{path} holds no state_dict")
     try:
         model.load_state_dict(blob["state_dict"])
-    except RuntimeError as e:
+    except (RuntimeError, TypeError, AttributeError) as e:
         raise UserError(f"{path}: weights do not fit the {spec.arch} architecture it names "
-                        f"({str(e).splitlines()[0][:160]})") from None
+                        f"({str(e).splitlines()[0][:160] if str(e) else type(e).__name__})") \
+            from None
     return spec, model

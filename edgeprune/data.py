@@ -82,13 +82,63 @@ def load(name_or_path: str) -> Dataset:
                     "cifar10:DIR, a directory of IDX or CIFAR files, or a .npz file")
 
 
-def _as_dataset(name, x_train, y_train, x_test, y_test, class_names) -> Dataset:
-    return Dataset(name,
-                   torch.as_tensor(np.ascontiguousarray(x_train), dtype=torch.float32),
-                   torch.as_tensor(np.array(y_train), dtype=torch.int64),
+def _as_dataset(source, name, x_train, y_train, x_test, y_test, class_names) -> Dataset:
+    """The one door every loader goes through: the arrays are checked here, so no kind of
+    dataset can hand training a NaN pixel, a fractional label or an empty split."""
+    arrays = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
+    labels = {}
+    for split in ("train", "test"):
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        _check_images(source, f"x_{split}", x)
+        labels[split] = _check_labels(source, f"y_{split}", y, len(x), len(class_names))
+    if x_train.shape[1:] != x_test.shape[1:]:
+        raise UserError(f"{source}: x_train images are {list(x_train.shape[1:])} but x_test "
+                        f"images are {list(x_test.shape[1:])}")
+    unseen = np.setdiff1d(labels["test"], labels["train"])
+    if unseen.size:
+        first = int(np.flatnonzero(np.isin(labels["test"], unseen))[0])
+        raise UserError(f"{source}: y_test[{first}] is class {int(labels['test'][first])}, which "
+                        "the training set never shows (a model cannot learn it)")
+    return Dataset(name, torch.as_tensor(np.ascontiguousarray(x_train), dtype=torch.float32),
+                   torch.as_tensor(labels["train"]),
                    torch.as_tensor(np.ascontiguousarray(x_test), dtype=torch.float32),
-                   torch.as_tensor(np.array(y_test), dtype=torch.int64),
-                   class_names)
+                   torch.as_tensor(labels["test"]), class_names)
+
+
+def _check_images(source, key: str, x: np.ndarray) -> None:
+    if x.ndim != 4 or min(x.shape[1:], default=0) < 1:
+        raise UserError(f"{source}: {key} must hold images (N, C, H, W), got shape "
+                        f"{list(x.shape)}")
+    if len(x) == 0:
+        raise UserError(f"{source}: {key} is empty")
+    bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+    if bad.any():
+        raise UserError(f"{source}: {key}[{int(np.flatnonzero(bad)[0])}] holds a NaN or infinite "
+                        "pixel")
+
+
+def _check_labels(source, key: str, y: np.ndarray, n: int, classes: int) -> np.ndarray:
+    """Labels as int64, or a UserError naming the first bad one."""
+    y = np.asarray(y)
+    if y.ndim != 1 or y.dtype.kind not in "biuf":
+        raise UserError(f"{source}: {key} must be a 1-d array of integer labels, got "
+                        f"{y.dtype} of shape {list(y.shape)}")
+    if len(y) != n:
+        raise UserError(f"{source}: {n} images but {len(y)} labels in {key}")
+    as_int = np.zeros(len(y), np.int64)
+    if y.dtype.kind == "f":
+        whole = np.isfinite(y) & (y == np.round(y)) & (np.abs(y) < 2**31)
+        if not whole.all():
+            i = int(np.flatnonzero(~whole)[0])
+            raise UserError(f"{source}: {key}[{i}] is {y[i].item()!r}, not an integer class "
+                            "label")
+    as_int[:] = y
+    bad = (as_int < 0) | (as_int >= classes)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise UserError(f"{source}: {key}[{i}] is {as_int[i]}, outside the {classes} classes "
+                        f"0..{classes - 1}")
+    return as_int
 
 
 def _digits() -> Dataset:
@@ -99,7 +149,7 @@ def _digits() -> Dataset:
     x = (d.images / 16.0).astype(np.float32)[:, None]
     x_tr, x_te, y_tr, y_te = train_test_split(x, d.target, test_size=0.2, stratify=d.target,
                                               random_state=DIGITS_SPLIT_SEED)
-    return _as_dataset("digits", x_tr, y_tr, x_te, y_te, [str(i) for i in range(10)])
+    return _as_dataset("digits", "digits", x_tr, y_tr, x_te, y_te, [str(i) for i in range(10)])
 
 
 # -- Fashion-MNIST (IDX) ---------------------------------------------------------------------
@@ -143,7 +193,7 @@ def _fashion_mnist(directory: Path) -> Dataset:
     for split in ("train", "t10k"):
         if len(parts[f"{split}-images"]) != len(parts[f"{split}-labels"]):
             raise UserError(f"{directory}: {split} images and labels differ in count")
-    return _as_dataset("fashion-mnist",
+    return _as_dataset(directory, "fashion-mnist",
                        parts["train-images"][:, None] / np.float32(255), parts["train-labels"],
                        parts["t10k-images"][:, None] / np.float32(255), parts["t10k-labels"],
                        FASHION_CLASSES)
@@ -192,13 +242,16 @@ def _cifar10(directory: Path) -> Dataset:
     x_te, y_te = _cifar_batch(directory / "test_batch")
     x_tr = np.concatenate([b[0] for b in train])
     y_tr = np.concatenate([b[1] for b in train])
-    return _as_dataset("cifar10", x_tr / np.float32(255), y_tr, x_te / np.float32(255), y_te,
+    return _as_dataset(directory, "cifar10", x_tr / np.float32(255), y_tr,
+                       x_te / np.float32(255), y_te,
                        CIFAR_CLASSES)
 
 
 # -- .npz ------------------------------------------------------------------------------------
 
 def _to_nchw(x: np.ndarray, path: Path, key: str) -> np.ndarray:
+    if x.dtype.kind not in "biuf":
+        raise UserError(f"{path}: {key} must hold numbers, got dtype {x.dtype}")
     if x.ndim == 3:
         x = x[:, None]
     elif x.ndim == 4 and x.shape[1] not in (1, 3) and x.shape[-1] in (1, 3, 4):
@@ -207,7 +260,7 @@ def _to_nchw(x: np.ndarray, path: Path, key: str) -> np.ndarray:
         raise UserError(f"{path}: {key} must be images (N,H,W), (N,C,H,W) or (N,H,W,C), "
                         f"got shape {x.shape}")
     x = x.astype(np.float32)
-    if x.max(initial=0) > 1.0:  # uint8-style pixels
+    if np.nanmax(x, initial=0) > 1.0:  # uint8-style pixels
         x = x / 255.0
     return x
 
@@ -225,17 +278,14 @@ def _npz(path: Path) -> Dataset:
         raise UserError(f"{path} lacks {', '.join(missing)} (needs x_train, y_train, x_test, y_test)")
     x_tr = _to_nchw(arrays["x_train"], path, "x_train")
     x_te = _to_nchw(arrays["x_test"], path, "x_test")
-    y_tr, y_te = arrays["y_train"].astype(np.int64), arrays["y_test"].astype(np.int64)
-    if len(x_tr) != len(y_tr) or len(x_te) != len(y_te):
-        raise UserError(f"{path}: image and label counts differ")
-    if x_tr.shape[1:] != x_te.shape[1:]:
-        raise UserError(f"{path}: x_train and x_test image shapes differ")
-    if y_tr.min(initial=0) < 0:
-        raise UserError(f"{path}: labels must be non-negative integers")
-    n_classes = int(max(y_tr.max(initial=0), y_te.max(initial=0))) + 1
-    names = arrays["class_names"].tolist() if "class_names" in arrays else \
-        [str(i) for i in range(n_classes)]
-    return _as_dataset(path.stem, x_tr, y_tr, x_te, y_te, [str(n) for n in names])
+    y_tr, y_te = arrays["y_train"], arrays["y_test"]
+    if "class_names" in arrays:
+        names = [str(n) for n in np.atleast_1d(arrays["class_names"]).tolist()]
+    else:  # as many classes as the largest label says (labels are checked below)
+        top = max((np.nanmax(y, initial=0) for y in (y_tr, y_te)
+                   if y.dtype.kind in "biuf" and y.size), default=0)
+        names = [str(i) for i in range(int(min(max(top, 0), 1e6)) + 1)]
+    return _as_dataset(path, path.stem, x_tr, y_tr, x_te, y_te, names)
 
 
 def augment(x: torch.Tensor, generator: torch.Generator, flip: bool, pad: int = 2) -> torch.Tensor:

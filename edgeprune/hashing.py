@@ -31,3 +31,12 @@ def arrays_digest(*arrays, length: int = 16) -> str:
         h.update(f"{a.dtype}{a.shape}".encode())
         h.update(a.tobytes())
     return h.hexdigest()[:length]
+
+
+def is_file_table(obj) -> bool:
+    """Whether `obj` is a manifest's {name: {"sha256": hex, "bytes": int}} table, as artifacts
+    and bundles keep them (a hostile manifest must not crash the reader that checks it)."""
+    return isinstance(obj, dict) and all(
+        isinstance(name, str) and isinstance(e, dict) and isinstance(e.get("sha256"), str)
+        and isinstance(e.get("bytes"), int) and not isinstance(e.get("bytes"), bool)
+        for name, e in obj.items())

@@ -5,11 +5,13 @@ mask; training keeps pruned weights at exactly zero by masking both weights and 
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
 from .errors import UserError
-from .models import prunable
+from .models import PRUNABLE, prunable
 
 Masks = dict[str, torch.Tensor]
 
@@ -52,7 +54,62 @@ def magnitude(weights: dict[str, torch.Tensor], sparsity: float, current: Masks 
             k = weights[n].numel()
             out[n] = keep[offset:offset + k].view_as(weights[n]).to(weights[n].device)
             offset += k
+    dead = [n for n in names if not out[n].any()]
+    if dead:
+        raise UserError(f"sparsity {sparsity:.6g} would leave layer {dead[0]} with no weight at "
+                        f"all; the largest sparsity that keeps every layer alive here is "
+                        f"{_alive_limit(weights, current, names, scope):.6g}")
     return {n: out[n] for n in weights}
+
+
+def _alive_limit(weights: dict[str, torch.Tensor], current: Masks, names: list[str],
+                 scope: str) -> float:
+    """The largest sparsity at which magnitude pruning still keeps a weight in every layer."""
+    total = sum(w.numel() for w in weights.values())
+    if scope != "global":  # every layer prunes the same fraction: the smallest layer dies first
+        small = min(weights[n].numel() for n in names)
+        prunable_total = sum(weights[n].numel() for n in names)
+        return (small - 1) / small * prunable_total / total
+    scored = [torch.where(current[n].cpu(), weights[n].detach().abs().float().cpu(),
+                          torch.tensor(-1.0)) for n in names]
+    scores = torch.cat([v.flatten() for v in scored])
+    # a layer keeps a weight while every score above its best one is kept too
+    needed = max(int((scores > v.max()).sum()) + 1 for v in scored)
+    return (total - needed) / total
+
+
+@torch.no_grad()
+def disconnected(model: nn.Module, masks: Masks, input_shape) -> str | None:
+    """The first layer that no input reaches through the kept weights (the network's output
+    would not depend on its input), or None when a path exists. Runs a copy of the network with
+    every kept weight set to 1, biases to 0, and BatchNorm, neurons and normalization as
+    identities: on an all-ones input a unit is non-zero exactly when a path reaches it."""
+    from .models import SNN, Normalize, is_stateful
+
+    probe = copy.deepcopy(model).cpu().eval()
+    for name, p in prunable(probe).items():
+        p.copy_(masks[name].to(p.dtype).cpu() if name in masks else torch.ones_like(p))
+    for parent in list(probe.modules()):
+        for child_name, child in list(parent.named_children()):
+            if isinstance(child, (nn.BatchNorm1d, nn.BatchNorm2d, Normalize)) or \
+                    (is_stateful(child) and not isinstance(child, nn.Sequential)
+                     and not hasattr(child, "folds")):
+                setattr(parent, child_name, nn.Identity())
+    for m in probe.modules():
+        if getattr(m, "bias", None) is not None and isinstance(m.bias, torch.Tensor):
+            m.bias.zero_()
+    silent: list[str] = []
+    layers = {n: m for n, m in probe.named_modules() if isinstance(m, PRUNABLE)}
+    hooks = [m.register_forward_hook(
+        lambda m, i, o, n=n: silent.append(n) if not o.abs().sum() > 0 else None)
+        for n, m in layers.items()]
+    try:
+        x = torch.ones((1, *input_shape))
+        probe(x, 1) if isinstance(probe, SNN) else probe(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return f"{silent[0]}.weight" if silent else None
 
 
 def sparsity(masks: Masks, names: list[str] | None = None) -> float:

@@ -329,10 +329,13 @@ class ModelSpec:
         return SNN(Normalize(list(self.mean), list(self.std)), stem, body, self.encoding)
 
 
+PRUNABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
 def prunable(model: nn.Module) -> dict[str, nn.Parameter]:
     """The weights a ticket prunes: every conv and linear weight, by parameter name."""
     return {f"{name}.weight" if name else "weight": m.weight for name, m in model.named_modules()
-            if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))}
+            if isinstance(m, PRUNABLE)}
 
 
 def spiking_layers(model: nn.Module) -> dict[str, LIF]:

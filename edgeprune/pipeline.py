@@ -42,12 +42,21 @@ def _stage(report: Report, name: str, **info) -> None:
 def train(store: Store, data: DataConfig, model: ModelConfig, optim: TrainConfig,
           run: RunConfig = RunConfig(), report: Report = _quiet) -> tuple[Artifact, bool]:
     """Train a dense SNN on `data` (digits when none is named)."""
+    data, ds = _dense_data(data)
+    return _train(store, data, ds, model, optim, run, report)
+
+
+def _dense_data(data: DataConfig):
     from . import inputs
+
+    data = data if data.name else replace(data, name=DEFAULT_DATA)
+    return data, inputs.load_data(data)
+
+
+def _train(store, data, ds, model, optim, run, report) -> tuple[Artifact, bool]:
     from .train import train as train_stage
 
     dev = device(run)
-    data = data if data.name else replace(data, name=DEFAULT_DATA)
-    ds = inputs.load_data(data)
     _stage(report, "train", epochs=optim.epochs)
     return train_stage(store, data, ds, model, optim, run.seed, dev, report)
 
@@ -184,6 +193,22 @@ def import_model(store: Store, model_def: str | None, state_dict: Path, cfg: Imp
                         allow_pickle, run.seed)
 
 
+def _reachable_before_training(plan: Plan, ds) -> None:
+    """A sparsity that leaves fewer weights than there are prunable layers fails whatever the
+    training does: refuse it before the dense model is trained. (The search checks the exact
+    condition on the trained weights before it starts.)"""
+    from .models import ModelSpec, prunable
+
+    sizes = [p.numel() for p in prunable(ModelSpec.for_data(plan.model, ds).build()).values()]
+    total = sum(sizes)
+    kept = total - round(plan.search.sparsity * total)
+    if kept < len(sizes):
+        raise UserError(f"sparsity {plan.search.sparsity:.6g} keeps {kept} of {total:,} weights, "
+                        f"fewer than the {len(sizes)} prunable layers: some layer would have no "
+                        f"weight; at most {(total - len(sizes)) / total:.6g} can keep one per "
+                        "layer")
+
+
 # -- compress ------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -231,8 +256,10 @@ def compress(store: Store, plan: Plan, model: Path | None = None, *,
                                                  plan.data, allow_pickle, plan.run, report)
                         ).path / "model.pt"
     if model is None:
-        model = out.add("dense", train(store, plan.data, plan.model, plan.train, plan.run,
-                                       report)).path / "model.pt"
+        data, ds = _dense_data(plan.data)
+        _reachable_before_training(plan, ds)
+        model = out.add("dense", _train(store, data, ds, plan.model, plan.train, plan.run,
+                                        report)).path / "model.pt"
     mask = out.add("search", search(store, model, plan.search, plan.data, plan.run, from_mask,
                                     report))
     ticket = out.add("retrain", retrain(store, model, mask.path, plan.retrain, plan.data,

@@ -2,6 +2,7 @@
 of per-step cross-entropy, prediction = argmax of the logits summed over time."""
 from __future__ import annotations
 
+import math
 import time
 from typing import Callable
 
@@ -12,7 +13,12 @@ from torch import nn
 from . import faults, masks as masklib
 from .config import TrainConfig
 from .data import Dataset, augment
+from .errors import UserError
 from .models import spiking_layers
+
+
+class Diverged(UserError):
+    """A non-finite loss or weight: the run stops (exit 2) before anything broken is stored."""
 
 
 def loss_fn(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -57,6 +63,11 @@ class Trainer:
             x, y = x.to(self.device), y.to(self.device)
             logits = model(x, self.timesteps)
             loss = loss_fn(logits, y)
+            value = loss.item()
+            if not math.isfinite(value):
+                raise Diverged(f"training diverged: the loss is {value} at epoch {self.epoch + 1}"
+                               f", step {i + 1}; nothing was stored for this run (its last good "
+                               "epoch stays checkpointed): lower --lr or check the data")
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             if self.masks is not None:
@@ -66,13 +77,17 @@ class Trainer:
             if self.masks is not None:
                 masklib.apply(model, self.masks)
             faults.reach("step")
-            total_loss += loss.item() * len(y)
+            total_loss += value * len(y)
             correct += int((predict(logits.detach()) == y).sum())
             seen += len(y)
             if report:
                 report({"epoch": self.epoch + 1, "step": i + 1, "steps": self.steps_per_epoch,
                         "loss": total_loss / seen, "train_acc": correct / seen})
         self.epoch += 1
+        bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
+        if bad:
+            raise Diverged(f"training diverged: weight {bad[0]} is not finite after epoch "
+                           f"{self.epoch}; nothing was stored for this run: lower --lr")
         return {"epoch": self.epoch, "loss": total_loss / seen, "train_acc": correct / seen,
                 "seconds": time.perf_counter() - t0}
 

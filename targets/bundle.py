@@ -8,6 +8,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable
@@ -18,7 +19,7 @@ from edgeprune import __version__
 from edgeprune.artifacts import MANIFEST, Artifact, Job, Store, open_artifact
 from edgeprune.config import PackageConfig
 from edgeprune.errors import GateFailed, UserError
-from edgeprune.hashing import bytes_sha256
+from edgeprune.hashing import bytes_sha256, is_file_table
 
 from . import archive, modelcard, profiles as profiles_mod, runtime
 from .validation import _parity
@@ -201,8 +202,14 @@ def _check_manifest(files: dict[str, bytes]) -> tuple[dict | None, list[str]]:
         return None, [f"{MANIFEST} does not match its own sha256 (modified or damaged)"]
     if manifest.get("schema") != SCHEMA:
         return None, [f"{MANIFEST} is not an {SCHEMA} manifest"]
-    problems = []
     listed = manifest.get("files", {})
+    targets = manifest.get("targets", [])
+    if not is_file_table(listed) or not isinstance(targets, list) or not all(
+            isinstance(t, dict) and isinstance(t.get("isa"), str)
+            and isinstance(t.get("target"), str) and isinstance(t.get("profile"), dict)
+            for t in targets):
+        return None, [f"{MANIFEST} is damaged (its files or targets table is malformed)"]
+    problems = []
     for name, entry in sorted(listed.items()):
         data = files.get(name)
         if data is None:
@@ -244,8 +251,15 @@ def verify(bundle: Path, target: str | None = None,
         progress(f"verify: {len(files)} files match their sha256")
         profs = _profiles_for(manifest, target)
         root = Path(d)
-        with np.load(root / "reference.npz", allow_pickle=False) as z:
-            inputs, expected = z["inputs"], z["logits"]
+        try:
+            with np.load(root / "reference.npz", allow_pickle=False) as z:
+                inputs, expected = z["inputs"], z["logits"]
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+            raise UserError(f"bundle {bundle.name}: reference.npz is unreadable ({e})") from None
+        if inputs.dtype.kind != "f" or expected.ndim != 2 or len(expected) != (
+                inputs.shape[1] if inputs.ndim == 5 else len(inputs)):
+            raise UserError(f"bundle {bundle.name}: reference.npz holds no float inputs with "
+                            "one row of logits each")
         runs, failed = [], []
         for prof in profs:
             # Only the outputs matter here: one untimed pass, no latency plan.

@@ -41,7 +41,11 @@ def search(store: Store, dense: ModelInput, data: DataConfig, ds: Dataset, cfg: 
     T = dense.spec.timesteps
     rewind_epoch = _rewind_epoch(dense, cfg)  # validated before any work or I/O
     keep = _keep_dense(dense, cfg)
-    masklib.magnitude(weights(dense.model), cfg.sparsity, keep_dense=keep)  # reachable at all?
+    # Degenerate targets stop here, before any work: a layer left without weights (magnitude
+    # raises, naming the largest sparsity that keeps every layer), or no path left from input
+    # to output, judged on the dense weights.
+    _check_connected(dense, masklib.magnitude(weights(dense.model), cfg.sparsity,
+                                              keep_dense=keep), cfg.sparsity)
     data_id = data_identity(data, ds)
     # Defaults resolved into the id, so a changed default is a new artifact, not a stale hit.
     config = {"search": cfg.to_dict(), "seed": seed, "data": data_id,
@@ -59,6 +63,7 @@ def search(store: Store, dense: ModelInput, data: DataConfig, ds: Dataset, cfg: 
             log.append({"kind": "early-time", **et_info})
             report({"event": "early-time", **et_info})
         found = METHODS[cfg.base](run)
+        _check_connected(dense, found.mask, cfg.sparsity)
         log += found.log
         seconds = found.seconds + (et_info["seconds"] if et_info else 0.0)
         metrics = {"method": cfg.method, "target_sparsity": cfg.sparsity,
@@ -77,6 +82,14 @@ def search(store: Store, dense: ModelInput, data: DataConfig, ds: Dataset, cfg: 
         return metrics
 
     return store.run("search", config, [dense.id] + ([trunk.id] if trunk else []), compute)
+
+
+def _check_connected(dense: ModelInput, mask: masklib.Masks, sparsity: float) -> None:
+    cut = masklib.disconnected(dense.model, mask, dense.spec.input_shape)
+    if cut:
+        raise UserError(f"at sparsity {sparsity:.6g} no input reaches the output: layer {cut} "
+                        "keeps no weight fed by the input; lower --sparsity, or keep layers "
+                        "dense (--keep-first/--keep-last)")
 
 
 def _rewind_epoch(dense: ModelInput, cfg: SearchConfig) -> int:
