@@ -9,6 +9,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from edgeprune import distributed
+
 err = Console(stderr=True)
 out = Console()
 
@@ -16,8 +18,8 @@ out = Console()
 @contextmanager
 def progress(quiet: bool):
     """A report function for the pipeline's events: a rich progress display on stderr, one
-    bar per stage, or nothing for --json / non-terminals (messages still go to stderr)."""
-    if quiet or not err.is_terminal:
+    bar per stage, or nothing for --json / non-terminals / ranks other than 0 under torchrun."""
+    if quiet or not err.is_terminal or not distributed.world().main:
         yield lambda e: None
         return
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -67,7 +69,9 @@ class _Reporter:
 
 
 def emit(as_json: bool, payload: dict, table: Table | None = None, lines=()) -> None:
-    """One JSON object (for CI), or the table and lines for people."""
+    """One JSON object (for CI), or the table and lines for people; rank 0 alone speaks."""
+    if not distributed.world().main:
+        return
     if as_json:
         print(json.dumps(payload, default=str))
         return

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from . import faults
+from . import distributed, faults
 from .errors import UserError
 from .hashing import file_sha256, is_file_table
 
@@ -158,17 +158,43 @@ class Store:
         return self.root / ".locks" / f"{stage}-{aid}.lock"
 
     def run(self, stage: str, config: dict, inputs: list[str],
-            compute: Callable[["Job"], dict]) -> tuple[Artifact, bool]:
+            compute: Callable[["Job"], dict], collective: bool = False) -> tuple[Artifact, bool]:
         """The one stage protocol. Returns (artifact, cached): the stored artifact of this
         stage, config and inputs if there is one, else `compute(job)`'s. `compute` writes its
         files into `job.dir` and returns the metrics; it may resume from `job.partial`.
 
         The artifact's lock is held from the second look to the rename: a process that finds
         it taken waits and then finds the first one's artifact. Holding the lock also means no
-        live writer of this artifact exists, so temporaries left by killed ones can go."""
+        live writer of this artifact exists, so temporaries left by killed ones can go.
+
+        Under torchrun (edgeprune.distributed) rank 0 alone looks, writes and decides; with
+        `collective` (a training stage) every rank runs `compute` with it, the others into a
+        scratch folder, and the world size joins the id (per-rank BatchNorm statistics make a
+        data-parallel run differ from a single process)."""
+        w = distributed.world()
+        if w.parallel and collective:
+            config = {**config, "world_size": w.size}
+        aid = artifact_id(stage, config, inputs)
+        if not w.parallel:
+            return self._run_locked(stage, aid, config, inputs, compute)
+        cached = distributed.broadcast(self.find(stage, aid) is not None if w.main else None)
+        if not cached:
+            if w.main:
+                self._run_locked(stage, aid, config, inputs, compute)
+            elif collective:
+                with tempfile.TemporaryDirectory(prefix=f".{stage}-{aid}-rank{w.rank}-") as d:
+                    compute(Job(stage, aid, Path(d), self.partial(stage, aid)))
+            distributed.barrier()
+        found = self.find(stage, aid)
+        if found is None:
+            raise UserError(f"rank {w.rank} cannot see {self.folder(stage, aid)}, which rank 0 "
+                            "wrote: under torchrun every rank needs the same run directory")
+        return found, bool(cached)
+
+    def _run_locked(self, stage: str, aid: str, config: dict, inputs: list[str],
+                    compute: Callable[["Job"], dict]) -> tuple[Artifact, bool]:
         from filelock import FileLock  # only writers lock: a device that verifies lacks it
 
-        aid = artifact_id(stage, config, inputs)
         found = self.find(stage, aid)
         if found:
             return found, True
@@ -194,7 +220,7 @@ class Store:
             manifest = {"schema": SCHEMA, "stage": stage, "id": aid,
                         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                         "inputs": inputs, "config": config, "metrics": metrics, "files": files,
-                        "env": environment()}
+                        "env": {**environment(), "world_size": distributed.world().size}}
             _write_json(tmp / MANIFEST, manifest)
             faults.reach("artifact-write")
             if final.exists():  # a folder without a manifest (damaged by hand): replace it

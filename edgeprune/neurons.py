@@ -5,6 +5,10 @@ dt = 1 so that tau_mem_inv is the fraction of the input taken per step:
     v[t] = (1 - tau_mem_inv) * v[t-1] + tau_mem_inv * x[t]        (paper: 0.25 / 0.75)
     z[t] = H(v[t] - v_th);  v[t] <- v_reset where z[t] = 1         (hard reset, or subtract)
 State is an explicit tensor that goes in and comes out; modules hold parameters only.
+
+Training runs the whole recurrence over T as one autograd function (`lif_sequence`): the same
+float operations forward, and backpropagation through time written out, so autograd records
+one node per layer instead of a dozen per timestep. `step` and inference keep Norse's function.
 """
 from __future__ import annotations
 
@@ -40,11 +44,77 @@ def lif_step(x: torch.Tensor, v: torch.Tensor, p: LIFBoxParameters) -> tuple[tor
     return z, state.v
 
 
+# Surrogate derivatives dH/du at u = v - v_th, exactly as Norse's threshold functions define them
+# (SuperSpike's ignores alpha; HeaviTanh's omits the k factor).
+SURROGATE_GRADS = {
+    "super": lambda u, k: 1.0 / (u.abs() + 1.0).pow(2),
+    "triangle": lambda u, k: k * torch.relu(1 - u.abs()),
+    "tanh": lambda u, k: 1 - (u * k).tanh().pow(2),
+    "circ": lambda u, k: (-(u.pow(2) / (2 * (k ** 2 + u.pow(2)).pow(1.5)))
+                          + 1 / (2 * (k ** 2 + u.pow(2)).sqrt())) * 2 * k,
+    "heavi_erfc": lambda u, k: (2 * torch.exp(-(k * u).pow(2))) / (torch.pi ** 0.5),
+}
+
+
+class _LIFSequence(torch.autograd.Function):
+    """T steps of the LIF update in one node. Forward: Norse's arithmetic, so spikes are
+    bit-identical to the step loop: vd = v + a·(x - v) (Norse adds v_leak = 0 first, which
+    changes only the sign of a zero), z = vd > v_th (the same as vd - v_th > 0 in IEEE floats),
+    and the reset as a select (Norse's (1 - z)·vd + z·r with z in {0, 1}). Backward: BPTT
+    through those expressions, with the reset's dependence on the spike, as autograd
+    differentiates Norse's reset."""
+
+    @staticmethod
+    def forward(ctx, seq: torch.Tensor, p: NeuronParams) -> torch.Tensor:
+        v = torch.zeros_like(seq[0])
+        spikes, decayed = torch.empty_like(seq), torch.empty_like(seq)
+        d = torch.empty_like(v)
+        for t in range(seq.shape[0]):
+            vd = decayed[t]
+            torch.sub(seq[t], v, out=d)
+            d.mul_(p.tau_mem_inv)
+            torch.add(v, d, out=vd)
+            fired = vd > p.v_th
+            spikes[t] = fired
+            v = torch.where(fired, p.v_reset, vd) if p.reset == "value" else \
+                torch.where(fired, vd - p.v_th, vd)
+        ctx.save_for_backward(spikes, decayed)
+        ctx.p = p
+        return spikes
+
+    @staticmethod
+    def backward(ctx, grad_z: torch.Tensor):
+        spikes, decayed = ctx.saved_tensors
+        p = ctx.p
+        surrogate = SURROGATE_GRADS[p.surrogate]
+        grad_x = torch.empty_like(decayed)
+        gv = None  # dL/dv after step t, flowing back from step t+1
+        for t in range(decayed.shape[0] - 1, -1, -1):
+            vd, z = decayed[t], spikes[t]
+            s = surrogate(vd - p.v_th, p.alpha)
+            gvd = grad_z[t] * s
+            if gv is not None:
+                if p.reset == "value":  # v = (1 - z)·vd + z·v_reset
+                    dv_dvd = (1 - z).add_((p.v_reset - vd).mul_(s))
+                else:  # v = vd - z·v_th
+                    dv_dvd = (s * -p.v_th).add_(1)
+                gvd.add_(gv.mul_(dv_dvd))
+            torch.mul(gvd, p.tau_mem_inv, out=grad_x[t])
+            gv = gvd.mul_(1 - p.tau_mem_inv)
+        return grad_x, None
+
+
+def lif_sequence(seq: torch.Tensor, p: NeuronParams) -> torch.Tensor:
+    """Spikes (T, B, ...) of a LIF layer from a zero state, as one autograd node."""
+    return _LIFSequence.apply(seq, p)
+
+
 class LIF(nn.Module):
     """A layer of LIF neurons. `forward` takes a whole sequence (T, B, ...) from a zero initial
     state (or `v0`); `step` advances one timestep with the state passed in and out."""
 
     stateful = True
+    fused = True  # training runs the recurrence as one autograd node (False: Norse's loop)
 
     def __init__(self, params: NeuronParams = NeuronParams()):
         super().__init__()
@@ -62,6 +132,9 @@ class LIF(nn.Module):
         return lif_step(x, v, self.p)
 
     def forward(self, seq: torch.Tensor, v0: torch.Tensor | None = None) -> torch.Tensor:
+        if (self.fused and v0 is None and seq.requires_grad and torch.is_grad_enabled()
+                and self.p.method == self.params.surrogate and not torch.jit.is_tracing()):
+            return lif_sequence(seq, self.params)
         v = torch.zeros_like(seq[0]) if v0 is None else v0
         out = []
         for t in range(seq.shape[0]):

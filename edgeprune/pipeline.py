@@ -28,11 +28,14 @@ def _quiet(_event: dict) -> None:
 
 
 def device(run: RunConfig) -> str:
+    """The torch device this process trains on (under torchrun: this rank's)."""
     import torch
+
+    from . import distributed
 
     if run.device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("--device cuda asked for, but this torch build sees no CUDA GPU")
-    return run.device
+    return distributed.init(run.device)
 
 
 def _stage(report: Report, name: str, **info) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from . import faults
+from . import distributed, faults
 from .errors import UserError
 
 
@@ -32,6 +32,8 @@ class EpochCheckpoint:
             return None
 
     def save(self, state: dict) -> None:
+        if not distributed.world().main:  # every rank holds the same state; rank 0 writes it
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:

@@ -68,4 +68,4 @@ def retrain(store: Store, dense: ModelInput, ticket: Artifact, data: DataConfig,
                 "timesteps_search": tm.get("timesteps_search"),
                 "search_seconds": tm.get("search_seconds"), "rewind_epoch": tm.get("rewind_epoch")}
 
-    return store.run("retrain", config, [dense.id, ticket.id], compute)
+    return store.run("retrain", config, [dense.id, ticket.id], compute, collective=True)

@@ -70,4 +70,4 @@ def train(store: Store, data: DataConfig, ds: Dataset, model_cfg: ModelConfig,
                 "parameters": sum(p.numel() for p in model.parameters()),
                 "rewind_epoch": rewind, "snapshot_epochs": sorted(snapshots)}
 
-    return store.run("train", config, [], compute)
+    return store.run("train", config, [], compute, collective=True)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import faults, masks as masklib
+from . import distributed, faults, masks as masklib
 from .config import TrainConfig
 from .data import Dataset, augment
 from .errors import UserError
@@ -38,6 +39,18 @@ class Trainer:
                  seed: int, device: str = "cpu", masks: masklib.Masks | None = None):
         self.model, self.data, self.timesteps, self.cfg = model.to(device), data, timesteps, cfg
         self.device, self.masks = device, masks
+        self.world = distributed.world()
+        # under torchrun the forward/backward goes through DDP (gradients averaged across
+        # ranks); self.model stays the plain module for evaluation and checkpoints
+        self.net = model
+        if distributed.active():
+            from torch.nn.parallel import DistributedDataParallel
+
+            # a 1-channel conv weight's strides are ambiguous; DDP's notice about it is noise
+            warnings.filterwarnings("ignore", message="Grad strides do not match bucket view")
+            self.net = DistributedDataParallel(
+                model, device_ids=[torch.device(device).index] if device.startswith("cuda")
+                else None)
         self.steps_per_epoch = -(-len(data.y_train) // cfg.batch_size)
         self.opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                    weight_decay=cfg.weight_decay)
@@ -58,12 +71,15 @@ class Trainer:
         for i in range(self.steps_per_epoch):
             idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
             x, y = self.data.x_train[idx], self.data.y_train[idx]
-            if cfg.augment:
+            if cfg.augment:  # drawn for the whole global batch: every rank draws the same
                 x = augment(x, self.gen, flip=flip)
+            x, y, weight = self._shard(x, y)
             x, y = x.to(self.device), y.to(self.device)
-            logits = model(x, self.timesteps)
+            logits = self.net(x, self.timesteps)
             loss = loss_fn(logits, y)
             value = loss.item()
+            if weight != 1.0:  # DDP averages ranks: weigh each by its share of the batch
+                loss = loss * weight
             if not math.isfinite(value):
                 raise Diverged(f"training diverged: the loss is {value} at epoch {self.epoch + 1}"
                                f", step {i + 1}; nothing was stored for this run (its last good "
@@ -90,6 +106,17 @@ class Trainer:
                            f"{self.epoch}; nothing was stored for this run: lower --lr")
         return {"epoch": self.epoch, "loss": total_loss / seen, "train_acc": correct / seen,
                 "seconds": time.perf_counter() - t0}
+
+    def _shard(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """This rank's part of the global batch, and the weight that makes DDP's average of
+        per-rank mean losses the mean over the global batch (ranks may get unequal parts)."""
+        w = self.world
+        if not w.parallel:
+            return x, y, 1.0
+        mine = torch.arange(w.rank, len(y), w.size)
+        if len(mine) == 0:  # a tail batch smaller than the world: take one sample, weight 0
+            return x[:1], y[:1], 0.0
+        return x[mine], y[mine], len(mine) * w.size / len(y)
 
     def state(self) -> dict:
         """Everything the next epoch depends on, for an exact resume."""

@@ -10,7 +10,7 @@ from typing import Callable
 
 import torch
 
-from .. import masks as masklib, tensorfile
+from .. import distributed, masks as masklib, tensorfile
 from ..artifacts import Artifact, Job, Store
 from ..config import SearchConfig, resolved
 from ..data import Dataset
@@ -107,8 +107,9 @@ def early_time(run: SearchRun) -> dict:
     scores = earlytime.kl_scores(model, run.ds.x_train[idx].to(run.device), T, cands)
     norm = earlytime.normalize(scores)
     pick = earlytime.pick(norm, T, cfg.et_lambda)
-    return {"candidates": cands, "kl": scores, "normalized_kl": norm, "pick": pick,
-            "lambda": cfg.et_lambda, "scored_on": source, "seconds": time.perf_counter() - t0}
+    return distributed.broadcast(
+        {"candidates": cands, "kl": scores, "normalized_kl": norm, "pick": pick,
+         "lambda": cfg.et_lambda, "scored_on": source, "seconds": time.perf_counter() - t0})
 
 
 # -- imp ---------------------------------------------------------------------------------------
@@ -128,10 +129,11 @@ def imp(run: SearchRun) -> Found:
     found = Found(mask={}, rewind=run.rewind_weights())
     for r, s in enumerate(schedule[:-1], start=1):
         config = {**base, "round": r, "sparsity": s}
-        round_mask = masklib.magnitude(w, s, mask, cfg.scope, run.keep_dense)
+        round_mask = distributed.broadcast(masklib.magnitude(w, s, mask, cfg.scope,
+                                                             run.keep_dense))
         art, _ = run.store.run("round", config, [prev],
                                lambda job: _imp_round(run, job, found.rewind, round_mask, r,
-                                                      len(schedule)))
+                                                      len(schedule)), collective=True)
         state = tensorfile.load(art.file("weights.safetensors"))
         mask = load_mask(art)
         w = {n: state[n] for n in mask}
@@ -140,7 +142,8 @@ def imp(run: SearchRun) -> Found:
         found.log.append(row)
         run.report({"event": "round", **row})
         prev = art.id
-    found.mask = masklib.magnitude(w, schedule[-1], mask, cfg.scope, run.keep_dense)
+    found.mask = distributed.broadcast(masklib.magnitude(w, schedule[-1], mask, cfg.scope,
+                                                         run.keep_dense))
     found.log.append({"kind": "final-mask", "round": len(schedule),
                       "sparsity": masklib.sparsity(found.mask)})
     found.metrics["rounds"] = len(schedule)
@@ -174,8 +177,8 @@ def early_bird(run: SearchRun) -> Found:
     eb = EarlyBird(cfg.eb_q, cfg.eb_tau)
 
     def draw(progress: dict) -> bool:
-        mask = masklib.magnitude(weights(model), cfg.sparsity, scope=cfg.scope,
-                                 keep_dense=run.keep_dense)
+        mask = distributed.broadcast(masklib.magnitude(weights(model), cfg.sparsity,
+                                                       scope=cfg.scope, keep_dense=run.keep_dense))
         eb.window.clear()
         eb.window.extend(progress["window"])
         dist = eb.push(mask)
@@ -203,7 +206,8 @@ def early_bird(run: SearchRun) -> Found:
 def random_branch(run: SearchRun) -> Found:
     """A random mask with the trunk ticket's number of weights in every layer, restarting from
     the same weights."""
-    mask = masklib.random_like(load_mask(run.trunk), torch.Generator().manual_seed(run.seed))
+    mask = distributed.broadcast(masklib.random_like(load_mask(run.trunk),
+                                                     torch.Generator().manual_seed(run.seed)))
     return Found(mask, tensorfile.load(run.trunk.file("rewind.safetensors")))
 
 

@@ -81,7 +81,8 @@ def search(store: Store, dense: ModelInput, data: DataConfig, ds: Dataset, cfg: 
             PLOTS[cfg.base](log, job.dir / "search.png", cfg, f"{cfg.method} on {data.name}")
         return metrics
 
-    return store.run("search", config, [dense.id] + ([trunk.id] if trunk else []), compute)
+    return store.run("search", config, [dense.id] + ([trunk.id] if trunk else []), compute,
+                     collective=True)
 
 
 def _check_connected(dense: ModelInput, mask: masklib.Masks, sparsity: float) -> None:
