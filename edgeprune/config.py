@@ -73,15 +73,34 @@ class DataConfig:
             _check(n is None or n >= 1, f"--{name.replace('_', '-')} must be at least 1, got {n}")
 
 
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
 @dataclass(frozen=True)
 class RunConfig:
+    """How a run executes. The seed and the precision change the math and so the artifact ids;
+    the device, compile and memory format do not (beyond float rounding)."""
+
     seed: int = option(0, "Random seed (runs are deterministic on CPU).")
-    device: str = option("cpu", "cpu, cuda or cuda:N (not part of artifact ids: the math is the "
-                         "same on every device).")
+    device: str = option("cpu", "cpu, cuda or cuda:N.")
+    precision: str = option("fp32", "fp32, bf16 or fp16: autocast for conv/linear layers; "
+                            "membrane potentials and spikes stay fp32 (fp16 adds a gradient "
+                            "scaler).")
+    compile: bool = option(False, "torch.compile the network for training (a warm-up of tens "
+                           "of seconds; pays off on a GPU over long runs).")
+    channels_last: Optional[bool] = option(None, "Channels-last memory format for conv nets.",
+                                           show="on for conv nets")
 
     def __post_init__(self):
         _check(self.device in ("cpu", "cuda") or self.device.startswith("cuda:"),
                f"unknown device {self.device!r}: choose cpu, cuda or cuda:N")
+        _check(self.precision in PRECISIONS,
+               f"unknown precision {self.precision!r}: choose {', '.join(PRECISIONS)}")
+
+    def identity(self) -> dict:
+        """The part of a training artifact's id that comes from how it ran."""
+        return {"seed": self.seed, **({"precision": self.precision}
+                                      if self.precision != "fp32" else {})}
 
 
 # -- train ------------------------------------------------------------------------------------
@@ -137,9 +156,12 @@ class Schedule:
     lr: float = option(0.1, "Initial learning rate (SGD, cosine schedule).")
     momentum: float = option(0.9, "SGD momentum.")
     weight_decay: float = option(5e-4, "SGD weight decay.")
+    warmup_epochs: int = option(0, "Epochs of linear learning-rate warm-up before the cosine "
+                                "schedule (for large batches: scale --lr with --batch-size).")
 
     def __post_init__(self):
         _check(self.batch_size >= 1, f"batch size must be at least 1, got {self.batch_size}")
+        _check(self.warmup_epochs >= 0, f"warmup epochs must be >= 0, got {self.warmup_epochs}")
         _check(self.lr > 0, f"learning rate must be positive, got {self.lr}")
         _check(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
         _check(self.weight_decay >= 0, f"weight decay must be >= 0, got {self.weight_decay}")

@@ -132,6 +132,8 @@ class LIF(nn.Module):
         return lif_step(x, v, self.p)
 
     def forward(self, seq: torch.Tensor, v0: torch.Tensor | None = None) -> torch.Tensor:
+        if seq.dtype in (torch.float16, torch.bfloat16):  # autocast: the membrane stays fp32
+            seq = seq.float()
         if (self.fused and v0 is None and seq.requires_grad and torch.is_grad_enabled()
                 and self.p.method == self.params.surrogate and not torch.jit.is_tracing()):
             return lif_sequence(seq, self.params)
@@ -192,6 +194,8 @@ class LI(nn.Module):
         return v, (s.v, s.i)
 
     def forward(self, seq: torch.Tensor) -> torch.Tensor:
+        if seq.dtype in (torch.float16, torch.bfloat16):  # autocast: the readout stays fp32
+            seq = seq.float()
         state, out = self.initial_state(seq[0]), []
         for t in range(seq.shape[0]):
             y, state = self.step(seq[t], state)

@@ -59,9 +59,9 @@ def _dense_data(data: DataConfig):
 def _train(store, data, ds, model, optim, run, report) -> tuple[Artifact, bool]:
     from .train import train as train_stage
 
-    dev = device(run)
+    run = replace(run, device=device(run))
     _stage(report, "train", epochs=optim.epochs)
-    return train_stage(store, data, ds, model, optim, run.seed, dev, report)
+    return train_stage(store, data, ds, model, optim, run, report)
 
 
 def search(store: Store, model: Path, cfg: SearchConfig, data: DataConfig = DataConfig(),
@@ -72,12 +72,12 @@ def search(store: Store, model: Path, cfg: SearchConfig, data: DataConfig = Data
     from .retrain import open_search
     from .search.stage import search as search_stage
 
-    dev = device(run)
+    run = replace(run, device=device(run))
     trunk = open_search(from_mask) if from_mask else None
-    dense = inputs.open_model(model, dev)
+    dense = inputs.open_model(model, run.device)
     data, ds = inputs.dataset_for(dense, data)
     _stage(report, "search", method=cfg.method)
-    return search_stage(store, dense, data, ds, cfg, run.seed, dev, report, trunk)
+    return search_stage(store, dense, data, ds, cfg, run, report, trunk)
 
 
 def retrain(store: Store, model: Path, mask: Path, cfg: RetrainConfig,
@@ -87,13 +87,13 @@ def retrain(store: Store, model: Path, mask: Path, cfg: RetrainConfig,
     from . import inputs
     from .retrain import open_search, retrain as retrain_stage
 
-    dev = device(run)
+    run = replace(run, device=device(run))
     ticket = open_search(mask)
-    dense = inputs.open_model(model, dev)
+    dense = inputs.open_model(model, run.device)
     data, ds = inputs.dataset_for(dense, data)
     optim = cfg.train_config(dense.train_epochs)
     _stage(report, "retrain", epochs=optim.epochs)
-    return retrain_stage(store, dense, ticket, data, ds, optim, run.seed, dev, report)
+    return retrain_stage(store, dense, ticket, data, ds, optim, run, report)
 
 
 def export(store: Store, model: Path, cfg: ExportConfig = ExportConfig(),

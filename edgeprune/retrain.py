@@ -8,7 +8,7 @@ import torch
 
 from . import checkpoint, masks as masklib, tensorfile
 from .artifacts import Artifact, Job, Store, open_artifact
-from .config import DataConfig, TrainConfig, resolved
+from .config import DataConfig, RunConfig, TrainConfig, resolved
 from .data import Dataset
 from .errors import UserError
 from .inputs import ModelInput, data_identity
@@ -29,21 +29,21 @@ def load_mask(ticket: Artifact) -> masklib.Masks:
 
 
 def retrain(store: Store, dense: ModelInput, ticket: Artifact, data: DataConfig, ds: Dataset,
-            optim: TrainConfig, seed: int = 0, device: str = "cpu",
+            optim: TrainConfig, run: RunConfig = RunConfig(),
             report: Report = lambda e: None) -> tuple[Artifact, bool]:
     """Train `rewind * mask` at the dense model's T with the mask held fixed."""
     if dense.id not in ticket.manifest["inputs"]:
         raise UserError(f"mask {ticket.path} was searched on another model "
                         f"({ticket.manifest['inputs'][0]}), not on {dense.path} ({dense.id})")
-    config = {"train": resolved(optim), "seed": seed, "data": data_identity(data, ds)}
-    T = dense.spec.timesteps
+    config = {"train": resolved(optim), "data": data_identity(data, ds), **run.identity()}
+    T, seed, device = dense.spec.timesteps, run.seed, run.device
 
     def compute(job: Job) -> dict:
         mask = load_mask(ticket)
         model = dense.spec.build()
         model.load_state_dict(tensorfile.load(ticket.file("rewind.safetensors")))
         torch.manual_seed(seed)
-        trainer = Trainer(model, ds, T, optim, seed, device, masks=mask)
+        trainer = Trainer(model, ds, T, optim, seed, run, masks=mask)
 
         def on_epoch(row: dict, progress: dict) -> bool:
             row.update(test_acc=evaluate(model, ds.x_test, ds.y_test, T, device)["accuracy"])
@@ -66,6 +66,7 @@ def retrain(store: Store, dense: ModelInput, ticket: Artifact, data: DataConfig,
                 "train_seconds": progress["elapsed"], "epochs": optim.epochs,
                 "method": tm.get("method"), "timesteps": T,
                 "timesteps_search": tm.get("timesteps_search"),
-                "search_seconds": tm.get("search_seconds"), "rewind_epoch": tm.get("rewind_epoch")}
+                "search_seconds": tm.get("search_seconds"), "rewind_epoch": tm.get("rewind_epoch"),
+                **trainer.execution()}
 
     return store.run("retrain", config, [dense.id, ticket.id], compute, collective=True)

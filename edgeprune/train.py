@@ -8,7 +8,7 @@ import torch
 
 from . import checkpoint, tensorfile
 from .artifacts import Artifact, Job, Store
-from .config import DataConfig, ModelConfig, TrainConfig, resolved
+from .config import DataConfig, ModelConfig, RunConfig, TrainConfig, resolved
 from .data import Dataset
 from .inputs import data_identity
 from .models import ARCH_REVISION, ModelSpec, prunable
@@ -28,17 +28,19 @@ def state_copy(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def train(store: Store, data: DataConfig, ds: Dataset, model_cfg: ModelConfig,
-          optim: TrainConfig, seed: int, device: str = "cpu",
+          optim: TrainConfig, run: RunConfig = RunConfig(),
           report: Report = lambda e: None) -> tuple[Artifact, bool]:
     """Train a dense SNN (or find it). Returns (artifact, cached)."""
     spec = ModelSpec.for_data(model_cfg, ds)
     config = {"data": data_identity(data, ds), "model": spec.to_dict(),
-              "arch_revision": ARCH_REVISION[spec.arch], "train": resolved(optim), "seed": seed}
+              "arch_revision": ARCH_REVISION[spec.arch], "train": resolved(optim),
+              **run.identity()}
+    seed, device = run.seed, run.device
 
     def compute(job: Job) -> dict:
         torch.manual_seed(seed)
         model = spec.build()
-        trainer = Trainer(model, ds, spec.timesteps, optim, seed=seed, device=device)
+        trainer = Trainer(model, ds, spec.timesteps, optim, seed, run)
         # Early weights, kept for the ticket search: late rewinding restores them, and
         # Early-Time scores timesteps on the network after a few epochs at full T.
         rewind = default_rewind_epoch(optim.epochs)
@@ -68,6 +70,7 @@ def train(store: Store, data: DataConfig, ds: Dataset, model_cfg: ModelConfig,
                 "train_seconds": progress["elapsed"], "epochs": optim.epochs,
                 "prunable_weights": sum(p.numel() for p in prunable(model).values()),
                 "parameters": sum(p.numel() for p in model.parameters()),
-                "rewind_epoch": rewind, "snapshot_epochs": sorted(snapshots)}
+                "rewind_epoch": rewind, "snapshot_epochs": sorted(snapshots),
+                **trainer.execution()}
 
     return store.run("train", config, [], compute, collective=True)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import distributed, faults, masks as masklib
-from .config import TrainConfig
+from .config import RunConfig, TrainConfig
 from .data import Dataset, augment
 from .errors import UserError
 from .models import spiking_layers
@@ -31,17 +31,42 @@ def predict(logits: torch.Tensor) -> torch.Tensor:
     return logits.sum(0).argmax(-1)
 
 
+def schedule(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
+    """Cosine decay over the run, after `warmup_epochs` of linear warm-up (linear scaling: a k
+    times larger batch takes a k times larger learning rate, reached gradually)."""
+    from torch.optim import lr_scheduler
+
+    total = cfg.epochs * steps_per_epoch
+    warm = min(cfg.warmup_epochs * steps_per_epoch, total - 1)
+    if warm <= 0:
+        return lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+    return lr_scheduler.SequentialLR(
+        opt, [lr_scheduler.LinearLR(opt, start_factor=1.0 / warm, total_iters=warm),
+              lr_scheduler.CosineAnnealingLR(opt, T_max=total - warm)], milestones=[warm])
+
+
 class Trainer:
     """One training run's mutable state (model, optimizer, schedule, data order), advanced an
     epoch at a time so callers can checkpoint, stop early, or score masks between epochs."""
 
     def __init__(self, model: nn.Module, data: Dataset, timesteps: int, cfg: TrainConfig,
-                 seed: int, device: str = "cpu", masks: masklib.Masks | None = None):
+                 seed: int, run: RunConfig = RunConfig(), masks: masklib.Masks | None = None):
+        device = run.device
         self.model, self.data, self.timesteps, self.cfg = model.to(device), data, timesteps, cfg
-        self.device, self.masks = device, masks
+        self.run, self.device, self.masks = run, device, masks
         self.world = distributed.world()
-        # under torchrun the forward/backward goes through DDP (gradients averaged across
-        # ranks); self.model stays the plain module for evaluation and checkpoints
+        # Data that fits stays on the device: no per-batch host copies.
+        self.x_train, self.y_train = data.x_train.to(device), data.y_train.to(device)
+        self.channels_last = (run.channels_last if run.channels_last is not None
+                              else any(isinstance(m, nn.Conv2d) for m in model.modules()))
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.autocast = dict(device_type=torch.device(device).type, enabled=run.precision != "fp32",
+                             dtype=torch.float16 if run.precision == "fp16" else torch.bfloat16)
+        self.scaler = torch.amp.GradScaler(self.autocast["device_type"],
+                                           enabled=run.precision == "fp16")
+        # Under torchrun the forward/backward goes through DDP (gradients averaged across
+        # ranks); self.model stays the plain module for evaluation and checkpoints.
         self.net = model
         if distributed.active():
             from torch.nn.parallel import DistributedDataParallel
@@ -51,44 +76,55 @@ class Trainer:
             self.net = DistributedDataParallel(
                 model, device_ids=[torch.device(device).index] if device.startswith("cuda")
                 else None)
+        if run.compile:
+            # static shapes: a full and a tail batch are two graphs; dynamic ones trip inductor
+            self.net = torch.compile(self.net, dynamic=False)
         self.steps_per_epoch = -(-len(data.y_train) // cfg.batch_size)
         self.opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                    weight_decay=cfg.weight_decay)
-        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(
-            self.opt, T_max=cfg.epochs * self.steps_per_epoch)
+        self.sched = schedule(self.opt, cfg, self.steps_per_epoch)
         self.gen = torch.Generator().manual_seed(seed)
         torch.manual_seed(seed)  # Poisson spikes draw from the global RNG: same seed, same run
         self.epoch = 0
         if masks is not None:
             masklib.apply(model, masks)
 
+    def execution(self) -> dict:
+        """How this run executed (for the manifest's metrics; not part of the id)."""
+        return {"device": self.device, "precision": self.run.precision,
+                "compiled": self.run.compile, "channels_last": self.channels_last,
+                "world_size": self.world.size}
+
     def train_epoch(self, report: Callable[[dict], None] | None = None) -> dict:
         model, cfg = self.model, self.cfg
         model.train()
-        order = torch.randperm(len(self.data.y_train), generator=self.gen)
+        order = torch.randperm(len(self.data.y_train), generator=self.gen).to(self.device)
         flip = self.data.name in ("cifar10",)
         total_loss, correct, seen, t0 = 0.0, 0, 0, time.perf_counter()
         for i in range(self.steps_per_epoch):
             idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-            x, y = self.data.x_train[idx], self.data.y_train[idx]
+            x, y = self.x_train[idx], self.y_train[idx]
             if cfg.augment:  # drawn for the whole global batch: every rank draws the same
                 x = augment(x, self.gen, flip=flip)
             x, y, weight = self._shard(x, y)
-            x, y = x.to(self.device), y.to(self.device)
-            logits = self.net(x, self.timesteps)
-            loss = loss_fn(logits, y)
+            if self.channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(**self.autocast):
+                logits = self.net(x, self.timesteps)
+                loss = loss_fn(logits.float(), y)
             value = loss.item()
-            if weight != 1.0:  # DDP averages ranks: weigh each by its share of the batch
-                loss = loss * weight
             if not math.isfinite(value):
                 raise Diverged(f"training diverged: the loss is {value} at epoch {self.epoch + 1}"
                                f", step {i + 1}; nothing was stored for this run (its last good "
                                "epoch stays checkpointed): lower --lr or check the data")
+            if weight != 1.0:  # DDP averages ranks: weigh each by its share of the batch
+                loss = loss * weight
             self.opt.zero_grad(set_to_none=True)
-            loss.backward()
+            self.scaler.scale(loss).backward()
             if self.masks is not None:
                 masklib.mask_grads(model, self.masks)
-            self.opt.step()
+            self.scaler.step(self.opt)
+            self.scaler.update()
             self.sched.step()
             if self.masks is not None:
                 masklib.apply(model, self.masks)
@@ -121,13 +157,15 @@ class Trainer:
     def state(self) -> dict:
         """Everything the next epoch depends on, for an exact resume."""
         return {"model": self.model.state_dict(), "opt": self.opt.state_dict(),
-                "sched": self.sched.state_dict(), "gen": self.gen.get_state(),
-                "torch_rng": torch.get_rng_state(), "epoch": self.epoch}
+                "sched": self.sched.state_dict(), "scaler": self.scaler.state_dict(),
+                "gen": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
+                "epoch": self.epoch}
 
     def restore(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["opt"])
         self.sched.load_state_dict(state["sched"])
+        self.scaler.load_state_dict(state.get("scaler", {}))
         self.gen.set_state(state["gen"])
         torch.set_rng_state(state["torch_rng"])
         self.epoch = state["epoch"]

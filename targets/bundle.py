@@ -22,7 +22,7 @@ from edgeprune.errors import GateFailed, UserError
 from edgeprune.hashing import bytes_sha256, is_file_table
 
 from . import archive, modelcard, profiles as profiles_mod, runtime
-from .validation import _parity
+from .validation import parity, parity_ok
 
 SCHEMA = "edgeprune.bundle/1"
 STAGE = "package"
@@ -272,9 +272,8 @@ def verify(bundle: Path, target: str | None = None,
                                        if n == f"model.{ORT_PLATFORM[prof.isa]}.ort"]
             for name in models:
                 run = runtime.run(root / name, quick, inputs, progress=progress)
-                par = _parity(run.outputs, expected)
-                ok = (par["agreement"] >= prof.parity.min_agreement
-                      and par["max_abs_diff"] <= prof.parity.max_abs_logit_diff)
+                par = parity(run.outputs, expected, prof.parity.max_abs_logit_diff)
+                ok = parity_ok(par, prof.parity)
                 runs.append({"target": prof.name, "file": name, "mode": run.mode,
                              "onnxruntime": run.result["onnxruntime"],
                              "machine": run.result["machine"], "inputs": len(expected),

@@ -116,7 +116,8 @@ def render(name: str, lineage: list[dict], meta: dict, validations: list[dict],
         tol = f["parity_tolerance"].get(t["target"], {}) if f["parity_tolerance"] != NA else {}
         acc = NA if t["accuracy"] is None else f"{t['accuracy']:.2%}"
         lines.append(f"| {t['target']} | {t['mode']} | {t['onnxruntime']} | {acc} | "
-                     f"max abs {tol.get('max_abs_logit_diff', NA)}, agreement ≥ "
+                     f"logits within {tol.get('max_abs_logit_diff', NA)} on ≥ "
+                     f"{tol.get('min_within_tolerance', NA)} of inputs, same class on ≥ "
                      f"{tol.get('min_agreement', NA)} | {'yes' if t['passed'] else 'no'} |")
     lines += ["", "Emulated targets ran the aarch64 ONNX Runtime under QEMU: their parity is "
               "real, their latency is not indicative.", "", "## Lineage", ""]

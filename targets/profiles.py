@@ -43,6 +43,7 @@ class Memory:
 class Parity:
     max_abs_logit_diff: float = 1e-3
     min_agreement: float = 0.99
+    min_within_tolerance: float = 0.99  # share of inputs whose logits all lie within the bound
 
 
 @dataclass(frozen=True)
@@ -190,8 +191,10 @@ def _check_values(where: str, p: Profile) -> None:
         problems.append("latency.warmup must be >= 0 and latency.runs >= 1")
     if p.memory.budget_mb <= 0:
         problems.append("memory.budget_mb must be > 0")
-    if p.parity.max_abs_logit_diff < 0 or not 0 <= p.parity.min_agreement <= 1:
-        problems.append("parity.max_abs_logit_diff must be >= 0 and parity.min_agreement in [0, 1]")
+    if (p.parity.max_abs_logit_diff < 0 or not 0 <= p.parity.min_agreement <= 1
+            or not 0 <= p.parity.min_within_tolerance <= 1):
+        problems.append("parity.max_abs_logit_diff must be >= 0, parity.min_agreement and "
+                        "parity.min_within_tolerance in [0, 1]")
     if not 0 <= p.accuracy.max_drop <= 1:
         problems.append("accuracy.max_drop must be in [0, 1] (a fraction, not a percentage)")
     if p.emulation is not None and (p.emulation.max_inputs < 1 or p.emulation.runs < 1

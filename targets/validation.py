@@ -62,7 +62,7 @@ def validate(info: ModelInfo, profiles: list[Profile], inputs: np.ndarray,
             first = outputs[entries[0]["target"]]
             m = min(len(first), n)
             entry["vs_first_target"] = {"target": entries[0]["target"], "inputs": m,
-                                        **_parity(run.outputs[:m], first[:m])}
+                                        **parity(run.outputs[:m], first[:m])}
         entries.append(entry)
     report = {"model": info.to_dict(), "inputs": n_all,
               "reference": {"source": reference_source if reference is not None else None},
@@ -70,9 +70,24 @@ def validate(info: ModelInfo, profiles: list[Profile], inputs: np.ndarray,
     return Validation(report, outputs)
 
 
-def _parity(a: np.ndarray, b: np.ndarray) -> dict:
-    return {"agreement": float(np.mean(a.argmax(1) == b.argmax(1))),
-            "max_abs_diff": float(np.max(np.abs(a.astype(np.float64) - b))) if a.size else 0.0}
+def parity(a: np.ndarray, b: np.ndarray, tol: float | None = None) -> dict:
+    """How far logits `a` are from `b`: same-class share, the largest difference, and (with
+    `tol`) the share of inputs whose logits all lie within it."""
+    diff = np.abs(a.astype(np.float64) - b).reshape(len(a), -1) if a.size else np.zeros((0, 1))
+    out = {"agreement": float(np.mean(a.argmax(1) == b.argmax(1))) if len(a) else 1.0,
+           "max_abs_diff": float(diff.max()) if diff.size else 0.0}
+    if tol is not None:
+        out["within_tolerance"] = float(np.mean(diff.max(axis=1) <= tol)) if len(a) else 1.0
+    return out
+
+
+def parity_ok(par: dict, tol) -> bool:
+    """The parity gate. A spiking network's logits jump when a membrane potential that sits
+    within rounding of the threshold fires in one runtime and not the other, so the gate asks
+    for the same class and logits within tolerance on nearly every input (the profile's
+    shares), not a bound on the single worst input; the worst difference is still reported."""
+    return (par["agreement"] >= tol.min_agreement
+            and par["within_tolerance"] >= tol.min_within_tolerance)
 
 
 def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -107,14 +122,15 @@ def _measure(profile: Profile, run: runtime.TargetRun, n: int, labels, reference
     gates = []
     if reference is not None:
         ref = reference[:n]
-        par = _parity(out, ref)
-        entry["parity"] = par
         tol = profile.parity
-        ok = par["agreement"] >= tol.min_agreement and par["max_abs_diff"] <= tol.max_abs_logit_diff
-        gates.append({"gate": "parity", "status": PASS if ok else FAIL,
+        par = parity(out, ref, tol.max_abs_logit_diff)
+        entry["parity"] = par
+        gates.append({"gate": "parity", "status": PASS if parity_ok(par, tol) else FAIL,
                       "detail": f"agreement {par['agreement']:.2%} (min {tol.min_agreement:.2%}), "
-                                f"max |Δlogit| {par['max_abs_diff']:.3g} (max "
-                                f"{tol.max_abs_logit_diff:.3g})"})
+                                f"logits within {tol.max_abs_logit_diff:.3g} on "
+                                f"{par['within_tolerance']:.2%} (min "
+                                f"{tol.min_within_tolerance:.2%}), max |Δlogit| "
+                                f"{par['max_abs_diff']:.3g}"})
         if labels is not None:
             ref_acc = _accuracy(ref, labels[:n])
             drop = ref_acc - entry["accuracy"]

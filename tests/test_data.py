@@ -69,7 +69,7 @@ def _cifar_dir(tmp_path, n=10):
     rng = np.random.default_rng(0)
     for name in ("data_batch_1", "data_batch_2", "test_batch"):
         batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-                 b"labels": rng.integers(0, 10, n).tolist()}
+                 b"labels": rng.permutation(np.arange(n) % 10).tolist()}
         (tmp_path / name).write_bytes(pickle.dumps(batch))
     return tmp_path
 

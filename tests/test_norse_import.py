@@ -110,7 +110,7 @@ def test_search_retrain_export_chain_gives_a_validated_onnx(imported):
     assert abs(ticket.metrics["sparsity"] - 0.5) < 0.01
     # No early snapshots come with an import, so the ticket restarts from a fresh init: two
     # epochs must bring it to life, or the export check below would compare a silent network.
-    out, _ = retrain(store, dense, ticket, dcfg, ds, TrainConfig(epochs=2), 0)
+    out, _ = retrain(store, dense, ticket, dcfg, ds, TrainConfig(epochs=2))
     assert out.metrics["sparsity"] >= 0.49 and out.metrics["test_accuracy"] > 0.5
     assert min(out.metrics["spike_rate"].values()) > 0.01
     exp, _ = export(store, out, ExportConfig(outputs="all", probe=64))

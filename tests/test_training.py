@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from edgeprune import data
@@ -45,3 +46,73 @@ def test_evaluate_reports_every_lif_layer():
     ev = evaluate(m, d.x_test[:50], d.y_test[:50], 2)
     assert set(ev["spike_rate"]) == {"body.0", "body.4", "body.9"}
     assert 0.0 <= ev["accuracy"] <= 1.0
+
+
+# -- the fused recurrence and the execution options ------------------------------------------
+
+@pytest.mark.parametrize("surrogate", ["super", "triangle", "tanh", "circ", "heavi_erfc"])
+@pytest.mark.parametrize("reset", ["value", "subtract"])
+def test_fused_lif_equals_norse_step_loop(surrogate, reset):
+    """Forward: the same spikes bit for bit; backward: the same gradients up to rounding."""
+    from edgeprune.config import NeuronParams
+    from edgeprune.neurons import LIF
+
+    p = NeuronParams(surrogate=surrogate, reset=reset, alpha=2.0)
+    torch.manual_seed(0)
+    x = (torch.randn(6, 8, 50) * 1.5).requires_grad_()
+    w = torch.randn(6, 8, 50)
+    fused, loop = LIF(p), LIF(p)
+    loop.fused = False
+    z1 = fused(x)
+    (z1 * w).sum().backward()
+    g1, x.grad = x.grad.clone(), None
+    z2 = loop(x)
+    (z2 * w).sum().backward()
+    assert torch.equal(z1, z2) and 0.1 < float(z1.mean()) < 0.9
+    assert torch.allclose(x.grad, g1, rtol=1e-5, atol=1e-6)
+
+
+def test_bf16_autocast_keeps_spikes_exact_and_trains():
+    from edgeprune.config import RunConfig
+    from edgeprune.models import spiking_layers
+
+    d = data.load("digits").subset(128, seed=0)
+    m = ModelSpec(input_shape=d.input_shape).build()
+    seen = []
+    for lif in spiking_layers(m).values():
+        lif.register_forward_hook(lambda mod, i, o: seen.append(o))
+    tr = Trainer(m, d, 2, TrainConfig(epochs=1, batch_size=64), seed=0,
+                 run=RunConfig(precision="bf16"))
+    row = tr.train_epoch()
+    assert row["loss"] == row["loss"] and row["loss"] < 10  # finite
+    assert all(o.dtype == torch.float32 and set(o.unique().tolist()) <= {0.0, 1.0} for o in seen)
+    assert tr.execution()["precision"] == "bf16" and tr.execution()["channels_last"] is True
+
+
+def test_warm_up_then_cosine():
+    from edgeprune.trainer import schedule
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.4)
+    sched = schedule(opt, TrainConfig(epochs=3, lr=0.4, warmup_epochs=1), steps_per_epoch=4)
+    lrs = []
+    for _ in range(12):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.1) and lrs[4] == pytest.approx(0.4)  # linear up to lr
+    assert all(a > b for a, b in zip(lrs[4:], lrs[5:]))  # then cosine down
+
+
+def test_compiled_training_matches_eager_within_float_tolerance():
+    """--compile: the same math through torch.compile (one small model: compiling costs)."""
+    from edgeprune.config import RunConfig
+
+    d = data.load("digits").subset(64, seed=0)
+    losses = {}
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        m = ModelSpec(input_shape=d.input_shape, width=0.25).build()
+        tr = Trainer(m, d, 2, TrainConfig(epochs=1, batch_size=64, lr=0.05), seed=0,
+                     run=RunConfig(compile=compiled))
+        losses[compiled] = tr.train_epoch()["loss"]
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4)

@@ -12,7 +12,7 @@ import torch
 
 from .. import distributed, masks as masklib, tensorfile
 from ..artifacts import Artifact, Job, Store
-from ..config import SearchConfig, resolved
+from ..config import RunConfig, SearchConfig, resolved
 from ..data import Dataset
 from ..inputs import ModelInput
 from ..models import prunable
@@ -34,14 +34,21 @@ class SearchRun:
     ds: Dataset
     data_id: dict
     cfg: SearchConfig
-    seed: int
-    device: str
+    run: RunConfig  # the seed, the device and how to train
     report: Report
     rewind_epoch: int | str  # the dense run's epoch a ticket restarts from ("fresh-init": reinit)
     keep_dense: tuple[str, ...]  # layers kept whole
     trunk: Artifact | None = None  # the imp ticket a branch method starts from
     timesteps: int = 0  # T the search trains at (T' for Early-Time)
     job: Job | None = None
+
+    @property
+    def seed(self) -> int:
+        return self.run.seed
+
+    @property
+    def device(self) -> str:
+        return self.run.device
 
     def rewind_weights(self) -> dict[str, torch.Tensor]:
         """The weights a ticket restarts from: the dense run's snapshot at the rewind epoch, or
@@ -55,7 +62,7 @@ class SearchRun:
 
     def trainer(self, model, epochs: int, seed: int, masks=None) -> Trainer:
         return Trainer(model, self.ds, self.timesteps, self.cfg.train_config(epochs), seed,
-                       self.device, masks)
+                       self.run, masks)
 
 
 @dataclass
@@ -97,7 +104,7 @@ def early_time(run: SearchRun) -> dict:
         model = run.model_from(run.rewind_weights())
         if cfg.et_epochs > 0:
             trainer = Trainer(model, run.ds, T, cfg.train_config(cfg.et_epochs), run.seed,
-                              run.device)
+                              run.run)
             for _ in range(cfg.et_epochs):
                 trainer.train_epoch(run.report)
         source = f"{cfg.et_epochs} epochs at T={T} from the rewind point"
@@ -125,7 +132,7 @@ def imp(run: SearchRun) -> Found:
     # first rounds (round r always sits at 1 - (1 - rate)^r).
     base = {"prune_rate": cfg.prune_rate, "scope": cfg.scope, "keep_dense": list(run.keep_dense),
             "train": resolved(cfg.train_config(cfg.round_epochs)), "timesteps": run.timesteps,
-            "rewind_epoch": run.rewind_epoch, "seed": run.seed, "data": run.data_id}
+            "rewind_epoch": run.rewind_epoch, "data": run.data_id, **run.run.identity()}
     found = Found(mask={}, rewind=run.rewind_weights())
     for r, s in enumerate(schedule[:-1], start=1):
         config = {**base, "round": r, "sparsity": s}

@@ -11,7 +11,7 @@ from dataclasses import replace
 
 from .. import masks as masklib, plots, tensorfile
 from ..artifacts import Artifact, Job, Store
-from ..config import SearchConfig
+from ..config import RunConfig, SearchConfig
 from ..data import Dataset
 from ..errors import UserError
 from ..inputs import ModelInput, data_identity
@@ -26,15 +26,14 @@ PLOTS = {"imp": lambda log, path, cfg, title: plots.imp_rounds(log, path, title)
 
 
 def search(store: Store, dense: ModelInput, data: DataConfig, ds: Dataset, cfg: SearchConfig,
-           seed: int = 0, device: str = "cpu", report: Report = lambda e: None,
+           run: RunConfig = RunConfig(), report: Report = lambda e: None,
            trunk: Artifact | None = None) -> tuple[Artifact, bool]:
     """Run (or find) a search; returns (search artifact, cached). `random` and `reinit` branch
     off `trunk`, an imp ticket of this model; without one, the imp ticket of the same settings
     is searched first."""
     if cfg.base in BRANCHES:
         if trunk is None:
-            trunk, _ = search(store, dense, data, ds, replace(cfg, method="imp"), seed, device,
-                              report)
+            trunk, _ = search(store, dense, data, ds, replace(cfg, method="imp"), run, report)
         elif dense.id not in trunk.manifest["inputs"]:
             raise UserError(f"--from-mask {trunk.path} was searched on another model, not on "
                             f"{dense.path}")
@@ -48,28 +47,27 @@ def search(store: Store, dense: ModelInput, data: DataConfig, ds: Dataset, cfg: 
                                               keep_dense=keep), cfg.sparsity)
     data_id = data_identity(data, ds)
     # Defaults resolved into the id, so a changed default is a new artifact, not a stale hit.
-    config = {"search": cfg.to_dict(), "seed": seed, "data": data_id,
+    config = {"search": cfg.to_dict(), **run.identity(), "data": data_id,
               "rewind_epoch_resolved": rewind_epoch,
               "et_candidates_resolved": methods.candidates(cfg, T) if cfg.early_time else None}
-    run = SearchRun(store, dense, ds, data_id, cfg, seed, device, report, rewind_epoch, keep,
-                    trunk, T)
+    state = SearchRun(store, dense, ds, data_id, cfg, run, report, rewind_epoch, keep, trunk, T)
 
     def compute(job: Job) -> dict:
-        run.job = job
+        state.job = job
         et_info, log = None, []
         if cfg.early_time:
-            et_info = methods.early_time(run)
-            run.timesteps = et_info["pick"]
+            et_info = methods.early_time(state)
+            state.timesteps = et_info["pick"]
             log.append({"kind": "early-time", **et_info})
             report({"event": "early-time", **et_info})
-        found = METHODS[cfg.base](run)
+        found = METHODS[cfg.base](state)
         _check_connected(dense, found.mask, cfg.sparsity)
         log += found.log
         seconds = found.seconds + (et_info["seconds"] if et_info else 0.0)
         metrics = {"method": cfg.method, "target_sparsity": cfg.sparsity,
                    "sparsity": masklib.sparsity(found.mask),
                    "per_layer": masklib.per_layer(found.mask), "timesteps": T,
-                   "timesteps_search": run.timesteps,
+                   "timesteps_search": state.timesteps,
                    "rewind_epoch": "fresh-init" if cfg.base == "reinit" else rewind_epoch,
                    "search_seconds": seconds, "dense_test_accuracy": dense.test_accuracy,
                    "early_time": et_info, "trunk": trunk.id if trunk else None, **found.metrics}
