@@ -16,6 +16,7 @@ from torch import nn
 from .config import NeuronParams
 from .errors import UserError
 from .neurons import LI, LIF, LIParams
+from .pooling import AvgPool2d
 
 
 @dataclass(frozen=True)
@@ -63,8 +64,8 @@ KINDS: dict[str, LayerKind] = {k.name: k for k in (
               lambda m: {"in": m.in_features, "out": m.out_features, "bias": m.bias is not None}),
     LayerKind("bn1d", nn.BatchNorm1d, _bn(nn.BatchNorm1d), _describe_bn),
     LayerKind("bn2d", nn.BatchNorm2d, _bn(nn.BatchNorm2d), _describe_bn),
-    LayerKind("avgpool2d", nn.AvgPool2d,
-              lambda d: nn.AvgPool2d(_tup(d["kernel"]), _tup(d["stride"]),
+    LayerKind("avgpool2d", AvgPool2d,
+              lambda d: AvgPool2d(_tup(d["kernel"]), _tup(d["stride"]),
                                      _tup(d.get("padding", 0)), d.get("ceil_mode", False),
                                      d.get("count_include_pad", True), d.get("divisor_override")),
               lambda m: {"kernel": _pair(m.kernel_size), "stride": _pair(m.stride or m.kernel_size),
@@ -91,6 +92,7 @@ KINDS: dict[str, LayerKind] = {k.name: k for k in (
               lambda m: m.params.to_dict(), neuron=True),
 )}
 BY_MODULE = {k.module: k for k in KINDS.values()}
+BY_MODULE[nn.AvgPool2d] = KINDS["avgpool2d"]  # a user's plain pooling is ours with a faster backward
 
 
 def build(d: dict) -> nn.Module:
@@ -114,4 +116,4 @@ def split_stem(layers) -> int:
     raise UserError("a sequential model needs at least one neuron (lif or li) layer")
 
 
-SUPPORTED = ", ".join(k.module.__name__ for k in KINDS.values() if not k.neuron)
+SUPPORTED = ", ".join(sorted({k.module.__name__ for k in KINDS.values() if not k.neuron}))

@@ -18,6 +18,7 @@ from . import layers
 from .config import ENCODINGS, ModelConfig, NeuronParams
 from .errors import UserError
 from .neurons import LIF
+from .pooling import AvgPool2d
 
 
 def is_stateful(m: nn.Module) -> bool:
@@ -170,7 +171,7 @@ def _ch(c: int, width: float) -> int:
 
 
 def _pool(kind: str) -> nn.Module:
-    return nn.AvgPool2d(2) if kind == "avg" else nn.MaxPool2d(2)
+    return AvgPool2d(2) if kind == "avg" else nn.MaxPool2d(2)
 
 
 def _features(module: nn.Module, shape: tuple[int, ...]) -> tuple[int, ...]:

@@ -45,6 +45,7 @@ from torch import nn
 from edgeprune.errors import UserError
 from edgeprune.models import SNN, Normalize, SpikingBasicBlock, is_stateful
 from edgeprune.neurons import LI, LIF
+from edgeprune.pooling import AvgPool2d
 
 from .prepare import NORMS, for_export
 
@@ -167,6 +168,7 @@ def _refuse(why: str):
 # module class -> emitter(builder, name, module, input example, output example, sources)
 EMITTERS = {
     nn.Conv2d: _conv, nn.Linear: _linear, LIF: _lif, LI: _li, nn.AvgPool2d: _avg_pool,
+    AvgPool2d: _avg_pool,
     nn.AdaptiveAvgPool2d: _adaptive_avg_pool, nn.Flatten: _flatten, SpikingBasicBlock: _block,
     nn.MaxPool2d: _refuse("NIR 1.0 has no max pooling; train with --pool avg, or export "
                           "without --nir"),

@@ -99,7 +99,7 @@ def test_help_shows_each_stage_prefixed_option_with_its_default():
 def test_layer_registry_describes_and_rebuilds_every_kind(module):
     d = layers.describe(module)
     rebuilt = layers.build(d)
-    assert type(rebuilt) is type(module) and layers.describe(rebuilt) == d
+    assert isinstance(rebuilt, type(module)) and layers.describe(rebuilt) == d
     assert {k: v.shape for k, v in rebuilt.state_dict().items()} == \
         {k: v.shape for k, v in module.state_dict().items()}
 
