@@ -248,9 +248,22 @@ class ExportConfig:
     outputs: str = option("logits", "logits: summed logits only; all: also step_logits "
                           "(T,batch,classes) and spikes.<layer> (per-sample spike totals).")
     opset: int = option(17, "ONNX opset (13 to 20).")
-    sparse_initializers: bool = option(False, "Store mostly-zero weights as ONNX sparse "
-                                       "initializers (smaller files; ONNX Runtime densifies them "
-                                       "at load).")
+    sparse_initializers: bool = option(True, "Store mostly-zero weights as ONNX sparse "
+                                       "initializers where that is smaller (smaller files; ONNX "
+                                       "Runtime densifies them at load).")
+    compact: bool = option(True, "Remove the units the ticket made dead (no incoming or no "
+                           "outgoing weights), exactly: spikes and logits unchanged, checked "
+                           "at export.")
+    int8: Optional[bool] = option(None, "int8 weights (per-channel QDQ) in model.int8.onnx, "
+                                  "kept where validation's parity and accuracy gates pass; "
+                                  "--int8 makes a failing int8 model a failed gate (exit 1).",
+                                  flags=("--int8/--no-int8",),
+                                  show="tried, kept where it passes")
+    c_runtime: Optional[bool] = option(None, "Write the event-driven sparse C runtime (C99 "
+                                       "sources) for the c-* targets; --c-runtime makes it an "
+                                       "error when the model cannot be expressed.",
+                                       flags=("--c-runtime/--no-c-runtime",),
+                                       show="when the C runtime can express the model")
     nir: Optional[bool] = option(None, "Also write model.nir; --nir makes it an error when NIR "
                                  "cannot express the model.", flags=("--nir/--no-nir",),
                                  show="when NIR can express the model")

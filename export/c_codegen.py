@@ -175,8 +175,12 @@ def plan(program: dict) -> dict:
                 if op.get("step_bias") is not None:
                     if part == "stem":
                         _fail(f"{name}: step_bias is only allowed on body ops (the stem runs once)")
-                    op["step_bias"] = _check_array(op["step_bias"], (T, nout),
-                                                   f"{name}.step_bias")
+                    sb = op["step_bias"]
+                    # (T, O), or for a conv (T, O, OH, OW): per output position (exact
+                    # compaction of a padded conv reading constant inputs, export/compact.py)
+                    want = (T, nout) if not (k == "conv2d" and getattr(sb, "ndim", 0) == 4) \
+                        else (T, nout, *output_shape(op, shape)[1:])
+                    op["step_bias"] = _check_array(sb, want, f"{name}.step_bias")
                 else:
                     op["step_bias"] = None
                 if k == "conv2d":
@@ -299,7 +303,9 @@ def _bias_code(op: dict, sym: str, nout: int, plane: int) -> str:
     terms = []
     if op["bias"] is not None:
         terms.append(f"{sym}_bias[c]")
-    if op["step_bias"] is not None:
+    if op["step_bias"] is not None and op["step_bias"].ndim == 4 and plane > 1:
+        terms.append(f"{sym}_step_bias[(t * {nout} + c) * {plane} + p]")
+    elif op["step_bias"] is not None:
         terms.append(f"{sym}_step_bias[t * {nout} + c]")
     body = "".join(f"            o[p] += {term};\n" for term in terms)
     if plane == 1:
