@@ -284,14 +284,29 @@ class ExportConfig:
 @dataclass(frozen=True)
 class ValidateConfig:
     target: str = option("x86_64", "Target profiles, comma-separated: names in targets/profiles "
-                         "(x86_64, arm64-cortex-a72, arm64-neoverse-n1) or .toml paths.")
+                         "(ONNX Runtime: x86_64, arm64-cortex-a72, arm64-neoverse-n1; the sparse "
+                         "C runtime: c-x86_64, c-arm64-cortex-a72) or .toml paths.")
     latency_budget_ms: Optional[float] = option(None, "Override every profile's latency budget.",
                                                 show="the profile's")
     limit: Optional[int] = option(None, "Use only the first N test images.", show="all")
+    dense: bool = option(True, "Also measure the dense model the ticket came from (found "
+                         "through the artifacts' lineage) on every target in the same run: "
+                         "speed-up, size ratio, accuracy drop.")
+    min_speedup: Optional[float] = option(None, "Fail (exit 1) unless dense p50 / ticket p50 "
+                                          "reaches this on every natively run target.",
+                                          show="the profile's (0: no gate)")
+    max_accuracy_drop: Optional[float] = option(None, "Fail (exit 1) when the ticket loses more "
+                                                "than this many percentage points of accuracy "
+                                                "against the dense model.",
+                                                show="the profile's (5)")
 
     def __post_init__(self):
         _check(self.latency_budget_ms is None or self.latency_budget_ms > 0,
                "--latency-budget-ms must be positive")
+        _check(self.min_speedup is None or self.min_speedup >= 0,
+               "--min-speedup must be >= 0")
+        _check(self.max_accuracy_drop is None or 0 <= self.max_accuracy_drop <= 100,
+               "--max-accuracy-drop must be in [0, 100] (percentage points)")
         _check(self.limit is None or self.limit >= 1, "--limit must be at least 1")
 
 
