@@ -29,7 +29,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import edgeprune  # noqa: E402,F401  (quiets Norse's import warnings)
+import torch  # noqa: E402
 from edgeprune import pipeline  # noqa: E402
+from machine import describe  # noqa: E402
 from edgeprune.artifacts import Store  # noqa: E402
 from edgeprune.config import (DataConfig, ModelConfig, RetrainConfig, SearchConfig,  # noqa: E402
                               TrainConfig)
@@ -98,9 +100,213 @@ def main() -> None:
             f"{m['sparsity']:.4f}")
     if args.phase == "models":
         return
-    from deploy_measure import measure_all  # noqa: E402  (the deployment half)
+    t0 = time.perf_counter()
+    rows = [measure(store, name, built[name]) for name in names]
+    out = {"machine": describe(), "seconds": time.perf_counter() - t0, "models": rows,
+           "command": "python benchmarks/deploy_ratios.py" + (f" --only {args.only}"
+                                                             if args.only else "")}
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "results.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
+    (OUT / "report.md").write_text(markdown(out))
+    log(f"wrote {OUT / 'report.md'}")
 
-    measure_all(store, built, MODELS, OUT)
+
+TARGETS = "x86_64,c-x86_64"
+GOALS = {"size": 1 / 20, "c_latency": 0.1, "onnx_latency": 0.7, "agreement": 1.0}
+
+
+@torch.no_grad()
+def spike_rates(model_pt: Path, x: torch.Tensor, T: int) -> dict:
+    """Fraction of neuron-steps that spiked, per LIF layer, on images x (PyTorch)."""
+    from edgeprune import checkpoint
+    from export.compact import _run_recording
+    from export.prepare import for_export
+
+    _spec, model = checkpoint.load(model_pt)
+    rates: dict[str, list] = {}
+    for s in range(0, len(x), 500):
+        _steps, spikes = _run_recording(for_export(model), x[s:s + 500], T)
+        for k, v in spikes.items():
+            rates.setdefault(k, []).append((float(v.sum()), v.numel()))
+    return {k: sum(a for a, _ in v) / sum(b for _, b in v) for k, v in rates.items()}
+
+
+def measure(store: Store, name: str, built: dict) -> dict:
+    from edgeprune import checkpoint, data as datalib
+    from edgeprune.config import ExportConfig, ValidateConfig
+    from edgeprune.errors import GateFailed
+    from export.metadata import sparsity
+
+    cfg = MODELS[name]
+    ticket, dense = built["ticket"], built["dense"]
+    log(f"{name}: export (compacted, sparse, int8, C)")
+    t0 = time.perf_counter()
+    exp, _ = pipeline.export(store, ticket.path / "model.pt", ExportConfig(nir=False))
+    export_s = time.perf_counter() - t0
+    log(f"{name}: validate on {TARGETS} with the dense model side by side")
+    vcfg = ValidateConfig(target=TARGETS, limit=cfg["validate_limit"], latency_budget_ms=1000.0,
+                          max_accuracy_drop=100.0)
+    failed = None
+    try:
+        val, _ = pipeline.validate(store, exp.path / "model.onnx", vcfg,
+                                   against=ticket.path / "model.pt",
+                                   data=DataConfig("fashion-mnist"))
+    except GateFailed as e:  # a failed gate is a result here: the report says which
+        val, failed = e.artifact, str(e)
+    rep = json.loads(val.file("report.json").read_text())
+    by = {e["target"]: e for e in rep["targets"]}
+    ort, c = by["x86_64"], by["c-x86_64"]
+    dense_onnx = ort["dense"]["file_bytes"]
+    em = exp.metrics
+    spec, model = checkpoint.load(ticket.path / "model.pt")
+    ds = datalib.load("fashion-mnist")
+    n = cfg["validate_limit"] or len(ds.x_test)
+    x = ds.x_test[:min(n, 2000)].float()
+    row = {
+        "model": name, "arch": spec.arch, "width": spec.width, "T": spec.timesteps,
+        "configs": {k: (v if not hasattr(v, "__dataclass_fields__") else
+                        __import__("dataclasses").asdict(v)) for k, v in cfg.items()},
+        "artifacts": {"dense": dense.id, "ticket": ticket.id, "export": exp.id,
+                      "validate": val.id, "dense_export": rep["targets"][0]["dense"]["artifact"]},
+        "stage_seconds": {**built["seconds"], "export": export_s},
+        "sparsity": sparsity(model)["total"],
+        "per_layer_sparsity": sparsity(model)["layers"],
+        "inputs": rep["inputs"], "gate_failures": failed,
+        "accuracy": {"dense_pytorch": ticket.metrics.get("dense_test_accuracy"),
+                     "ticket_pytorch": ticket.metrics.get("test_accuracy"),
+                     "dense_ort": ort["dense"]["accuracy"], "ticket_ort": ort["accuracy"],
+                     "ticket_c": c["accuracy"]},
+        "bytes": {"dense_fp32_onnx": dense_onnx, "ticket_onnx": ort["file_bytes"],
+                  "ticket_onnx_uncompressed": em["bytes_dense"]["model.onnx"],
+                  "ticket_int8_onnx": em["bytes"].get("model.int8.onnx"),
+                  "ticket_c_objects": c["file_bytes"], "ticket_c_weights": em["c"]["weight_bytes"],
+                  "dense_c_objects": c["dense"]["file_bytes"]},
+        "int8_kept": (ort.get("int8") or {}).get("kept"),
+        "int8": ort.get("int8"),
+        "latency_p50_ms": {"dense_ort": ort["dense"]["latency_p50_ms"],
+                           "ticket_ort": ort["latency"]["p50_ms"],
+                           "dense_c": c["dense"]["latency_p50_ms"],
+                           "ticket_c": c["latency"]["p50_ms"]},
+        "latency_p95_ms": {"dense_ort": ort["dense"]["latency_p95_ms"],
+                           "ticket_ort": ort["latency"]["p95_ms"],
+                           "dense_c": c["dense"]["latency_p95_ms"],
+                           "ticket_c": c["latency"]["p95_ms"]},
+        "parity": {"ort": ort["parity"], "c": c["parity"]},
+        "compaction": {k: em["compaction"].get(k) for k in ("applied", "reason", "layers",
+                                                            "weights_before", "weights_after",
+                                                            "step_biases", "check")},
+        "c_layers": em["c"]["layers"],
+        "spike_rate": spike_rates(ticket.path / "model.pt", x, spec.timesteps),
+        "dense_spike_rate": spike_rates(dense.path / "model.pt", x, spec.timesteps),
+    }
+    b, lat = row["bytes"], row["latency_p50_ms"]
+    row["ratios"] = {
+        "size_onnx": b["ticket_onnx"] / dense_onnx,
+        "size_int8_onnx": (b["ticket_int8_onnx"] / dense_onnx) if b["ticket_int8_onnx"] else None,
+        "size_c": b["ticket_c_objects"] / dense_onnx,
+        "c_latency_vs_dense_ort": lat["ticket_c"] / lat["dense_ort"],
+        "onnx_latency_vs_dense_ort": lat["ticket_ort"] / lat["dense_ort"],
+        "c_latency_vs_dense_c": lat["ticket_c"] / lat["dense_c"],
+        "agreement_ort": ort["parity"]["agreement"], "agreement_c": c["parity"]["agreement"],
+    }
+    log(f"{name}: {json.dumps(row['ratios'])}")
+    return row
+
+
+def _num(v) -> str:
+    return "n/a" if v is None else f"{v:.3f} (1/{1 / v:.1f})"
+
+
+def _goal(ok: bool) -> str:
+    return "met" if ok else "**missed**"
+
+
+def markdown(out: dict) -> str:
+    m = out["machine"]
+    lines = ["# What the 97% ticket buys on the device: dense vs ticket, side by side", "",
+             f"Command: `{out['command']}` ({out['seconds'] / 60:.1f} min for the deployment "
+             "half; models cached in the store). Machine: "
+             f"{m['cpu']}, {m['cores']} cores, load average at start "
+             f"{', '.join(f'{v:.1f}' for v in m['load_average_at_start'])} (shared: compare "
+             f"ratios within a row); onnxruntime {m.get('onnxruntime')}, torch {m.get('torch')}, "
+             f"git {str(m.get('git_commit'))[:10]}.", "",
+             "Every number below comes from one `edgeprune validate` run per model on the "
+             "`x86_64` (ONNX Runtime, 1 thread, batch 1) and `c-x86_64` (event-driven sparse C "
+             "runtime, gcc -O2, single image) targets, which also measured the dense model the "
+             "ticket came from on both targets with the same inputs. Dense baseline for the "
+             "ratios: the dense model's fp32 ONNX on ONNX Runtime (no compaction, no sparse "
+             "storage). Sizes: model.onnx; for C the loaded sections (code + const weights) of "
+             "model.o + model_weights.o.", ""]
+    lines += ["| model | sparsity | dense acc | ticket acc (ORT / C) | size ONNX | size int8 ONNX "
+              "| size C | C latency vs dense ORT | compacted ONNX latency vs dense ORT "
+              "| same class ORT / C |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in out["models"]:
+        q, a = r["ratios"], r["accuracy"]
+        lines.append(
+            f"| {r['model']} | {r['sparsity']:.2%} | {a['dense_ort']:.2%} | {a['ticket_ort']:.2%} "
+            f"/ {a['ticket_c']:.2%} | {q['size_onnx']:.3f} (1/{1 / q['size_onnx']:.1f}) "
+            f"| {_num(q['size_int8_onnx'])}"
+            f"{'' if r['int8_kept'] else ' (not kept)'} "
+            f"| {q['size_c']:.3f} (1/{1 / q['size_c']:.1f}) | {q['c_latency_vs_dense_ort']:.3f} "
+            f"| {q['onnx_latency_vs_dense_ort']:.3f} | {q['agreement_ort']:.2%} / "
+            f"{q['agreement_c']:.2%} |")
+    lines += ["", "## Goals", ""]
+    for r in out["models"]:
+        q = r["ratios"]
+        best = min(v for v in (q["size_onnx"], q["size_c"],
+                               q["size_int8_onnx"] if r["int8_kept"] else None) if v)
+        lines += [f"- **{r['model']}**: size <= 1/20 of dense fp32 ONNX: "
+                  f"{_goal(best <= GOALS['size'])} (best deployable form {best:.3f}); "
+                  f"C latency <= 0.1x dense ORT: {_goal(q['c_latency_vs_dense_ort'] <= 0.1)} "
+                  f"({q['c_latency_vs_dense_ort']:.3f}); compacted ONNX <= 0.7x: "
+                  f"{_goal(q['onnx_latency_vs_dense_ort'] <= 0.7)} "
+                  f"({q['onnx_latency_vs_dense_ort']:.3f}); parity 100% same class: "
+                  f"{_goal(min(q['agreement_ort'], q['agreement_c']) >= 1.0)}"]
+    for r in out["models"]:
+        b, lat, p95 = r["bytes"], r["latency_p50_ms"], r["latency_p95_ms"]
+        lines += ["", f"## {r['model']} ({r['arch']} width {r['width']}, T={r['T']}, "
+                  f"{r['inputs']} test images)", "",
+                  "| | dense ORT | ticket ORT (compacted) | dense C | ticket C |",
+                  "|---|---:|---:|---:|---:|",
+                  f"| p50 ms | {lat['dense_ort']:.4f} | {lat['ticket_ort']:.4f} "
+                  f"| {lat['dense_c']:.4f} | {lat['ticket_c']:.4f} |",
+                  f"| p95 ms | {p95['dense_ort']:.4f} | {p95['ticket_ort']:.4f} "
+                  f"| {p95['dense_c']:.4f} | {p95['ticket_c']:.4f} |",
+                  f"| bytes | {b['dense_fp32_onnx']:,} | {b['ticket_onnx']:,} "
+                  f"(uncompressed {b['ticket_onnx_uncompressed']:,}; int8 "
+                  f"{b['ticket_int8_onnx'] or 0:,}) | {b['dense_c_objects']:,} "
+                  f"| {b['ticket_c_objects']:,} (weights {b['ticket_c_weights']:,}) |",
+                  "", f"Parity vs PyTorch: ORT {json.dumps(r['parity']['ort'])}; C "
+                  f"{json.dumps(r['parity']['c'])}."]
+        if r["int8"]:
+            i = r["int8"]
+            lines.append(f"int8: {'kept' if i['kept'] else 'not kept'}, accuracy "
+                         f"{i['accuracy']:.2%}, agreement {i['parity']['agreement']:.2%}, max "
+                         f"|Δlogit| {i['parity']['max_abs_diff']:.3g}.")
+        c = r["compaction"]
+        lines += ["", "Compaction " + ("applied" if c["applied"] else f"not applied: {c['reason']}")
+                  + (f": {c['weights_before']:,} → {c['weights_after']:,} weight slots; check on "
+                     f"the probe: {c['check']['spike_mismatches']} spike mismatches, max "
+                     f"|Δlogit| {c['check']['max_abs_logit_diff']:.2g}" if c["applied"] else ""),
+                  "", "| layer | ticket sparsity | shape before → after | non-zero / slots "
+                  "after | C mode |", "|---|---:|---|---:|---|"]
+        shapes = {l["name"]: l for l in (c.get("layers") or [])}
+        for l in r["c_layers"]:
+            if "weights" not in l:
+                continue
+            s = shapes.get(l["name"], {})
+            sp = r["per_layer_sparsity"].get(l["name"] + ".weight")
+            lines.append(f"| {l['name']} | {'n/a' if sp is None else f'{sp:.2%}'} "
+                         f"| {s.get('shape_before')} → {s.get('shape_after')} "
+                         f"| {l['nonzero']:,} / {l['weights']:,} "
+                         f"({l['nonzero'] / max(l['weights'], 1):.1%}) | {l['mode']} |")
+        lines += ["", "Spike rate per LIF layer (fraction of neuron-steps, PyTorch, first "
+                  "2000 test images): ticket " + ", ".join(
+                      f"{k} {v:.3f}" for k, v in r["spike_rate"].items())
+                  + "; dense " + ", ".join(f"{k} {v:.3f}" for k, v in
+                                            r["dense_spike_rate"].items()) + "."]
+    lines += ["", "## Why goals are missed", "", "(filled in from the numbers above)", ""]
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

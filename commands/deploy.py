@@ -87,15 +87,24 @@ def target_table(report: dict, title: str):
     rows = []
     for e in report["targets"]:
         par, lat = e.get("parity") or {}, e["latency"]
-        rows.append([e["target"], f"{e['mode']}\nORT {e['onnxruntime']}\n{e['inputs']} inputs",
+        how = (f"ORT {e['onnxruntime']}" if e.get("runtime", "onnxruntime") == "onnxruntime"
+               else "C runtime")
+        d = e.get("dense")
+        ratio = e.get("size_ratio_vs_dense")
+        vs = ("n/a" if not d else
+              f"{e['speedup_vs_dense']:.2f}x\n"
+              + (f"1/{1 / ratio:.1f} size\n" if ratio else "")
+              + ("" if e.get("accuracy_drop_vs_dense") is None
+                 else f"{-e['accuracy_drop_vs_dense']:+.1f} pts"))
+        rows.append([e["target"], f"{e['mode']}\n{how}\n{e['inputs']} inputs",
                      f"{pct(e['accuracy'])} ({pct(e.get('accuracy_drop'))})",
                      "n/a" if not par else f"{par['agreement']:.1%}\n|Δ|≤{par['max_abs_diff']:.1g}",
                      f"{lat['p50_ms']:.3g}/{lat['p95_ms']:.3g}/{lat['p99_ms']:.3g}"
                      + ("\n[yellow]emulated — not indicative[/]" if lat["emulated"] else ""),
-                     f"{e['memory']['peak_rss_delta_mb']:.1f}",
+                     vs,
                      "\n".join(f"{g['gate']} {mark[g['status']]}" for g in e["gates"])])
     return render.columns(title, ["target", "run", "accuracy (drop)", "parity",
-                                  "latency ms p50/p95/p99", "RSS MB", "gates"], rows)
+                                  "latency ms p50/p95/p99", "vs dense", "gates"], rows)
 
 
 def gate_lines(report: dict) -> list[str]:

@@ -116,6 +116,7 @@ def validate(store: Store, model: Path, cfg: ValidateConfig = ValidateConfig(), 
     if cfg.latency_budget_ms is not None:
         profs = [p.with_latency_budget(cfg.latency_budget_ms) for p in profs]
     profs = [p.with_dense_gates(cfg.min_speedup, cfg.max_accuracy_drop) for p in profs]
+    _tools_for(profs)
     if against is not None and reference is not None:
         raise UserError("give --against (PyTorch reference) or --reference (npz), not both")
     model = Path(model)
@@ -149,6 +150,18 @@ def validate(store: Store, model: Path, cfg: ValidateConfig = ValidateConfig(), 
 
 
 C_FILES = ("model.h", "model.c", "model_weights.c", "runner.c")
+
+
+def _tools_for(profs: list) -> None:
+    """Refuse, before any work, targets whose compiler (or emulator) is not installed."""
+    from targets import c_build, emulation, runtime
+
+    for p in profs:
+        if p.kind != "c":
+            continue
+        c_build.find_compiler(p.isa)
+        if runtime.mode(p) == "emulated":
+            emulation.find_qemu()
 
 
 def _c_sources(art: Artifact | None) -> Path | None:
