@@ -269,6 +269,7 @@ def compact(model: SNN, timesteps: int, input_shape) -> tuple[Compaction | None,
             # units N never reads
             unused = [j for j in range(len(p.keep_out))
                       if not bool(_unit_weights(n, j).ne(0).any())]
+            unused = unused[1:] if len(unused) == len(p.keep_out) else unused  # keep a layer
             if unused:
                 _drop_outputs(p, unused)
                 _drop_inputs(n, unused)
@@ -277,6 +278,8 @@ def compact(model: SNN, timesteps: int, input_shape) -> tuple[Compaction | None,
             # dead units: no incoming weight
             flat = p.weight.reshape(p.weight.shape[0], -1)
             dead = [j for j in range(len(p.keep_out)) if not bool(flat[j].ne(0).any())]
+            # a layer keeps at least one unit (a zero-width layer does not export)
+            dead = dead[1:] if len(dead) == len(p.keep_out) else dead
             if not dead:
                 continue
             record: dict = {}

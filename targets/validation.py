@@ -148,6 +148,9 @@ def _int8(profile: Profile, q: runtime.TargetRun, n: int, labels, reference,
         if par["agreement"] < profile.parity.min_agreement:
             problems.append(f"agreement {par['agreement']:.2%} < "
                             f"{profile.parity.min_agreement:.2%}")
+        bound = profile.parity.int8_max_abs_logit_diff
+        if bound > 0 and par["max_abs_diff"] > bound:
+            problems.append(f"max |Δlogit| {par['max_abs_diff']:.3g} > {bound:g}")
         if labels is not None:
             drop = _accuracy(reference[:n], labels[:n]) - out["accuracy"]
             out["accuracy_drop"] = drop
