@@ -264,6 +264,9 @@ class ExportConfig:
                                        "error when the model cannot be expressed.",
                                        flags=("--c-runtime/--no-c-runtime",),
                                        show="when the C runtime can express the model")
+    c_dense_rows: float = option(0.3, "C runtime: an event-driven conv whose weights are at "
+                                 "least this dense stores its rows whole (zeros included): "
+                                 "vectorized updates, faster, more bytes; above 1 never.")
     nir: Optional[bool] = option(None, "Also write model.nir; --nir makes it an error when NIR "
                                  "cannot express the model.", flags=("--nir/--no-nir",),
                                  show="when NIR can express the model")
@@ -279,6 +282,7 @@ class ExportConfig:
         _check(self.timesteps is None or self.timesteps >= 1,
                f"timesteps must be at least 1, got {self.timesteps}")
         _check(self.probe >= 1, f"--probe must be at least 1, got {self.probe}")
+        _check(self.c_dense_rows >= 0, f"--c-dense-rows must be >= 0, got {self.c_dense_rows}")
 
 
 @dataclass(frozen=True)

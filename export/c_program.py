@@ -231,3 +231,16 @@ def program_from_model(model: SNN, timesteps: int, input_shape=None) -> dict:
             "encoding": "direct", "num_classes": int(out[0]),
             "normalize": {"mean": mean, "std": std},
             "stem": stem, "body": body, "readout": "sum"}
+
+
+def choose_dense_rows(program: dict, threshold: float) -> list[str]:
+    """Mark the body's convolutions whose weights are at least `threshold` dense (non-zero
+    fraction) for dense-row storage (export/c_codegen.py): vectorized event updates, bigger
+    weights. Returns the names marked. threshold > 1 marks none."""
+    marked = []
+    for op in program["body"]:
+        if op["kind"] == "conv2d" and op["weight"].size and \
+                np.count_nonzero(op["weight"]) / op["weight"].size >= threshold:
+            op["dense_rows"] = True
+            marked.append(op["name"])
+    return marked

@@ -24,7 +24,7 @@ from .nir_graph import write_nir
 from .prepare import for_export
 from .nir_sim import simulate
 from .c_codegen import write_c
-from .c_program import program_from_model
+from .c_program import choose_dense_rows, program_from_model
 from .compact import check as compact_check, compact
 from .onnx_files import INT8, STEP, UNROLLED, write_onnx
 
@@ -81,7 +81,7 @@ def export(store: Store, model_artifact: Artifact, cfg: ExportConfig = ExportCon
     config = {"format": FORMAT, "timesteps": T, "outputs": cfg.outputs, "opset": cfg.opset,
               "sparse_initializers": cfg.sparse_initializers, "nir": nir_mode(cfg.nir),
               "compact": cfg.compact, "int8": nir_mode(cfg.int8),
-              "c_runtime": nir_mode(cfg.c_runtime),
+              "c_runtime": nir_mode(cfg.c_runtime), "c_dense_rows": cfg.c_dense_rows,
               "probe": cfg.probe, "exporter": "torch.onnx (TorchScript)"}
     model.eval()
 
@@ -142,6 +142,7 @@ def export(store: Store, model_artifact: Artifact, cfg: ExportConfig = ExportCon
                     raise
                 c_note = f"skipped: {e}"
             else:
+                choose_dense_rows(program, cfg.c_dense_rows)
                 c_summary = write_c(program, tmp)
                 c_note = "written"
         nir_note = "not asked (--no-nir)"
@@ -176,7 +177,8 @@ def export(store: Store, model_artifact: Artifact, cfg: ExportConfig = ExportCon
                 "files": sorted(c_summary["files"]), "weight_bytes": c_summary["weight_bytes"],
                 "state_bytes": c_summary["state_bytes"], "buffer_bytes": c_summary["buffer_bytes"],
                 "layers": [{k: l[k] for k in ("name", "kind", "in_shape", "out_shape", "weights",
-                                              "nonzero", "mode", "bytes") if k in l}
+                                              "nonzero", "mode", "bytes", "index_type")
+                            if k in l}
                            for l in c_summary["layers"]]},
             "timesteps": T, "encoding": spec.encoding, "opset": cfg.opset, "outputs": cfg.outputs,
             "export_seconds": {k: v["seconds"] for k, v in files.items()},

@@ -49,7 +49,9 @@ def run(src: Path, profile: Profile, inputs: np.ndarray, *, keep: Path | None = 
             shutil.copyfile(Path(src) / name, work / name)
         progress(f"{profile.name}: compiling the C runtime for {profile.isa}")
         build = c_build.build(work, Path(d) / "build", isa=profile.isa,
-                              mcpu=profile.runtime.mcpu or None)
+                              mcpu=profile.runtime.mcpu or None,
+                              extra_flags=((f"-march={profile.runtime.march}",)
+                                           if profile.runtime.march else ()))
         info = c_run.info(build, qemu_cpu=qemu_cpu)
         progress(f"{profile.name}: running {len(inputs)} inputs + {warmup}+{runs} timed runs "
                  f"({how})")

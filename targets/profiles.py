@@ -28,6 +28,7 @@ class Runtime:
     graph_optimization_level: str = "all"  # onnxruntime only
     intra_op_threads: int = 1  # onnxruntime only
     mcpu: str = ""  # c only: -mcpu for the compiler (the device's core), "" = compiler default
+    march: str = ""  # c only: -march (x86: e.g. x86-64-v3 = AVX2), "" = compiler default
 
 
 @dataclass(frozen=True)

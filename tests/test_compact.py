@@ -154,6 +154,23 @@ def test_compacted_c_runtime_with_per_position_step_bias(pruned, compacted, tmp_
     assert np.abs(out.logits - ref).max() <= 1e-4
     san = c_run.run(c_build.build(tmp_path / "c", sanitize=True), x.numpy()[:20])
     np.testing.assert_allclose(san.logits, out.logits[:20], atol=1e-5)
+    # dense-row storage (vectorized event updates): the same sums in the same order, same bits
+    from export.c_program import choose_dense_rows
+
+    assert choose_dense_rows(program, 0.0) == ["body.2"]
+    write_c(program, tmp_path / "rows")
+    rows = c_build.build(tmp_path / "rows", extra_flags=("-march=x86-64-v3",)
+                         if _has_avx2() else ())
+    np.testing.assert_array_equal(c_run.run(rows, x.numpy()).logits, out.logits)
+    san = c_run.run(c_build.build(tmp_path / "rows", sanitize=True), x.numpy()[:20])
+    np.testing.assert_array_equal(san.logits, out.logits[:20])
+
+
+def _has_avx2() -> bool:
+    try:
+        return " avx2" in open("/proc/cpuinfo").read()
+    except OSError:
+        return False
 
 
 def test_residual_models_are_left_uncompacted():
