@@ -20,12 +20,57 @@ from .sparse import to_sparse_initializers
 UNROLLED, STEP, INT8 = "model.onnx", "model.step.onnx", "model.int8.onnx"
 
 
+def compact_names(proto: onnx.ModelProto) -> dict:
+    """Make the graph's own bytes small (in place): identical Constant nodes merged, node names
+    and doc strings dropped, internal tensor and initializer names shortened to hex counters.
+    The graph's inputs and outputs keep their names (they are the interface); nothing computed
+    changes. The exporter's names ('/model/body/body.0/Concat_3_output_0') were a third of a
+    97%-sparse ticket's file. Returns counts."""
+    g = proto.graph
+    keep = {v.name for v in g.input} | {v.name for v in g.output}
+    seen: dict[bytes, str] = {}
+    alias: dict[str, str] = {}
+    nodes = []
+    for n in g.node:
+        n.input[:] = [alias.get(x, x) for x in n.input]
+        if n.op_type == "Constant" and len(n.output) == 1 and n.output[0] not in keep:
+            key = b"".join(a.SerializeToString() for a in n.attribute)
+            if key in seen:
+                alias[n.output[0]] = seen[key]
+                continue
+            seen[key] = n.output[0]
+        nodes.append(n)
+    merged = len(g.node) - len(nodes)
+    del g.node[:]
+    g.node.extend(nodes)
+    names: dict[str, str] = {}
+
+    def short(x: str) -> str:
+        if not x or x in keep:
+            return x
+        if x not in names:
+            names[x] = format(len(names), "x")
+        return names[x]
+
+    for n in g.node:
+        n.name, n.doc_string = "", ""
+        n.input[:] = [short(x) for x in n.input]
+        n.output[:] = [short(x) for x in n.output]
+    for i in g.initializer:
+        i.name = short(i.name)
+    for v in g.value_info:
+        v.name = short(v.name)
+    g.doc_string = ""
+    return {"constants_merged": merged, "names_shortened": len(names)}
+
+
 def _finish(path: Path, meta: dict, dims: dict, sparse: bool,
             int8_path: Path | None = None) -> dict:
     """Add metadata (and sparse initializers), check, save; return sizes and node count.
     With `int8_path`, also write the int8-weight (per-channel QDQ) copy there."""
     proto = onnx.load(str(path))
     name_output_dims(proto, dims)
+    compact_names(proto)
     metadata.attach(proto, meta)
     onnx.checker.check_model(proto, full_check=True)
     onnx.save(proto, str(path))
