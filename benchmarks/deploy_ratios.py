@@ -228,6 +228,8 @@ def measure(store: Store, name: str, built: dict, c_dense_rows: float | None = N
         "spike_rate": spike_rates(ticket.path / "model.pt", x, spec.timesteps),
         "dense_spike_rate": spike_rates(dense.path / "model.pt", x, spec.timesteps),
     }
+    if c_dense_rows is None:
+        row["dense_rows_sweep"] = dense_rows_sweep(model, spec, x[:100].numpy(), dense_onnx)
     b, lat = row["bytes"], row["latency_p50_ms"]
     row["ratios"] = {
         "size_onnx": b["ticket_onnx"] / dense_onnx,
@@ -240,6 +242,45 @@ def measure(store: Store, name: str, built: dict, c_dense_rows: float | None = N
     }
     log(f"{name}: {json.dumps(row['ratios'])}")
     return row
+
+
+SWEEP = (2.0, 0.3, 0.15, 0.08)
+
+
+def dense_rows_sweep(model, spec, images, dense_onnx_bytes: int) -> list[dict]:
+    """The ticket's C runtime at several --c-dense-rows thresholds: object bytes and p50 of
+    RUNS single-image inferences (x86-64-v3), alternating twice over the thresholds."""
+    import tempfile
+
+    import numpy as np
+
+    from export.c_codegen import write_c
+    from export.c_program import choose_dense_rows, program_from_model
+    from export.compact import compact
+    from targets import c_build, c_run
+
+    comp, _ = compact(model, spec.timesteps, spec.input_shape)
+    builds = {}
+    for thr in SWEEP:
+        program = program_from_model(comp.model if comp else model, spec.timesteps,
+                                     spec.input_shape)
+        marked = choose_dense_rows(program, thr)
+        d = Path(tempfile.mkdtemp(prefix="edgeprune-sweep-"))
+        write_c(program, d)
+        b = c_build.build(d, extra_flags=("-march=x86-64-v3",))
+        builds[thr] = (b, marked)
+    p50 = {thr: [] for thr in SWEEP}
+    for _ in range(2):
+        for thr, (b, _m) in builds.items():
+            p50[thr].append(float(np.percentile(
+                c_run.run(b, images, bench=(RUNS, 100)).latencies_ms, 50)))
+    out = []
+    for thr, (b, marked) in builds.items():
+        size = sum(v["total"] for v in b.sizes.values())
+        out.append({"threshold": thr, "dense_row_layers": marked, "object_bytes": size,
+                    "size_ratio_vs_dense_onnx": size / dense_onnx_bytes,
+                    "p50_ms": min(p50[thr]), "p50_rounds": p50[thr]})
+    return out
 
 
 def _num(v) -> str:
@@ -292,6 +333,15 @@ def markdown(out: dict) -> str:
                      f"| {a['ratios']['c_latency_vs_dense_ort']:.3f} "
                      f"| {a['latency_p50_ms']['ticket_c']:.4f} "
                      f"| {a['latency_p50_ms']['dense_ort']:.4f} |")
+    lines += ["", "`--c-dense-rows` sweep (the ticket's C runtime only: object bytes, and p50 of "
+              f"{RUNS} single-image runs, best of two alternating rounds, same run but not "
+              "interleaved with ORT; compare with the C p50 above):", "",
+              "| model | threshold | dense-row layers | size vs dense fp32 ONNX | C p50 ms |",
+              "|---|---:|---:|---:|---:|"]
+    for r in out["models"]:
+        for w in r.get("dense_rows_sweep", []):
+            lines.append(f"| {r['model']} | {w['threshold']:g} | {len(w['dense_row_layers'])} "
+                         f"| {_num(w['size_ratio_vs_dense_onnx'])} | {w['p50_ms']:.4f} |")
     lines += ["", "## Goals", ""]
     for r in out["models"]:
         q = r["ratios"]

@@ -124,8 +124,11 @@ def validate(info: ModelInfo, profiles: list[Profile], inputs: np.ndarray,
 
 
 def _parity(a: np.ndarray, b: np.ndarray) -> dict:
+    d = np.abs(a.astype(np.float64) - b).max(1) if a.size else np.zeros(0)
     return {"agreement": float(np.mean(a.argmax(1) == b.argmax(1))),
-            "max_abs_diff": float(np.max(np.abs(a.astype(np.float64) - b))) if a.size else 0.0}
+            "max_abs_diff": float(d.max()) if d.size else 0.0,
+            # inputs whose logits differ beyond float32 summation noise: a spike flipped
+            "inputs_beyond_1e-4": int((d > 1e-4).sum())}
 
 
 def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
