@@ -1,8 +1,12 @@
 """The `export` stage: a model artifact in, an `export-<id>/` artifact out.
 
-The artifact holds `model.onnx` (unrolled T), `model.step.onnx` (one step, state in/out) and,
-when the model can be expressed in NIR, `model.nir`. Its metrics record what each export cost
-and how closely each file reproduces the PyTorch model on a probe batch.
+The artifact holds `model.onnx` (unrolled T, compacted: export/compact.py), `model.step.onnx`
+(one step, state in/out; uncompacted when compaction needed per-step biases), `model.int8.onnx`
+(int8 QDQ weights, for validation to keep or drop), the C runtime's sources (`model.h`,
+`model.c`, `model_weights.c`, `runner.c`) and, when the model can be expressed in NIR,
+`model.nir`. Its metrics record the compaction (shapes before/after and its exactness check on
+the probe), what each export cost and how closely each file reproduces the PyTorch model on a
+probe batch.
 """
 from __future__ import annotations
 
