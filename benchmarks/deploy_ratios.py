@@ -229,7 +229,8 @@ def measure(store: Store, name: str, built: dict, c_dense_rows: float | None = N
         "parity": {"ort": ort["parity"], "c": c["parity"]},
         "compaction": {k: em["compaction"].get(k) for k in ("applied", "reason", "layers",
                                                             "weights_before", "weights_after",
-                                                            "step_biases", "check")},
+                                                            "step_biases", "check", "align",
+                                                            "c")},
         "c_layers": em["c"]["layers"],
         "spike_rate": spike_rates(ticket.path / "model.pt", x, spec.timesteps),
         "dense_spike_rate": spike_rates(dense.path / "model.pt", x, spec.timesteps),
@@ -293,12 +294,14 @@ def why(r: dict) -> list[str]:
     """The reasons behind the missed goals of one model, from its measured numbers."""
     q, c = r["ratios"], r["compaction"]
     removed = sum(l["removed_dead_outputs"] + l["removed_unused_outputs"]
-                  for l in c.get("layers") or [])
+                  for l in (c.get("c") or c).get("layers") or [])
     convs = [l for l in r["c_layers"] if l.get("kind") == "conv2d" and "weights" in l]
     dense_convs = [l for l in convs if l["nonzero"] / max(l["weights"], 1) >= 0.3]
     rates = r["spike_rate"]
+    c_after = (c.get("c") or {}).get("weights_after", c.get("weights_after", 0))
     out = [f"- **{r['model']}**: compaction removed {removed} unit(s) "
-           f"({c.get('weights_before', 0):,} → {c.get('weights_after', 0):,} weight slots): "
+           f"({c.get('weights_before', 0):,} → {c_after:,} weight slots in C, "
+           f"{c.get('weights_after', 0):,} in ONNX with conv channels kept a multiple of 16): "
            "global magnitude pruning at 97% left almost every channel and neuron with inputs "
            "and outputs, so the compacted ONNX runs nearly the dense model's GEMMs and ONNX "
            "Runtime, which computes zeros at full cost, cannot be faster "
@@ -419,16 +422,19 @@ def markdown(out: dict) -> str:
                   + (f": {c['weights_before']:,} → {c['weights_after']:,} weight slots; check on "
                      f"the probe: {c['check']['spike_mismatches']} spike mismatches, max "
                      f"|Δlogit| {c['check']['max_abs_logit_diff']:.2g}" if c["applied"] else ""),
-                  "", "| layer | ticket sparsity | shape before → after | non-zero / slots "
-                  "after | C mode |", "|---|---:|---|---:|---|"]
+                  "", "| layer | ticket sparsity | shape before | after: ONNX (conv channels "
+                  "kept a multiple of 16) | after: C | non-zero / slots in C | C mode |",
+                  "|---|---:|---|---|---|---:|---|"]
         shapes = {l["name"]: l for l in (c.get("layers") or [])}
+        c_shapes = {l["name"]: l for l in ((c.get("c") or {}).get("layers") or [])}
         for l in r["c_layers"]:
             if "weights" not in l:
                 continue
             s = shapes.get(l["name"], {})
             sp = r["per_layer_sparsity"].get(l["name"] + ".weight")
             lines.append(f"| {l['name']} | {'n/a' if sp is None else f'{sp:.2%}'} "
-                         f"| {s.get('shape_before')} → {s.get('shape_after')} "
+                         f"| {s.get('shape_before')} | {s.get('shape_after')} "
+                         f"| {c_shapes.get(l['name'], s).get('shape_after')} "
                          f"| {l['nonzero']:,} / {l['weights']:,} "
                          f"({l['nonzero'] / max(l['weights'], 1):.1%}) | {l['mode']} |")
         lines += ["", "Spike rate per LIF layer (fraction of neuron-steps, PyTorch, first "

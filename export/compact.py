@@ -217,8 +217,22 @@ def _simulate(segment: list, x: torch.Tensor, record: dict) -> torch.Tensor:
     return seq
 
 
-def compact(model: SNN, timesteps: int, input_shape) -> tuple[Compaction | None, str | None]:
-    """The compacted, folded copy of `model` for `timesteps` steps, or (None, reason)."""
+def _aligned(p: _Producer, candidates: list[int], align: int) -> list[int]:
+    """The removal candidates of conv `p` trimmed so that its channel count stays a multiple
+    of `align` (ONNX Runtime's blocked NCHWc convolutions need one: on VGG16 a 128 -> 113
+    channel compaction ran 19% slower than the uncompacted ticket). Unremoved units are just
+    computed, as before: still exact."""
+    if align <= 1 or p.kind != "conv" or not candidates:
+        return candidates
+    left = len(p.keep_out) - len(candidates)
+    keep_extra = (-left) % align
+    return candidates[:len(candidates) - keep_extra] if keep_extra < len(candidates) else []
+
+
+def compact(model: SNN, timesteps: int, input_shape,
+            align: int = 1) -> tuple[Compaction | None, str | None]:
+    """The compacted, folded copy of `model` for `timesteps` steps, or (None, reason).
+    `align` > 1 keeps every conv's output channels a multiple of it (for ONNX Runtime)."""
     prepared = for_export(model)
     why = not_compactable(prepared)
     if why:
@@ -270,6 +284,7 @@ def compact(model: SNN, timesteps: int, input_shape) -> tuple[Compaction | None,
             unused = [j for j in range(len(p.keep_out))
                       if not bool(_unit_weights(n, j).ne(0).any())]
             unused = unused[1:] if len(unused) == len(p.keep_out) else unused  # keep a layer
+            unused = _aligned(p, unused, align)
             if unused:
                 _drop_outputs(p, unused)
                 _drop_inputs(n, unused)
@@ -280,6 +295,7 @@ def compact(model: SNN, timesteps: int, input_shape) -> tuple[Compaction | None,
             dead = [j for j in range(len(p.keep_out)) if not bool(flat[j].ne(0).any())]
             # a layer keeps at least one unit (a zero-width layer does not export)
             dead = dead[1:] if len(dead) == len(p.keep_out) else dead
+            dead = _aligned(p, dead, align)
             if not dead:
                 continue
             record: dict = {}

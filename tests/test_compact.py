@@ -182,3 +182,21 @@ def test_residual_models_are_left_uncompacted():
     c, why = compact(spec.build().eval(), T, spec.input_shape)
     assert c is None and "SpikingBasicBlock" in why
     assert ModelConfig  # the config module stays importable without torch-only deps
+
+
+def test_aligned_compaction_keeps_conv_channels_a_multiple_and_stays_exact(pruned, compacted):
+    """For ONNX Runtime (blocked convolutions) conv channel counts stay multiples of 16; the
+    units that keeps are computed as before, so the result is still exact."""
+    from export.compact import check, compact
+
+    spec, model = pruned
+    aligned, _ = compact(model, T, spec.input_shape, align=16)
+    shapes = {l["name"]: l["shape_after"] for l in aligned.layers}
+    free = {l["name"]: l["shape_after"] for l in compacted.layers}
+    for name in ("stem.0", "body.2"):
+        assert shapes[name][0] % 16 == 0 and shapes[name][0] >= free[name][0]
+    assert free["body.2"][0] % 16 != 0  # unaligned, it removes more
+    assert shapes["body.7"][0] == free["body.7"][0]  # linear layers are not aligned
+    x, _ = _test_images()
+    proof = check(model, aligned, x)
+    assert proof["spike_mismatches"] == 0 and proof["max_abs_logit_diff"] <= 1e-5
