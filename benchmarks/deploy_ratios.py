@@ -314,6 +314,16 @@ def why(r: dict) -> list[str]:
                    + ", ".join(f"{v:.0%}" for v in list(rates.values())[:3])
                    + " (more after average pooling: a pooled cell is non-zero when any of its "
                    "4 neurons spiked); 0.1x would need those layers ~10x sparser or quieter.")
+    lat = r["latency_p50_ms"]
+    if lat["dense_c"] < lat["ticket_c"]:
+        sweep = min(r.get("dense_rows_sweep") or [{}], key=lambda w: w.get("p50_ms", 1e9))
+        out.append(f"  On the C runtime the dense model ({lat['dense_c']:.3f} ms) beats the ticket "
+                   f"({lat['ticket_c']:.3f} ms): at 100% density every dense layer takes the "
+                   "vectorized dense-row path, while the ticket's 8-30%-dense layers take the "
+                   "scalar sparse-row path, which costs more per event than 8-wide vector "
+                   "updates of the whole row; lowering --c-dense-rows to "
+                   f"{sweep.get('threshold')} gives {sweep.get('p50_ms', 0):.3f} ms at "
+                   f"{sweep.get('size_ratio_vs_dense_onnx', 0):.3f} of the dense ONNX size.")
     size_ok = min(q["size_c"], r["size_first"]["ratios"]["size_c"]) <= GOALS["size"]
     out.append(f"  Size: C {'meets' if size_ok else 'misses'} 1/20 "
                f"({r['size_first']['ratios']['size_c']:.3f} size-first, {q['size_c']:.3f} with "
