@@ -30,7 +30,8 @@ def export(model: Path = typer.Argument(..., help="A model.pt inside a train/ret
         p = m["parity"].get(name, {})
         rows.append([name, f"{m['bytes'][name]:,} B",
                      f"{m['bytes_dense'][name]:,} B" if name in m["bytes_dense"] else "-",
-                     str(m["nodes"][name]), f"{m['export_seconds'][name]:.2f} s",
+                     "-" if m["nodes"][name] is None else str(m["nodes"][name]),
+                     f"{m['export_seconds'][name]:.2f} s",
                      f"{p['max_abs_diff']:.2e}" if p else "-",
                      f"{p['prediction_agreement']:.1%}" if p else "-",
                      str(p["spike_mismatches"]) if p else "-"])
@@ -42,7 +43,22 @@ def export(model: Path = typer.Argument(..., help="A model.pt inside a train/ret
                           "path": str(art.path),
                           "files": {n: str(art.path / n) for n in m["bytes"]}, "metrics": m}, t,
                 [f"probe: {m['probe']};  NIR: {m['nir']};  sparsity {m['sparsity']:.1%}",
+                 _compaction_line(m.get("compaction")),
+                 f"C runtime: {m.get('c_runtime')}"
+                 + (f" ({m['c']['weight_bytes']:,} B of weights)" if m.get("c") else ""),
                  f"exported: {art.path}"])
+
+
+def _compaction_line(c: dict | None) -> str:
+    if not c:
+        return "compaction: not asked (--no-compact)"
+    if not c["applied"]:
+        return f"compaction: not applied ({c['reason']})"
+    changed = [f"{l['name']} {l['shape_before']}→{l['shape_after']}" for l in c["layers"]
+               if l["shape_before"] != l["shape_after"] or l["step_bias"]]
+    return (f"compaction: {len(changed)} layer(s) smaller" + (": " + ", ".join(changed)
+                                                             if changed else "") +
+            f"; exact on the probe ({c['check']['spike_mismatches']} spike mismatches)")
 
 
 @configured(Group("data", "run", DataConfig, exclude=("train_subset",)),
@@ -87,15 +103,24 @@ def target_table(report: dict, title: str):
     rows = []
     for e in report["targets"]:
         par, lat = e.get("parity") or {}, e["latency"]
-        rows.append([e["target"], f"{e['mode']}\nORT {e['onnxruntime']}\n{e['inputs']} inputs",
+        how = (f"ORT {e['onnxruntime']}" if e.get("runtime", "onnxruntime") == "onnxruntime"
+               else "C runtime")
+        d = e.get("dense")
+        ratio = e.get("size_ratio_vs_dense")
+        vs = ("n/a" if not d else
+              f"{e['speedup_vs_dense']:.2f}x\n"
+              + (f"1/{1 / ratio:.1f} size\n" if ratio else "")
+              + ("" if e.get("accuracy_drop_vs_dense") is None
+                 else f"{-e['accuracy_drop_vs_dense']:+.1f} pts"))
+        rows.append([e["target"], f"{e['mode']}\n{how}\n{e['inputs']} inputs",
                      f"{pct(e['accuracy'])} ({pct(e.get('accuracy_drop'))})",
                      "n/a" if not par else f"{par['agreement']:.1%}\n|Δ|≤{par['max_abs_diff']:.1g}",
                      f"{lat['p50_ms']:.3g}/{lat['p95_ms']:.3g}/{lat['p99_ms']:.3g}"
                      + ("\n[yellow]emulated — not indicative[/]" if lat["emulated"] else ""),
-                     f"{e['memory']['peak_rss_delta_mb']:.1f}",
+                     vs,
                      "\n".join(f"{g['gate']} {mark[g['status']]}" for g in e["gates"])])
     return render.columns(title, ["target", "run", "accuracy (drop)", "parity",
-                                  "latency ms p50/p95/p99", "RSS MB", "gates"], rows)
+                                  "latency ms p50/p95/p99", "vs dense", "gates"], rows)
 
 
 def gate_lines(report: dict) -> list[str]:

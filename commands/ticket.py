@@ -1,6 +1,7 @@
 """edgeprune search, retrain and compress: the ticket commands."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional
 
@@ -68,6 +69,47 @@ def ticket_table(m: dict, cached: bool = False):
           "-" if st is None else f"{st:.1f} s", f"{m['mean_spike_rate']:.3f}"]])
 
 
+def dense_vs_ticket(report: dict) -> list[dict]:
+    """Per target: dense model vs ticket, measured side by side in the validation run."""
+    rows = []
+    for e in report["targets"]:
+        d = e.get("dense") or {}
+        rows.append({"target": e["target"], "runtime": e.get("runtime", "onnxruntime"),
+                     "emulated": e["latency"]["emulated"],
+                     "accuracy": e["accuracy"], "dense_accuracy": d.get("accuracy"),
+                     "accuracy_drop_vs_dense": e.get("accuracy_drop_vs_dense"),
+                     "size_bytes": e["file_bytes"], "dense_size_bytes": d.get("file_bytes"),
+                     "size_ratio_vs_dense": e.get("size_ratio_vs_dense"),
+                     "latency_p50_ms": e["latency"]["p50_ms"],
+                     "dense_latency_p50_ms": d.get("latency_p50_ms"),
+                     "speedup_vs_dense": e.get("speedup_vs_dense")})
+    return rows
+
+
+def compression_table(rows: list[dict], report: dict):
+    def ms(v, emulated):
+        return "n/a" if v is None else f"{v:.3g}" + (" (emulated)" if emulated else "")
+
+    def size(v):
+        return "n/a" if v is None else f"{v / 1024:,.1f} KiB"
+
+    out = []
+    for r in rows:
+        ratio, sp = r["size_ratio_vs_dense"], r["speedup_vs_dense"]
+        out.append([f"{r['target']}\n({r['runtime']})",
+                    f"{render.pct(r['dense_accuracy'])} → {render.pct(r['accuracy'])}",
+                    f"{size(r['dense_size_bytes'])} → {size(r['size_bytes'])}"
+                    + ("" if not ratio else f"\n(1/{1 / ratio:.1f})"),
+                    f"{ms(r['dense_latency_p50_ms'], False)} → "
+                    f"{ms(r['latency_p50_ms'], r['emulated'])}",
+                    "n/a" if sp is None else f"{sp:.2f}x"])
+    title = "dense vs ticket, same target, same run"
+    if not any(r["dense_accuracy"] is not None for r in rows):
+        title += f" (dense not measured: {report.get('dense_note')})"
+    return render.columns(title, ["target", "accuracy", "deployable size", "p50 latency ms",
+                                  "speed-up"], out)
+
+
 @configured(DATA, RUN, Group("imports", "import", ImportConfig, exclude=("input_shape",
                                                                             "num_classes")),
             Group("model_cfg", "train", ModelConfig), Group("optim", "train", TrainConfig),
@@ -130,9 +172,15 @@ def compress(
                "onnx_max_abs_diff": e.get("max_abs_diff"),
                "onnx_bytes": e.get("bytes", {}).get("model.onnx"), "nir": e.get("nir"),
                "validation": arts["validate"].metrics, "passed": failed is None}
+    report_ = json.loads(arts["validate"].file("report.json").read_text())
+    summary["dense_vs_ticket"] = dense_vs_ticket(report_)
     render.emit(as_json, {"stage": "compress", "summary": summary, "artifacts": paths,
                           "ids": {k: a.id for k, a in arts.items()},
                           "cached": result.cached},
-                ticket_table(m), [f"{k}: {v}" for k, v in paths.items()])
+                ticket_table(m), [])
+    if not as_json:
+        render.out.print(compression_table(summary["dense_vs_ticket"], report_))
+        for k, v in paths.items():
+            render.out.print(f"{k}: {v}")
     if failed is not None:
         raise failed

@@ -270,9 +270,25 @@ class ExportConfig:
     outputs: str = option("logits", "logits: summed logits only; all: also step_logits "
                           "(T,batch,classes) and spikes.<layer> (per-sample spike totals).")
     opset: int = option(17, "ONNX opset (13 to 20).")
-    sparse_initializers: bool = option(False, "Store mostly-zero weights as ONNX sparse "
-                                       "initializers (smaller files; ONNX Runtime densifies them "
-                                       "at load).")
+    sparse_initializers: bool = option(True, "Store mostly-zero weights as ONNX sparse "
+                                       "initializers where that is smaller (smaller files; ONNX "
+                                       "Runtime densifies them at load).")
+    compact: bool = option(True, "Remove the units the ticket made dead (no incoming or no "
+                           "outgoing weights), exactly: spikes and logits unchanged, checked "
+                           "at export.")
+    int8: Optional[bool] = option(None, "int8 weights (per-channel QDQ) in model.int8.onnx, "
+                                  "kept where validation's parity and accuracy gates pass; "
+                                  "--int8 makes a failing int8 model a failed gate (exit 1).",
+                                  flags=("--int8/--no-int8",),
+                                  show="tried, kept where it passes")
+    c_runtime: Optional[bool] = option(None, "Write the event-driven sparse C runtime (C99 "
+                                       "sources) for the c-* targets; --c-runtime makes it an "
+                                       "error when the model cannot be expressed.",
+                                       flags=("--c-runtime/--no-c-runtime",),
+                                       show="when the C runtime can express the model")
+    c_dense_rows: float = option(0.3, "C runtime: an event-driven conv whose weights are at "
+                                 "least this dense stores its rows whole (zeros included): "
+                                 "vectorized updates, faster, more bytes; above 1 never.")
     nir: Optional[bool] = option(None, "Also write model.nir; --nir makes it an error when NIR "
                                  "cannot express the model.", flags=("--nir/--no-nir",),
                                  show="when NIR can express the model")
@@ -288,19 +304,35 @@ class ExportConfig:
         _check(self.timesteps is None or self.timesteps >= 1,
                f"timesteps must be at least 1, got {self.timesteps}")
         _check(self.probe >= 1, f"--probe must be at least 1, got {self.probe}")
+        _check(self.c_dense_rows >= 0, f"--c-dense-rows must be >= 0, got {self.c_dense_rows}")
 
 
 @dataclass(frozen=True)
 class ValidateConfig:
     target: str = option("x86_64", "Target profiles, comma-separated: names in targets/profiles "
-                         "(x86_64, arm64-cortex-a72, arm64-neoverse-n1) or .toml paths.")
+                         "(ONNX Runtime: x86_64, arm64-cortex-a72, arm64-neoverse-n1; the sparse "
+                         "C runtime: c-x86_64, c-arm64-cortex-a72) or .toml paths.")
     latency_budget_ms: Optional[float] = option(None, "Override every profile's latency budget.",
                                                 show="the profile's")
     limit: Optional[int] = option(None, "Use only the first N test images.", show="all")
+    dense: bool = option(True, "Also measure the dense model the ticket came from (found "
+                         "through the artifacts' lineage) on every target in the same run: "
+                         "speed-up, size ratio, accuracy drop.")
+    min_speedup: Optional[float] = option(None, "Fail (exit 1) unless dense p50 / ticket p50 "
+                                          "reaches this on every natively run target.",
+                                          show="the profile's (0: no gate)")
+    max_accuracy_drop: Optional[float] = option(None, "Fail (exit 1) when the ticket loses more "
+                                                "than this many percentage points of accuracy "
+                                                "against the dense model.",
+                                                show="the profile's (5)")
 
     def __post_init__(self):
         _check(self.latency_budget_ms is None or self.latency_budget_ms > 0,
                "--latency-budget-ms must be positive")
+        _check(self.min_speedup is None or self.min_speedup >= 0,
+               "--min-speedup must be >= 0")
+        _check(self.max_accuracy_drop is None or 0 <= self.max_accuracy_drop <= 100,
+               "--max-accuracy-drop must be in [0, 100] (percentage points)")
         _check(self.limit is None or self.limit >= 1, "--limit must be at least 1")
 
 

@@ -6,7 +6,10 @@
 - onnx_unrolled.py T timesteps unrolled into one static graph (`model.onnx`)
 - onnx_step.py     one timestep, neuron state as explicit inputs/outputs (`model.step.onnx`)
 - metadata.py      the `edgeprune.*` metadata_props the validator reads
+- compact.py       exact compaction: units the ticket made dead removed, their fixed output folded
+                   into the next layer's (per-step) bias; `check` proves it spike for spike
 - sparse.py        mostly-zero weights as ONNX sparse initializers
+- quantize.py      int8 per-channel QDQ weights (model.int8.onnx), from onnxruntime's quantizer
 - nir_graph.py     the SNN as a NIR graph (`model.nir`); nir_sim.py simulates one in numpy
 - parity.py        PyTorch references and ONNX Runtime runs, to compare exported files with the model
 - c_program.py     the SNN as a torch-free program (dicts + float32 arrays) for the sparse C runtime

@@ -24,6 +24,11 @@ Storage and computation per layer (conv2d / linear):
 - dense input (the image in the stem): GATHER over non-zero weights only (conv: one row per
   output channel listing (input channel, ky, kx) taps, each tap a vectorizable sweep over the
   output plane; linear: CSR).
+  An event-driven conv whose op has "dense_rows" (c_program.choose_dense_rows: weights at
+  least that dense) stores each (input channel, ky, kx) row whole, zeros included: one event
+  then updates all output channels in one vectorizable loop (same sums in the same order, so
+  the same bits), at 4 bytes per weight slot instead of ~5 per non-zero. Events accumulate
+  position-major (HWC) in a scratch buffer, so one event's outputs are adjacent in memory.
 Index arrays use the smallest unsigned type that holds their values (uint8/uint16/uint32).
 Bias (and step_bias) is added after the sum, as PyTorch's kernels do.
 
@@ -175,8 +180,12 @@ def plan(program: dict) -> dict:
                 if op.get("step_bias") is not None:
                     if part == "stem":
                         _fail(f"{name}: step_bias is only allowed on body ops (the stem runs once)")
-                    op["step_bias"] = _check_array(op["step_bias"], (T, nout),
-                                                   f"{name}.step_bias")
+                    sb = op["step_bias"]
+                    # (T, O), or for a conv (T, O, OH, OW): per output position (exact
+                    # compaction of a padded conv reading constant inputs, export/compact.py)
+                    want = (T, nout) if not (k == "conv2d" and getattr(sb, "ndim", 0) == 4) \
+                        else (T, nout, *output_shape(op, shape)[1:])
+                    op["step_bias"] = _check_array(sb, want, f"{name}.step_bias")
                 else:
                     op["step_bias"] = None
                 if k == "conv2d":
@@ -284,6 +293,14 @@ def _layout(op: dict) -> dict:
     ptr, idx, val = _rows(np.ascontiguousarray(m))
     idx_t, idx_b = _uint(max(int(m.shape[1]) - 1, 0))
     ptr_t, ptr_b = _uint(int(ptr[-1]))
+    if event and op["kind"] == "conv2d" and op.get("dense_rows"):
+        # every row stored whole (zeros included), so an event's update of all output
+        # channels is one vectorizable loop; the row pointers still skip empty rows
+        idx, val = np.zeros(0, np.int64), np.ascontiguousarray(m, np.float32).reshape(-1)
+        return {"event": True, "dense_rows": True, "ptr": ptr, "idx": idx, "val": val,
+                "nonzero": int(np.count_nonzero(m)), "idx_t": idx_t, "ptr_t": ptr_t,
+                "bytes": {"values": 4 * len(val), "indices": idx_b,
+                          "row_pointers": ptr_b * len(ptr)}}
     return {"event": event, "ptr": ptr, "idx": idx, "val": val, "idx_t": idx_t,
             "ptr_t": ptr_t, "bytes": {"values": 4 * max(len(val), 1),
                                       "indices": idx_b * max(len(idx), 1),
@@ -299,7 +316,9 @@ def _bias_code(op: dict, sym: str, nout: int, plane: int) -> str:
     terms = []
     if op["bias"] is not None:
         terms.append(f"{sym}_bias[c]")
-    if op["step_bias"] is not None:
+    if op["step_bias"] is not None and op["step_bias"].ndim == 4 and plane > 1:
+        terms.append(f"{sym}_step_bias[(t * {nout} + c) * {plane} + p]")
+    elif op["step_bias"] is not None:
         terms.append(f"{sym}_step_bias[t * {nout} + c]")
     body = "".join(f"            o[p] += {term};\n" for term in terms)
     if plane == 1:
@@ -317,14 +336,30 @@ def _conv_fn(op: dict, fn: str, sym: str, lay: dict) -> str:
     (sh, sw), (ph, pw) = op["stride"], op["padding"]
     kk, plane = kh * kw, oh * ow
     head = (f"/* {_c_comment(op['name'])}: conv2d {i}->{o}, {kh}x{kw}, stride {sh}x{sw}, "
-            f"padding {ph}x{pw}, {h}x{w} -> {oh}x{ow}; {len(lay['val'])} non-zero weights, "
+            f"padding {ph}x{pw}, {h}x{w} -> {oh}x{ow}; {lay.get('nonzero', len(lay['val']))} non-zero weights, "
             f"{'event-driven over ' + op['in_kind'] + ' input' if lay['event'] else 'dense input'} */\n"
             f"static void {fn}(const float *restrict in, float *restrict out, int t)\n{{\n")
     decl = "    int c, p;\n    (void)t;\n"
     zero = f"    for (p = 0; p < {o * plane}; p++) out[p] = 0.0f;\n"
     if lay["event"]:
-        acc = "o[idx[k] * %d] += val[k];" % plane if op["in_kind"] == "binary" else \
-              "o[idx[k] * %d] += xv * val[k];" % plane
+        # Events accumulate into `acc` laid out position-major (HWC): one event's output
+        # channels are then adjacent (a cache line or two) instead of a plane apart; the sums
+        # and their order are the same. Transposed into `out` (CHW) at the end.
+        head = head.replace("float *restrict out, int t)",
+                            "float *restrict out, int t, float *restrict acc_)")
+        zero = f"    for (p = 0; p < {o * plane}; p++) acc_[p] = 0.0f;\n"
+        acc = "o[idx[k]] += val[k];" if op["in_kind"] == "binary" else \
+              "o[idx[k]] += xv * val[k];"
+        inner = f"for (k = r[0]; k < r[1]; k++) {acc}"
+        if lay.get("dense_rows"):
+            term = "wr[co]" if op["in_kind"] == "binary" else "xv * wr[co]"
+            inner = (f"if (r[0] != r[1]) {{\n"
+                     f"                            const float *wr = val + (c * {kk} + ky * {kw} "
+                     f"+ kx) * {o};\n"
+                     f"                            int co;\n"
+                     f"                            (void)idx;\n"
+                     f"                            for (co = 0; co < {o}; co++) o[co] += {term};\n"
+                     f"                        }}")
         loop = f"""    for (c = 0; c < {i}; c++) {{
         const {lay['ptr_t']} *rp = {sym}_ptr + c * {kk};
         const float *x = in + c * {h * w};
@@ -348,13 +383,15 @@ def _conv_fn(op: dict, fn: str, sym: str, lay: dict) -> str:
                         {lay['ptr_t']} k;
                         if (nx < 0) break;
                         if (nx % {sw} != 0 || nx / {sw} >= {ow}) continue;
-                        o = out + (ny / {sh}) * {ow} + nx / {sw};
-                        for (k = r[0]; k < r[1]; k++) {acc}
+                        o = acc_ + ((ny / {sh}) * {ow} + nx / {sw}) * {o};
+                        {inner}
                     }}
                 }}
             }}
         }}
     }}
+    for (c = 0; c < {o}; c++)
+        for (p = 0; p < {plane}; p++) out[c * {plane} + p] = acc_[p * {o} + c];
 """
         if op["in_kind"] == "binary":
             loop = loop.replace("const float xv = x[iy * %d + ix];" % w,
@@ -524,6 +561,7 @@ def generate(program: dict, prefix: str = "edgeprune") -> tuple[dict[str, str], 
     fns, weights_c, layers, struct_fields, schedule_stem, schedule_body = [], [], [], [], [], []
     lif_names, lif_sizes = [], []
     weight_bytes = 0
+    scratch = 0  # event-driven convs accumulate position-major here
     externs = []
 
     def buf(b: int) -> str:
@@ -557,13 +595,19 @@ def generate(program: dict, prefix: str = "edgeprune") -> tuple[dict[str, str], 
                     externs.append(f"extern const {ctype} {sym}_{suffix}[{count}];")
                 weights_c.append("\n")
                 total = int(op["weight"].size)
-                nnz = int(len(lay["val"]))
+                nnz = int(lay.get("nonzero", len(lay["val"])))
                 info.update(weights=total, nonzero=nnz, sparsity=1.0 - nnz / total if total else 0.0,
-                            mode="event" if lay["event"] else "dense",
+                            mode=("event, dense rows" if lay.get("dense_rows") else "event")
+                            if lay["event"] else "dense",
                             index_type=lay["idx_t"], pointer_type=lay["ptr_t"],
                             bytes=sum(nbytes.values()), bytes_detail=nbytes)
                 weight_bytes += info["bytes"]
-                sched.append(f"{fn}({args}, t);" if part == "body" else f"{fn}({args}, 0);")
+                extra = ""
+                if k == "conv2d" and lay["event"]:
+                    extra = ", ctx->scratch"
+                    scratch = max(scratch, int(np.prod(op["out_shape"])))
+                sched.append(f"{fn}({args}, t{extra});" if part == "body"
+                             else f"{fn}({args}, 0{extra});")
             elif k in ("avgpool2d", "maxpool2d"):
                 fns.append(_pool_fn(op, fn))
                 sched.append(f"{fn}({args});")
@@ -631,6 +675,7 @@ typedef struct {{
     float buf1[{max(sizes[1], 1)}];
     float buf2[{max(sizes[2], 1)}];
 {chr(10).join(struct_fields)}
+    float scratch[{max(scratch, 1)}]; /* event-driven convs: position-major accumulator */
     uint32_t spikes[{max(L, 1)}]; /* spikes per LIF layer in the last inference (all steps) */
 }} {prefix}_ctx;
 
@@ -701,7 +746,7 @@ int {prefix}_infer(const float *image, float *logits)
                "normalize_bytes": norm_bytes,
                "state_bytes": 4 * sum(l.get("neurons", 0) * (2 if l["kind"] == "li" else 1)
                                       for l in layers),
-               "buffer_bytes": 4 * sum(max(s, 1) for s in sizes),
+               "buffer_bytes": 4 * sum(max(s, 1) for s in sizes) + 4 * max(scratch, 1),
                "spiking_layers": lif_names, "layers": layers}
     return sources, summary
 

@@ -15,7 +15,8 @@ Ops (every op also has "name": the module path in the PyTorch model, e.g. "body.
     {"kind": "conv2d", "weight": (O,I,kh,kw), "bias": (O,) | None, "stride": [sh,sw],
      "padding": [ph,pw]}                                   # groups = dilation = 1
     {"kind": "linear", "weight": (O,I), "bias": (O,) | None}
-      optional on both: "step_bias": (T,O), added at step t on top of "bias" (body ops only)
+      optional on both: "step_bias": (T,O), added at step t on top of "bias" (body ops only);
+      a conv2d may have (T,O,OH,OW): per output position (export/compact.py makes these)
     {"kind": "avgpool2d" | "maxpool2d", "kernel": [kh,kw], "stride": [sh,sw]}   # no padding
     {"kind": "flatten"}
     {"kind": "lif", "tau_mem_inv": a, "v_th": th, "v_reset": r, "reset": "value"|"subtract"}
@@ -38,6 +39,7 @@ from edgeprune.models import SNN, SpikingBasicBlock
 from edgeprune.neurons import LI, LIF
 
 from .c_codegen import output_shape
+from .compact import StepBiased
 from .prepare import NORMS, for_export
 
 FORMAT = "edgeprune.c-program/1"
@@ -102,6 +104,10 @@ def _op(m: nn.Module, name: str, shape: tuple[int, ...]) -> dict | None:
                         "BatchNorm op")
     if isinstance(m, (nn.Identity, nn.Dropout)):
         return None
+    if isinstance(m, StepBiased):  # a compacted layer with a per-step bias
+        op = _op(m.layer, name, shape)
+        op["step_bias"] = _f32(m.step_bias)
+        return op
     if isinstance(m, nn.Conv2d):
         return _conv(m, name)
     if isinstance(m, nn.Linear):
@@ -225,3 +231,16 @@ def program_from_model(model: SNN, timesteps: int, input_shape=None) -> dict:
             "encoding": "direct", "num_classes": int(out[0]),
             "normalize": {"mean": mean, "std": std},
             "stem": stem, "body": body, "readout": "sum"}
+
+
+def choose_dense_rows(program: dict, threshold: float) -> list[str]:
+    """Mark the body's convolutions whose weights are at least `threshold` dense (non-zero
+    fraction) for dense-row storage (export/c_codegen.py): vectorized event updates, bigger
+    weights. Returns the names marked. threshold > 1 marks none."""
+    marked = []
+    for op in program["body"]:
+        if op["kind"] == "conv2d" and op["weight"].size and \
+                np.count_nonzero(op["weight"]) / op["weight"].size >= threshold:
+            op["dense_rows"] = True
+            marked.append(op["name"])
+    return marked

@@ -50,7 +50,9 @@ class Unrolled(nn.Module):
     def _recorder(self, name: str):
         def record(_m, _inp, out):
             if self._counts is not None:
-                self._counts[name] = out.transpose(0, 1).flatten(1).sum(1)
+                # + the fixed spikes of dead neurons that compaction removed (export/compact.py)
+                self._counts[name] = out.transpose(0, 1).flatten(1).sum(1) + \
+                    getattr(self.model, "constant_spikes", {}).get(name, 0.0)
         return record
 
     def forward(self, x: torch.Tensor):

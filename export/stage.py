@@ -1,11 +1,16 @@
 """The `export` stage: a model artifact in, an `export-<id>/` artifact out.
 
-The artifact holds `model.onnx` (unrolled T), `model.step.onnx` (one step, state in/out) and,
-when the model can be expressed in NIR, `model.nir`. Its metrics record what each export cost
-and how closely each file reproduces the PyTorch model on a probe batch.
+The artifact holds `model.onnx` (unrolled T, compacted: export/compact.py), `model.step.onnx`
+(one step, state in/out; uncompacted when compaction needed per-step biases), `model.int8.onnx`
+(int8 QDQ weights, for validation to keep or drop), the C runtime's sources (`model.h`,
+`model.c`, `model_weights.c`, `runner.c`) and, when the model can be expressed in NIR,
+`model.nir`. Its metrics record the compaction (shapes before/after and its exactness check on
+the probe), what each export cost and how closely each file reproduces the PyTorch model on a
+probe batch.
 """
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Callable
@@ -22,10 +27,15 @@ from . import metadata, parity
 from .nir_graph import write_nir
 from .prepare import for_export
 from .nir_sim import simulate
-from .onnx_files import STEP, UNROLLED, write_onnx
+from .c_codegen import write_c
+from .c_program import choose_dense_rows, program_from_model
+from .compact import check as compact_check, compact
+from .onnx_files import INT8, STEP, UNROLLED, write_onnx
 
 NIR_FILE = "model.nir"
-FORMAT = 1  # bump when the exported files change for the same config
+FORMAT = 3  # bump when the exported files change for the same config
+ONNX_ALIGN = 16  # conv channels of the compacted ONNX graph: a multiple of this
+COMPACT_TOLERANCE = 1e-5  # max |Δlogit| compaction may cause (float32 summation order only)
 
 Report = Callable[[dict], None]
 
@@ -75,15 +85,53 @@ def export(store: Store, model_artifact: Artifact, cfg: ExportConfig = ExportCon
     T = cfg.timesteps or spec.timesteps
     config = {"format": FORMAT, "timesteps": T, "outputs": cfg.outputs, "opset": cfg.opset,
               "sparse_initializers": cfg.sparse_initializers, "nir": nir_mode(cfg.nir),
+              "compact": cfg.compact, "int8": nir_mode(cfg.int8),
+              "c_runtime": nir_mode(cfg.c_runtime), "c_dense_rows": cfg.c_dense_rows,
               "probe": cfg.probe, "exporter": "torch.onnx (TorchScript)"}
     model.eval()
 
     def compute(job: Job) -> dict:
         tmp = job.dir
-        report({"event": "onnx"})
-        files = write_onnx(spec, model, tmp, timesteps=T, outputs=cfg.outputs, opset=cfg.opset,
-                           sparse=cfg.sparse_initializers, artifact_id=model_artifact.id)
         x, source = probe_batch(model_artifact, spec, T, cfg.probe)
+        deploy, c_model, step_model, comp_metrics, extra_meta = model, model, model, None, {}
+        if cfg.compact:
+            report({"event": "compact"})
+            # ONNX: conv channels stay a multiple of ONNX_ALIGN (ORT's blocked convolutions);
+            # the C runtime gains from every removed unit
+            comp, why = compact(model, T, spec.input_shape, align=ONNX_ALIGN)
+            c_comp, _ = compact(model, T, spec.input_shape)
+            if comp is None:
+                comp_metrics = {"applied": False, "reason": why}
+            else:
+                proof = compact_check(model, comp, x)
+                c_proof = compact_check(model, c_comp, x)
+                c_model = c_comp.model
+                deploy = comp.model
+                deploy.constant_spikes = comp.constant_spikes
+                # a stream may outlast the T that per-step biases were computed for: the
+                # streaming graph stays uncompacted then (documented in export/compact.py)
+                step_model = model if comp.step_biases else deploy
+                comp_metrics = {"applied": True, **comp.summary(), "check": proof,
+                                "align": ONNX_ALIGN,
+                                "streaming_model": "uncompacted (per-step biases)"
+                                if comp.step_biases else "compacted",
+                                "c": {"layers": c_comp.layers, "check": c_proof,
+                                      "weights_after": c_comp.summary()["weights_after"]}}
+                extra_meta["edgeprune.compaction"] = json.dumps(
+                    [{k: l[k] for k in ("name", "shape_before", "shape_after", "step_bias")}
+                     for l in comp.layers])
+                for pr in (proof, c_proof):
+                    if pr["spike_mismatches"] or pr["max_abs_logit_diff"] > COMPACT_TOLERANCE:
+                        raise UserError(f"compaction changed the model on the probe batch "
+                                        f"({pr['spike_mismatches']} spike mismatches, max "
+                                        f"|Δlogit| {pr['max_abs_logit_diff']:.3g}): export "
+                                        "with --no-compact and report this")
+        report({"event": "onnx"})
+        files = write_onnx(spec, deploy, tmp, timesteps=T, outputs=cfg.outputs, opset=cfg.opset,
+                           sparse=cfg.sparse_initializers, artifact_id=model_artifact.id,
+                           meta_model=model, step_model=step_model, extra_meta=extra_meta,
+                           int8=cfg.int8 is not False)
+        int8_info = files[UNROLLED].pop("int8", None)
         report({"event": "parity"})
         # Two references: the checkpoint's model as trained, and the folded network the files
         # hold. Against the folded one spikes must match exactly; against the original, folding
@@ -94,6 +142,23 @@ def export(store: Store, model_artifact: Artifact, cfg: ExportConfig = ExportCon
         runs = {UNROLLED: parity.run_unrolled(parity.session(tmp / UNROLLED), x.numpy()),
                 STEP: parity.run_stream(parity.session(tmp / STEP), x.numpy(), T, spec.encoding,
                                         metadata.read(tmp / STEP)["edgeprune.states"])}
+        if int8_info is not None:
+            runs[INT8] = parity.run_unrolled(parity.session(tmp / INT8), x.numpy())
+            files[INT8] = {"seconds": 0.0, "nodes": None, **int8_info}
+        c_note = "not asked (--no-c-runtime)"
+        c_summary = None
+        if cfg.c_runtime is not False:
+            report({"event": "c"})
+            try:
+                program = program_from_model(c_model, T, spec.input_shape)
+            except UserError as e:
+                if cfg.c_runtime:
+                    raise
+                c_note = f"skipped: {e}"
+            else:
+                choose_dense_rows(program, cfg.c_dense_rows)
+                c_summary = write_c(program, tmp)
+                c_note = "written"
         nir_note = "not asked (--no-nir)"
         if cfg.nir is not False:
             report({"event": "nir"})
@@ -116,7 +181,19 @@ def export(store: Store, model_artifact: Artifact, cfg: ExportConfig = ExportCon
         for k, got in runs.items():
             checks[k]["spike_mismatches_vs_folded"] = \
                 parity.compare(folded, got)["spike_mismatches"]
+        exact = {k: v for k, v in checks.items() if k != INT8}  # int8 is judged by validation
         return {
+            "compaction": comp_metrics,
+            "int8": (None if int8_info is None else
+                     {**int8_info, "parity": checks[INT8], "asked": bool(cfg.int8)}),
+            "c_runtime": c_note,
+            "c": None if c_summary is None else {
+                "files": sorted(c_summary["files"]), "weight_bytes": c_summary["weight_bytes"],
+                "state_bytes": c_summary["state_bytes"], "buffer_bytes": c_summary["buffer_bytes"],
+                "layers": [{k: l[k] for k in ("name", "kind", "in_shape", "out_shape", "weights",
+                                              "nonzero", "mode", "bytes", "index_type")
+                            if k in l}
+                           for l in c_summary["layers"]]},
             "timesteps": T, "encoding": spec.encoding, "opset": cfg.opset, "outputs": cfg.outputs,
             "export_seconds": {k: v["seconds"] for k, v in files.items()},
             "nodes": {k: v["nodes"] for k, v in files.items()},
@@ -127,14 +204,14 @@ def export(store: Store, model_artifact: Artifact, cfg: ExportConfig = ExportCon
             "states": len(files[STEP]["states"]),
             "sparsity": metadata.sparsity(model)["total"],
             "probe": source, "parity": checks, "nir": nir_note,
-            "max_abs_diff": max(c["max_abs_diff"] for c in checks.values()),
-            "spike_mismatches": sum(c["spike_mismatches"] for c in checks.values()),
+            "max_abs_diff": max(c["max_abs_diff"] for c in exact.values()),
+            "spike_mismatches": sum(c["spike_mismatches"] for c in exact.values()),
             "spike_mismatches_unexplained": sum(c["spike_mismatches_unexplained"]
-                                                for c in checks.values()),
+                                                for c in exact.values()),
             "spike_mismatches_vs_folded": sum(c["spike_mismatches_vs_folded"]
-                                              for c in checks.values()),
+                                              for c in exact.values()),
             "near_threshold": near,
-            "prediction_agreement": min(c["prediction_agreement"] for c in checks.values()),
+            "prediction_agreement": min(c["prediction_agreement"] for c in exact.values()),
         }
 
     return store.run("export", config, [model_artifact.id], compute)

@@ -20,7 +20,8 @@ def pack(top: str, files: dict[str, bytes]) -> bytes:
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for name in sorted(files):
             info = tarfile.TarInfo(f"{top}/{name}")
-            info.size, info.mode, info.mtime = len(files[name]), 0o644, 0
+            executable = name.endswith("/runner")  # the C runtime's standalone runners
+            info.size, info.mode, info.mtime = len(files[name]), 0o755 if executable else 0o644, 0
             info.uname = info.gname = ""
             tar.addfile(info, io.BytesIO(files[name]))
     out = io.BytesIO()

@@ -4,6 +4,7 @@ of every file); `verify` checks one on a device with only numpy and onnxruntime.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -29,6 +30,8 @@ STAGE = "package"
 SELF_KEY = "self_sha256"
 ZERO = "0" * 64
 MODEL_SUFFIXES = (".onnx", ".nir")
+INT8_FILE = "model.int8.onnx"
+C_SOURCES = ("model.h", "model.c", "model_weights.c", "runner.c")
 ORT_PLATFORM = {"x86_64": "amd64", "aarch64": "arm"}
 Progress = Callable[[str], None]
 
@@ -139,24 +142,41 @@ def package(source: Path, cfg: PackageConfig = PackageConfig(), out_dir: Path | 
     def compute(job: Job) -> dict:
         progress(f"package: collecting export {export.id} and {len(vals)} validation(s)")
         files: dict[str, bytes] = {}
-        for name in sorted(export.manifest["files"]):
-            if name.endswith(MODEL_SUFFIXES):
-                files[name] = export.file(name).read_bytes()  # sha256 checked on read
-        if "model.onnx" not in files:
-            raise UserError(f"export artifact {export.id} has no model.onnx")
         reports = []
         for v in vals:
             report = json.loads(v.file("report.json").read_text())
             files[f"reports/validate-{v.id}/report.json"] = v.file("report.json").read_bytes()
             files[f"reports/validate-{v.id}/report.md"] = v.file("report.md").read_bytes()
             reports.append({"id": v.id, "report": report})
+        entries = [e for r in reports for e in r["report"]["targets"]]
+        # int8 ships only where every ONNX Runtime validation kept it
+        ort = [e for e in entries if e.get("runtime", "onnxruntime") == "onnxruntime"]
+        int8_ok = bool(ort) and all((e.get("int8") or {}).get("kept") for e in ort)
+        for name in sorted(export.manifest["files"]):
+            if name == INT8_FILE and not int8_ok:
+                progress("package: model.int8.onnx left out (not kept by every validation)")
+                continue
+            if name.endswith(MODEL_SUFFIXES):
+                files[name] = export.file(name).read_bytes()  # sha256 checked on read
+            elif name in C_SOURCES:
+                files[f"c/{name}"] = export.file(name).read_bytes()
+        if "model.onnx" not in files:
+            raise UserError(f"export artifact {export.id} has no model.onnx")
+        for r, v in ((r, v) for r in reports for v in vals if v.id == r["id"]):
+            for e in r["report"]["targets"]:  # the binaries each C validation built and ran
+                if e.get("runtime") == "c" and e["passed"]:
+                    for f in ("runner", "libmodel.a"):
+                        if f"{e['target']}.{f}" in v.manifest["files"]:
+                            files[f"c/{e['target']}/{f}"] = \
+                                v.file(f"{e['target']}.{f}").read_bytes()
         files["reference.npz"] = val.file("reference.npz").read_bytes()
         targets = [{"target": e["target"], "isa": e["isa"], "mode": e["mode"],
+                    "runtime": e.get("runtime", "onnxruntime"),
                     "onnxruntime": e["onnxruntime"], "passed": e["passed"],
                     "validate_id": r["id"], "profile": e["profile"]}
                    for r in reports for e in r["report"]["targets"]]
         if cfg.ort:
-            for isa in sorted({t["isa"] for t in targets}):
+            for isa in sorted({t["isa"] for t in targets if t["runtime"] == "onnxruntime"}):
                 progress(f"package: converting to ORT format for {ORT_PLATFORM[isa]}")
                 files.update(_convert_ort(files["model.onnx"], ORT_PLATFORM[isa]))
         meta = json.loads(files[f"reports/validate-{val.id}/report.json"])["model"]["metadata"]
@@ -222,18 +242,39 @@ def _check_manifest(files: dict[str, bytes]) -> tuple[dict | None, list[str]]:
 
 
 def _profiles_for(manifest: dict, target: str | None) -> list:
+    """--target's profiles, else every validated target this host runs: natively, and the C
+    runtime's aarch64 runner under QEMU when qemu-aarch64-static is installed (ONNX Runtime
+    under QEMU only when named: it needs the emulated Python environment)."""
     if target:
         return profiles_mod.load_many(target)
     host = runtime.host_isa()
+    emulated_c = host == "x86_64" and any(shutil.which(q) for q in ("qemu-aarch64-static",
+                                                                    "qemu-aarch64"))
     chosen, seen = [], set()
     for t in manifest.get("targets", []):
-        if t["isa"] == host and t["target"] not in seen:
+        c_here = t.get("runtime") == "c" and t["isa"] == "aarch64" and emulated_c
+        if (t["isa"] == host or c_here) and t["target"] not in seen:
             seen.add(t["target"])
             raw = {k: v for k, v in t["profile"].items() if v is not None}
             chosen.append(profiles_mod.from_dict(raw, t["target"], "bundle manifest"))
     if not chosen:
         chosen = [profiles_mod.load("x86_64" if host == "x86_64" else "arm64-cortex-a72")]
     return chosen
+
+
+def _run_c(runner: Path, prof, inputs: np.ndarray) -> runtime.TargetRun:
+    """The bundle's C runner for `prof` on the reference inputs (natively or under QEMU)."""
+    from . import c_build, c_run
+
+    runner.chmod(0o755)
+    native = prof.isa == runtime.host_isa()
+    build = c_build.CBuild(folder=runner.parent, isa=prof.isa, native=native, sanitize=False,
+                           compiler="", flags=(), runner=runner,
+                           library=runner.parent / "libmodel.a", objects=(), static=not native)
+    qemu_cpu = prof.emulation.qemu_cpu if prof.emulation else "cortex-a72"
+    out = c_run.run(build, inputs, qemu_cpu=qemu_cpu)
+    return runtime.TargetRun(out.logits, {"onnxruntime": None, "machine": prof.isa}, out.mode,
+                             " ".join(out.command))
 
 
 def verify(bundle: Path, target: str | None = None,
@@ -268,12 +309,23 @@ def verify(bundle: Path, target: str | None = None,
                                                max_inputs=max(prof.emulation.max_inputs,
                                                               len(expected)))
                                        if prof.emulation else None))
-            models = ["model.onnx"] + [n for n in sorted(files)
-                                       if n == f"model.{ORT_PLATFORM[prof.isa]}.ort"]
+            if prof.kind == "c":
+                models = [f"c/{prof.name}/runner"]
+                if models[0] not in files:
+                    failed.append(f"target {prof.name}: the bundle has no C runner for it "
+                                  "(validate and package with this target)")
+                    continue
+            else:
+                models = ["model.onnx"] + [n for n in sorted(files)
+                                           if n in (f"model.{ORT_PLATFORM[prof.isa]}.ort",
+                                                    INT8_FILE)]
             for name in models:
-                run = runtime.run(root / name, quick, inputs, progress=progress)
+                run = (_run_c(root / name, quick, inputs) if prof.kind == "c"
+                       else runtime.run(root / name, quick, inputs, progress=progress))
                 par = parity(run.outputs, expected, prof.parity.max_abs_logit_diff)
                 ok = parity_ok(par, prof.parity)
+                if name == INT8_FILE:  # weights rounded: judged by the class, as validated
+                    ok = par["agreement"] >= prof.parity.min_agreement
                 runs.append({"target": prof.name, "file": name, "mode": run.mode,
                              "onnxruntime": run.result["onnxruntime"],
                              "machine": run.result["machine"], "inputs": len(expected),

@@ -119,8 +119,11 @@ def render(name: str, lineage: list[dict], meta: dict, validations: list[dict],
                      f"logits within {tol.get('max_abs_logit_diff', NA)} on ≥ "
                      f"{tol.get('min_within_tolerance', NA)} of inputs, same class on ≥ "
                      f"{tol.get('min_agreement', NA)} | {'yes' if t['passed'] else 'no'} |")
-    lines += ["", "Emulated targets ran the aarch64 ONNX Runtime under QEMU: their parity is "
-              "real, their latency is not indicative.", "", "## Lineage", ""]
+    lines += ["", "Emulated targets ran under QEMU (the aarch64 ONNX Runtime, or the C runtime "
+              "cross-compiled for aarch64): their parity is real, their latency is not "
+              "indicative.", ""]
+    lines += compression_section(validations)
+    lines += ["## Lineage", ""]
     for e in lineage:
         lines.append(f"- {e['stage']} `{e['id']}`" + (" (not in the run directory)"
                                                      if e.get("missing") else ""))
@@ -128,3 +131,35 @@ def render(name: str, lineage: list[dict], meta: dict, validations: list[dict],
         "", "Check them with `edgeprune verify BUNDLE.tar.gz` (sha256 of every file, then the "
         "reference inputs re-run on the target).", ""]
     return "\n".join(lines)
+
+
+def compression_section(validations: list[dict]) -> list[str]:
+    """Dense model vs this ticket on each target, measured in the same validation run."""
+    rows = []
+    for v in validations:
+        for e in v["report"]["targets"]:
+            d = e.get("dense")
+            if not d:
+                continue
+            emu = " (emulated)" if e["latency"]["emulated"] else ""
+            sp, ratio = e.get("speedup_vs_dense"), e.get("size_ratio_vs_dense")
+            drop = e.get("accuracy_drop_vs_dense")
+            pct = lambda a: NA if a is None else f"{a:.2%}"  # noqa: E731
+            rows.append(f"| {e['target']} | {e.get('runtime', 'onnxruntime')} "
+                        f"| {pct(e['accuracy'])} | {pct(d['accuracy'])} "
+                        f"| {NA if drop is None else f'{drop:.2f}'} "
+                        f"| {e['file_bytes']:,} | {d['file_bytes']:,} "
+                        f"| {NA if not ratio else f'1/{1 / ratio:.1f}'} "
+                        f"| {e['latency']['p50_ms']:.4f}{emu} | {d['latency_p50_ms']:.4f} "
+                        f"| {NA if sp is None else f'{sp:.2f}x'} |")
+    if not rows:
+        notes = {v["report"].get("dense_note") for v in validations} - {None}
+        return ["## What the compression bought", "",
+                f"Not measured: {'; '.join(sorted(notes)) or 'no dense model'}.", ""]
+    return ["## What the compression bought", "",
+            "The dense model this ticket came from, measured on the same target in the same "
+            "validation run. Size: model.onnx for ONNX Runtime; for the C runtime the loaded "
+            "code and const weights of its objects.", "",
+            "| target | runtime | accuracy | dense accuracy | points lost | size B | dense size B "
+            "| size ratio | p50 ms | dense p50 ms | speed-up |",
+            "|---|---|---|---|---|---|---|---|---|---|---|", *rows, ""]

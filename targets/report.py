@@ -52,18 +52,50 @@ def to_markdown(report: dict) -> str:
              f"- inputs: {report['inputs']}; reference logits: "
              f"{report['reference']['source'] or 'none (parity and accuracy gates skipped)'}",
              f"- result: **{'PASS' if report['passed'] else 'FAIL'}**", "",
-             "| target | mode | onnxruntime | inputs | accuracy | drop | agreement | max abs diff "
+             "| target | mode | runtime | inputs | accuracy | drop | agreement | max abs diff "
              "| p50 ms | p95 ms | p99 ms | peak RSS MB | passed |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for e in report["targets"]:
         par, lat = e.get("parity") or {}, e["latency"]
         note = f" ({EMULATED_NOTE})" if lat["emulated"] else ""
         lines.append(
-            f"| {e['target']} | {e['mode']} | {e['onnxruntime']} ({e['machine']}) | {e['inputs']} "
+            f"| {e['target']} | {e['mode']} | {_runtime(e)} ({e['machine']}) | {e['inputs']} "
             f"| {_pct(e['accuracy'])} | {_pct(e.get('accuracy_drop'))} "
             f"| {_pct(par.get('agreement'))} | {par.get('max_abs_diff', 'n/a')} "
             f"| {lat['p50_ms']:.3f}{note} | {lat['p95_ms']:.3f} | {lat['p99_ms']:.3f} "
             f"| {e['memory']['peak_rss_delta_mb']:.1f} | {'yes' if e['passed'] else 'NO'} |")
+    lines += ["", "## What the compression bought (vs the dense model, same target, same run)",
+              ""]
+    if any(e.get("dense") for e in report["targets"]):
+        lines += ["| target | runtime | size B | dense size B | size ratio | p50 ms | dense p50 ms "
+                  "| speed-up | accuracy | dense accuracy | drop (points) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for e in report["targets"]:
+            d = e.get("dense")
+            if not d:
+                continue
+            emu = " (emulated)" if e["latency"]["emulated"] else ""
+            lines.append(
+                f"| {e['target']} | {e.get('runtime', 'onnxruntime')} | {e['file_bytes']:,} "
+                f"| {d['file_bytes']:,} | {_ratio(e.get('size_ratio_vs_dense'))} "
+                f"| {e['latency']['p50_ms']:.4f}{emu} | {d['latency_p50_ms']:.4f} "
+                f"| {_x(e.get('speedup_vs_dense'))} | {_pct(e['accuracy'])} "
+                f"| {_pct(d['accuracy'])} | {_pts(e.get('accuracy_drop_vs_dense'))} |")
+        lines += ["", "Size: model.onnx for ONNX Runtime; for the C runtime the loaded sections "
+                  "(code + const weights) of model.o + model_weights.o."]
+    else:
+        lines.append(f"- not measured: {report.get('dense_note') or 'no dense model'}")
+    int8 = [e for e in report["targets"] if e.get("int8")]
+    if int8:
+        lines += ["", "## int8 weights", ""]
+        for e in int8:
+            q = e["int8"]
+            par = q.get("parity") or {}
+            lines.append(f"- {e['target']}: {'kept' if q['kept'] else 'not kept'} — "
+                         f"{q['file_bytes']:,} B, accuracy {_pct(q['accuracy'])}, agreement "
+                         f"{_pct(par.get('agreement'))}, max |Δlogit| "
+                         f"{par.get('max_abs_diff', float('nan')):.3g}, p50 "
+                         f"{q['latency_p50_ms']:.4f} ms")
     lines += ["", "## Gates", ""]
     for e in report["targets"]:
         for g in e["gates"]:
@@ -80,6 +112,23 @@ def to_markdown(report: dict) -> str:
               "profile's batch size. Memory: " + report["targets"][0]["memory"]["method"] + ".",
               ""]
     return "\n".join(lines)
+
+
+def _runtime(e: dict) -> str:
+    return f"onnxruntime {e['onnxruntime']}" if e.get("runtime", "onnxruntime") == "onnxruntime" \
+        else "C runtime, " + (e.get("c") or {}).get("compiler", "cc")
+
+
+def _ratio(v) -> str:
+    return "n/a" if v is None else f"{v:.3f} (1/{1 / v:.1f})" if v > 0 else "0"
+
+
+def _x(v) -> str:
+    return "n/a" if v is None else f"{v:.2f}x"
+
+
+def _pts(v) -> str:
+    return "n/a" if v is None else f"{v:+.2f}"
 
 
 def _sparsity(meta: dict) -> str:
@@ -101,5 +150,16 @@ def metrics(report: dict) -> dict:
         out["agreement"] = min(e["parity"]["agreement"] for e in report["targets"])
     for e in report["targets"]:
         out[f"{e['target']}.accuracy"] = e["accuracy"]
+        out[f"{e['target']}.latency_p50_ms"] = e["latency"]["p50_ms"]
         out[f"{e['target']}.latency_p95_ms"] = e["latency"]["p95_ms"]
+        out[f"{e['target']}.file_bytes"] = e["file_bytes"]
+        if e.get("dense"):
+            for k in ("dense_latency_p50_ms", "speedup_vs_dense", "size_ratio_vs_dense",
+                      "dense_accuracy", "accuracy_drop_vs_dense"):
+                out[f"{e['target']}.{k}"] = e.get(k)
+            out[f"{e['target']}.dense_file_bytes"] = e["dense"]["file_bytes"]
+        if e.get("int8"):
+            out[f"{e['target']}.int8_kept"] = e["int8"]["kept"]
+    out["dense"] = next((e["dense"]["artifact"] for e in report["targets"] if e.get("dense")),
+                        None)
     return out

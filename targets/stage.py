@@ -5,7 +5,10 @@ The report is written before the gates raise, so a failing run still leaves its 
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -18,7 +21,7 @@ from edgeprune.hashing import arrays_digest
 from . import report as rep
 from .modelfile import ModelInfo, inspect
 from .profiles import Profile
-from .validation import failures, validate
+from .validation import Extras, failures, validate
 
 STAGE = "validate"
 
@@ -37,7 +40,8 @@ def run_validate(store: Store, model: Path, profiles: list[Profile], inputs: np.
                  labels: np.ndarray | None, *, data_name: str, reference: np.ndarray | None = None,
                  reference_source: str | None = None, extra_inputs: tuple[str, ...] = (),
                  info: ModelInfo | None = None,
-                 progress: Callable[[str], None] = lambda m: None) -> tuple[Artifact, bool]:
+                 progress: Callable[[str], None] = lambda m: None,
+                 extras: Extras | None = None) -> tuple[Artifact, bool]:
     """Validate `model` (an export artifact's model.onnx, or a loose .onnx) on `profiles`.
 
     `inputs` are what the model takes (see modelfile.model_inputs), `reference` the logits the
@@ -51,12 +55,30 @@ def run_validate(store: Store, model: Path, profiles: list[Profile], inputs: np.
               "data": {"name": data_name, "inputs": arrays_digest(inputs, labels)},
               "reference": ({"source": reference_source, "logits": arrays_digest(reference)}
                             if reference is not None else None)}
+    extras = extras or Extras()
+    d = extras.dense
+    config["dense"] = ({"export": d.artifact, "onnx": d.onnx.sha256 if d.onnx else None}
+                       if d else {"none": extras.dense_note})
+    config["int8"] = ({"sha256": extras.int8.sha256, "required": extras.int8_required}
+                      if extras.int8 else None)
+    if any(p.kind == "c" for p in profiles):
+        config["c_sources"] = str(extras.c_sources) if extras.c_sources else None
+    if config.get("c_sources") and source:
+        config["c_sources"] = "export artifact"  # the export id (an input) already fixes them
     inputs_ids = ([source.id] if source else []) + [i for i in extra_inputs
                                                     if i and (not source or i != source.id)]
+    if d and d.artifact not in inputs_ids:
+        inputs_ids.append(d.artifact)
 
     def compute(job: Job) -> dict:
-        v = validate(info, profiles, inputs, labels, reference, reference_source, progress)
+        with tempfile.TemporaryDirectory(prefix="edgeprune-keep-") as keep:
+            v = validate(info, profiles, inputs, labels, reference, reference_source, progress,
+                         replace(extras, keep=Path(keep)))
+            for folder in sorted(Path(keep).iterdir()):  # the validated C binaries, per target
+                for f in ("runner", "libmodel.a"):
+                    shutil.copyfile(folder / f, job.dir / f"{folder.name}.{f}")
         v.report["model"]["artifact"] = source.id if source else None
+        v.report["dense_note"] = extras.dense_note
         (job.dir / "report.json").write_text(rep.to_json(v.report))
         (job.dir / "report.md").write_text(rep.to_markdown(v.report))
         (job.dir / "reference.npz").write_bytes(

@@ -1,5 +1,8 @@
-"""Validation of one ONNX model on a list of targets: parity with the reference logits, accuracy
-and its drop, latency percentiles, peak memory, file size, and the gates over them.
+"""Validation of one exported model on a list of targets: parity with the reference logits,
+accuracy and its drop, latency percentiles, peak memory, deployable size, and the gates over
+them. A target runs ONNX Runtime (the ONNX file) or the C runtime (the export's C sources).
+With `Extras`, every target also runs the dense model the ticket came from (same inputs, same
+run: speed-up, size ratio, accuracy drop in points, and their gates) and the int8 model.
 
 Pure computation over numpy arrays; where the reference logits come from (PyTorch, a bundle) is
 the caller's business, so this module stays torch-free.
@@ -7,13 +10,14 @@ the caller's business, so this module stays torch-free.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from edgeprune.errors import UserError
 
-from . import emulation, runtime
+from . import c_target, emulation, runtime
 from .modelfile import ModelInfo
 from .profiles import Profile
 
@@ -27,6 +31,27 @@ class Validation:
     outputs: dict[str, np.ndarray] = field(default_factory=dict)  # target name -> logits
 
 
+@dataclass
+class Dense:
+    """The dense model a ticket came from, as exported for the same targets."""
+
+    artifact: str  # its export artifact id
+    onnx: ModelInfo | None  # for onnxruntime targets
+    c_sources: Path | None  # for c targets (None: the C runtime cannot express it)
+
+
+@dataclass
+class Extras:
+    """What else a validation runs besides the model itself (all optional)."""
+
+    c_sources: Path | None = None  # the ticket's C runtime, for c targets
+    dense: Dense | None = None  # the dense model, measured on every target in the same run
+    dense_note: str | None = None  # why there is none
+    int8: ModelInfo | None = None  # the int8-weight model, tried on onnxruntime targets
+    int8_required: bool = False  # a failing int8 model fails the validation (exit 1)
+    keep: Path | None = None  # where c targets leave their validated runner and library
+
+
 def batch_size(inputs: np.ndarray) -> int:
     return inputs.shape[1] if inputs.ndim == 5 else inputs.shape[0]
 
@@ -36,11 +61,27 @@ def take(inputs: np.ndarray, n: int) -> np.ndarray:
     return inputs[:, :n] if inputs.ndim == 5 else inputs[:n]
 
 
+def _run(profile: Profile, onnx: ModelInfo | None, c_sources: Path | None, what: str,
+         inputs: np.ndarray, emulator, progress, keep: Path | None = None) -> runtime.TargetRun:
+    if profile.kind == "c":
+        if c_sources is None:
+            raise UserError(f"target {profile.name} runs the C runtime, but the {what} was "
+                            "exported without it (export with --c-runtime; models with "
+                            "residual blocks or poisson encoding cannot be expressed in C)")
+        return c_target.run(c_sources, profile, inputs, keep=keep, progress=progress)
+    if onnx is None:
+        raise UserError(f"target {profile.name} runs ONNX Runtime, but there is no ONNX {what}")
+    return runtime.run(onnx.path, profile, inputs, emulator=emulator, progress=progress)
+
+
 def validate(info: ModelInfo, profiles: list[Profile], inputs: np.ndarray,
              labels: np.ndarray | None = None, reference: np.ndarray | None = None,
              reference_source: str | None = None,
-             progress: Callable[[str], None] = lambda m: None) -> Validation:
-    """Run `inputs` through the model on every target and gate the results."""
+             progress: Callable[[str], None] = lambda m: None,
+             extras: Extras | None = None) -> Validation:
+    """Run `inputs` through the model on every target and gate the results; with `extras`,
+    also the dense model (same target, same inputs) and the int8 model."""
+    extras = extras or Extras()
     n_all = batch_size(inputs)
     if labels is not None and len(labels) != n_all:
         raise UserError(f"{len(labels)} labels for {n_all} inputs")
@@ -52,12 +93,24 @@ def validate(info: ModelInfo, profiles: list[Profile], inputs: np.ndarray,
     for profile in profiles:
         how = runtime.mode(profile)
         n = min(n_all, profile.emulation.max_inputs) if how == "emulated" else n_all
-        if how == "emulated" and emulator is None:
+        if how == "emulated" and emulator is None and profile.kind == "onnxruntime":
             emulator = emulation.setup(progress)
-        run = runtime.run(info.path, profile, take(inputs, n), emulator=emulator, progress=progress)
+        keep = extras.keep / profile.name if extras.keep and profile.kind == "c" else None
+        run = _run(profile, info, extras.c_sources, "model", take(inputs, n), emulator,
+                   progress, keep)
         outputs[profile.name] = run.outputs
         entry = _measure(profile, run, n, labels, reference, info)
-        entry["setup_seconds"] = emulator.setup_seconds if how == "emulated" else 0.0
+        entry["runtime"] = profile.kind
+        entry["setup_seconds"] = emulator.setup_seconds if (
+            how == "emulated" and profile.kind == "onnxruntime") else 0.0
+        if extras.int8 is not None and profile.kind == "onnxruntime":
+            progress(f"{profile.name}: the int8 model")
+            q = runtime.run(extras.int8.path, profile, take(inputs, n), emulator=emulator,
+                            progress=progress)
+            entry["int8"] = _int8(profile, q, n, labels, reference, extras)
+            entry["gates"].append(entry["int8"].pop("gate"))
+        _vs_dense(profile, entry, run, n, labels, inputs, emulator, progress, extras)
+        entry["passed"] = all(g["status"] != FAIL for g in entry["gates"])
         if entries:  # how far this target is from the first one (e.g. ARM64 vs x86-64 ORT)
             first = outputs[entries[0]["target"]]
             m = min(len(first), n)
@@ -71,13 +124,15 @@ def validate(info: ModelInfo, profiles: list[Profile], inputs: np.ndarray,
 
 
 def parity(a: np.ndarray, b: np.ndarray, tol: float | None = None) -> dict:
-    """How far logits `a` are from `b`: same-class share, the largest difference, and (with
-    `tol`) the share of inputs whose logits all lie within it."""
-    diff = np.abs(a.astype(np.float64) - b).reshape(len(a), -1) if a.size else np.zeros((0, 1))
+    """How far logits `a` are from `b`: same-class share, the largest difference, how many
+    inputs differ beyond float32 summation noise (a spike flipped), and (with `tol`) the share
+    of inputs whose logits all lie within it."""
+    d = np.abs(a.astype(np.float64) - b).reshape(len(a), -1).max(1) if a.size else np.zeros(0)
     out = {"agreement": float(np.mean(a.argmax(1) == b.argmax(1))) if len(a) else 1.0,
-           "max_abs_diff": float(diff.max()) if diff.size else 0.0}
+           "max_abs_diff": float(d.max()) if d.size else 0.0,
+           "inputs_beyond_1e-4": int((d > 1e-4).sum())}
     if tol is not None:
-        out["within_tolerance"] = float(np.mean(diff.max(axis=1) <= tol)) if len(a) else 1.0
+        out["within_tolerance"] = float(np.mean(d <= tol)) if d.size else 1.0
     return out
 
 
@@ -94,6 +149,91 @@ def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(logits.argmax(1) == labels))
 
 
+def _int8(profile: Profile, q: runtime.TargetRun, n: int, labels, reference,
+          extras: Extras) -> dict:
+    """The int8 model on this target: kept where it agrees with the reference as the fp32
+    model must (min_agreement) and loses no more accuracy than the profile allows. Its logits
+    move by design (weights rounded, so near-threshold spikes flip): max |Δlogit| is reported,
+    not gated."""
+    out = {"file_bytes": extras.int8.bytes,
+           "latency_p50_ms": float(np.percentile(q.result["latencies_ms"], 50)),
+           "accuracy": _accuracy(q.outputs, labels[:n]) if labels is not None else None}
+    problems = []
+    if reference is not None:
+        par = parity(q.outputs, reference[:n])
+        out["parity"] = par
+        if par["agreement"] < profile.parity.min_agreement:
+            problems.append(f"agreement {par['agreement']:.2%} < "
+                            f"{profile.parity.min_agreement:.2%}")
+        bound = profile.parity.int8_max_abs_logit_diff
+        if bound > 0 and par["max_abs_diff"] > bound:
+            problems.append(f"max |Δlogit| {par['max_abs_diff']:.3g} > {bound:g}")
+        if labels is not None:
+            drop = _accuracy(reference[:n], labels[:n]) - out["accuracy"]
+            out["accuracy_drop"] = drop
+            if drop > profile.accuracy.max_drop + 1e-12:
+                problems.append(f"accuracy drop {drop:.2%} > {profile.accuracy.max_drop:.2%}")
+    else:
+        problems.append("no reference logits to judge it by")
+    out["kept"] = not problems
+    detail = (f"int8 weights kept ({extras.int8.bytes:,} B)" if not problems else
+              "int8 weights not kept, fp32 ships: " + "; ".join(problems))
+    status = PASS if not problems else (FAIL if extras.int8_required else SKIP)
+    out["gate"] = {"gate": "int8", "status": status, "detail": detail}
+    return out
+
+
+def _vs_dense(profile: Profile, entry: dict, run: runtime.TargetRun, n: int, labels,
+              inputs: np.ndarray, emulator, progress, extras: Extras) -> None:
+    """Measure the dense model on the same target with the same inputs; add the comparison
+    and its two gates (speed-up, accuracy drop in points) to `entry`."""
+    d = extras.dense
+    if d is None:
+        why = extras.dense_note or "no dense model given"
+        entry["dense"] = None
+        entry["gates"] += [{"gate": "speedup", "status": SKIP, "detail": why},
+                           {"gate": "accuracy vs dense", "status": SKIP, "detail": why}]
+        return
+    progress(f"{profile.name}: the dense model (export {d.artifact})")
+    dr = _run(profile, d.onnx, d.c_sources, "dense model", take(inputs, n), emulator, progress)
+    dense_p50 = float(np.percentile(dr.result["latencies_ms"], 50))
+    p50 = entry["latency"]["p50_ms"]
+    dense_bytes = dr.result.get("deploy_bytes", d.onnx.bytes if d.onnx else None)
+    dense_acc = _accuracy(dr.outputs, labels[:n]) if labels is not None else None
+    entry["dense"] = {"artifact": d.artifact, "latency_p50_ms": dense_p50,
+                      "latency_p95_ms": float(np.percentile(dr.result["latencies_ms"], 95)),
+                      "file_bytes": dense_bytes, "accuracy": dense_acc}
+    entry["dense_latency_p50_ms"] = dense_p50
+    entry["speedup_vs_dense"] = dense_p50 / p50 if p50 > 0 else None
+    entry["size_ratio_vs_dense"] = entry["file_bytes"] / dense_bytes if dense_bytes else None
+    entry["dense_accuracy"] = dense_acc
+    gate = profile.dense
+    sp = entry["speedup_vs_dense"]
+    if entry["latency"]["emulated"]:
+        entry["gates"].append({"gate": "speedup", "status": SKIP,
+                               "detail": f"{sp:.2f}x vs dense {EMULATED_NOTE}"})
+    elif gate.min_speedup <= 0:
+        entry["gates"].append({"gate": "speedup", "status": SKIP,
+                               "detail": f"{sp:.2f}x vs dense (p50 {p50:.3g} vs {dense_p50:.3g} "
+                                         "ms); no minimum set"})
+    else:
+        ok = sp >= gate.min_speedup
+        entry["gates"].append({"gate": "speedup", "status": PASS if ok else FAIL,
+                               "detail": f"{sp:.2f}x vs dense (p50 {p50:.3g} vs {dense_p50:.3g} "
+                                         f"ms; min {gate.min_speedup:g}x)"})
+    if dense_acc is None or entry["accuracy"] is None:
+        entry["accuracy_drop_vs_dense"] = None
+        entry["gates"].append({"gate": "accuracy vs dense", "status": SKIP,
+                               "detail": "no labels"})
+        return
+    drop = (dense_acc - entry["accuracy"]) * 100.0
+    entry["accuracy_drop_vs_dense"] = drop
+    ok = drop <= gate.max_accuracy_drop + 1e-9
+    entry["gates"].append({"gate": "accuracy vs dense", "status": PASS if ok else FAIL,
+                           "detail": f"ticket {entry['accuracy']:.2%} vs dense {dense_acc:.2%}: "
+                                     f"{drop:.2f} points lost (max {gate.max_accuracy_drop:g})"})
+
+
 def _measure(profile: Profile, run: runtime.TargetRun, n: int, labels, reference,
              info: ModelInfo) -> dict:
     out, res = run.outputs, run.result
@@ -107,17 +247,27 @@ def _measure(profile: Profile, run: runtime.TargetRun, n: int, labels, reference
                "budget_ms": profile.latency.budget_ms, "emulated": emulated,
                "note": EMULATED_NOTE if emulated else "native",
                "session_load_ms": res.get("session_load_ms")}
-    memory = {"peak_rss_delta_mb": (res["rss_peak_bytes"] - res["rss_baseline_bytes"]) / 2**20,
-              "method": "peak RSS growth of a fresh runner process, from after importing "
-                        "onnxruntime and loading the inputs to after the last run ("
-                        + res.get("rss_method", "?") + ")"
-                        + (" (QEMU process: includes the emulator's code cache)" if emulated else ""),
-              "budget_mb": profile.memory.budget_mb}
+    if "static_bytes" in res:  # the C runtime: everything is static, nothing allocated
+        memory = {"peak_rss_delta_mb": res["static_bytes"] / 2**20,
+                  "method": c_target.STATIC_METHOD, "budget_mb": profile.memory.budget_mb}
+    else:
+        memory = {"peak_rss_delta_mb": (res["rss_peak_bytes"] - res["rss_baseline_bytes"]) / 2**20,
+                  "method": "peak RSS growth of a fresh runner process, from after importing "
+                            "onnxruntime and loading the inputs to after the last run ("
+                            + res.get("rss_method", "?") + ")"
+                            + (" (QEMU process: includes the emulator's code cache)"
+                               if emulated else ""),
+                  "budget_mb": profile.memory.budget_mb}
+    if "static_bytes" in res:
+        latency["batch_size"] = 1
     entry = {"target": profile.name, "description": profile.description, "isa": profile.isa,
              "mode": run.mode, "command": run.command, "profile": profile.to_dict(),
              "onnxruntime": res["onnxruntime"], "machine": res["machine"],
              "python": res["python"], "providers": res["providers"], "inputs": n,
-             "file_bytes": info.bytes, "latency": latency, "memory": memory,
+             "file_bytes": res.get("deploy_bytes", info.bytes),
+             "file_bytes_note": ("loaded sections (text+rodata+data) of model.o + "
+                                 "model_weights.o" if "deploy_bytes" in res else "model.onnx"),
+             "latency": latency, "memory": memory,
              "accuracy": _accuracy(out, labels[:n]) if labels is not None else None}
     gates = []
     if reference is not None:
@@ -147,6 +297,9 @@ def _measure(profile: Profile, run: runtime.TargetRun, n: int, labels, reference
         gates.append({"gate": "parity", "status": SKIP,
                       "detail": "no reference logits (give --against model.pt or --reference)"})
         gates.append({"gate": "accuracy", "status": SKIP, "detail": "no reference logits"})
+    if "compiler" in res:
+        entry["c"] = {k: res[k] for k in ("compiler", "flags", "static_link", "object_sizes",
+                                          "context_bytes", "weight_bytes")}
     if emulated:
         gates.append({"gate": "latency", "status": SKIP,
                       "detail": f"p{pct:g} {latency['at_percentile_ms']:.3g} ms {EMULATED_NOTE}; "

@@ -264,7 +264,7 @@ def test_export_stage_writes_an_artifact_and_caches(digits_model, tmp_path):
     assert m["max_abs_diff"] < TOL and m["spike_mismatches_unexplained"] == 0
     assert m["spike_mismatches_vs_folded"] == 0
     assert m["prediction_agreement"] == 1.0 and m["nir"] == "written"
-    assert set(m["parity"]) == {UNROLLED, STEP, "model.nir"}
+    assert set(m["parity"]) == {UNROLLED, STEP, "model.nir", "model.int8.onnx"}
     assert m["probe"] == "digits test[:64]"
     assert m["nodes"][STEP] < m["nodes"][UNROLLED]
     again, cached = export(store, digits_model, ExportConfig(outputs="all", probe=64))
@@ -278,7 +278,8 @@ def test_cli_export_json_and_errors(digits_model, tmp_path):
     assert r.returncode == 0, r.stderr
     payload = json.loads(r.stdout)
     art = open_artifact(payload["path"])
-    assert set(art.manifest["files"]) == {UNROLLED, STEP, "manifest.json"} - {"manifest.json"}
+    assert set(art.manifest["files"]) == {UNROLLED, STEP, "model.int8.onnx", "model.h",
+                                          "model.c", "model_weights.c", "runner.c"}
     assert art.metrics["nir"].startswith("not asked") and art.metrics["timesteps"] == 2
     assert payload["metrics"]["bytes_sparse"][UNROLLED] > 0
     bad = run_cli("export", model_pt, "--out", tmp_path, "--outputs", "some")

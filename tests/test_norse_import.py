@@ -115,7 +115,8 @@ def test_search_retrain_export_chain_gives_a_validated_onnx(imported):
     assert min(out.metrics["spike_rate"].values()) > 0.01
     exp, _ = export(store, out, ExportConfig(outputs="all", probe=64))
     m = exp.metrics
-    assert set(m["parity"]) == {"model.onnx", "model.step.onnx"}
+    assert set(m["parity"]) == {"model.onnx", "model.step.onnx", "model.int8.onnx"}
+    assert m["compaction"]["applied"] and m["compaction"]["check"]["spike_mismatches"] == 0
     assert m["max_abs_diff"] < 1e-4 and m["prediction_agreement"] == 1.0
     assert m["spike_mismatches_unexplained"] == 0 and m["states"] == 4  # 2 LIF + LI (v, i)
     assert m["parity"]["model.onnx"]["spike_mismatches_per_layer"].keys() == {"spikes.body.0",

@@ -80,8 +80,13 @@ def _digits(n: int):
 def test_builtin_profiles_load():
     from targets import profiles
 
-    assert profiles.builtin_names() == ["arm64-cortex-a72", "arm64-neoverse-n1", "x86_64"]
-    a72, n1, x86 = (profiles.load(n) for n in profiles.builtin_names())
+    assert profiles.builtin_names() == ["arm64-cortex-a72", "arm64-neoverse-n1",
+                                        "c-arm64-cortex-a72", "c-x86_64", "x86_64"]
+    a72, n1, ca72, cx86, x86 = (profiles.load(n) for n in profiles.builtin_names())
+    assert (ca72.kind, ca72.isa, ca72.runtime.mcpu) == ("c", "aarch64", "cortex-a72")
+    assert (cx86.kind, cx86.isa, cx86.emulation) == ("c", "x86_64", None)
+    assert x86.kind == a72.kind == "onnxruntime"
+    assert x86.dense.max_accuracy_drop == cx86.dense.max_accuracy_drop == 5.0
     assert (a72.isa, a72.emulation.qemu_cpu) == ("aarch64", "cortex-a72")
     assert (n1.isa, n1.emulation.qemu_cpu) == ("aarch64", "neoverse-n1")
     assert x86.isa == "x86_64" and x86.emulation is None
@@ -166,7 +171,14 @@ def test_validate_against_pytorch_stores_report(exported, run_dir):
     assert {"report.json", "report.md", "reference.npz", "manifest.json"} <= {
         p.name for p in art.iterdir()}
     manifest = json.loads((art / "manifest.json").read_text())
-    assert manifest["inputs"] == [export.id, train.id]  # the ticket it was exported from
+    assert manifest["inputs"][:2] == [export.id, train.id]  # the ticket it was exported from
+    # ... and the dense model's export, measured side by side on the same target
+    entry = out["report"]["targets"][0]
+    assert manifest["inputs"][2:] == [entry["dense"]["artifact"]]
+    assert entry["dense_accuracy"] > 0.9 and entry["speedup_vs_dense"] > 0
+    assert entry["accuracy_drop_vs_dense"] == pytest.approx(
+        (entry["dense_accuracy"] - entry["accuracy"]) * 100)
+    assert [g["gate"] for g in entry["gates"]][-2:] == ["speedup", "accuracy vs dense"]
     (e,) = out["report"]["targets"]
     assert e["mode"] == "native" and e["inputs"] == 360
     # same class everywhere; logits within 1e-3 on all but a spike-flip or two
@@ -175,8 +187,12 @@ def test_validate_against_pytorch_stores_report(exported, run_dir):
     lat = e["latency"]
     assert lat["runs"] == 200 and 0 < lat["p50_ms"] <= lat["p95_ms"] <= lat["p99_ms"]
     assert e["memory"]["peak_rss_delta_mb"] > 0 and "fresh runner process" in e["memory"]["method"]
-    assert {g["gate"]: g["status"] for g in e["gates"]} == {
+    gates = {g["gate"]: g["status"] for g in e["gates"]}
+    assert {k: gates[k] for k in ("parity", "accuracy", "latency", "memory")} == {
         "parity": "pass", "accuracy": "pass", "latency": "pass", "memory": "pass"}
+    # int8 is kept or not (never fails unasked), speed-up has no minimum by default
+    assert gates["int8"] in ("pass", "skipped") and gates["speedup"] == "skipped"
+    assert gates["accuracy vs dense"] == "pass"
     assert "| x86_64 | native |" in (art / "report.md").read_text()
     # The same command again is a cache hit on the same artifact.
     again = run_cli("validate", export.path / "model.onnx", "--against", train.path / "model.pt",
@@ -293,7 +309,8 @@ def test_bundle_manifest_and_model_card(bundle, exported):
         assert hashlib.sha256(files[f"{top}/{name}"]).hexdigest() == entry["sha256"], name
     assert set(manifest["files"]) == names - {"manifest.json"}
     stages = [e["stage"] for e in manifest["lineage"]]
-    assert stages == ["train", "search", "retrain", "export", "validate"]
+    # the ticket's export, then the dense model's (measured next to it by validate)
+    assert stages == ["train", "search", "retrain", "export", "export", "validate"]
     assert manifest["lineage"][2]["id"] == ticket.id and manifest["lineage"][0]["config"]["model"]
     assert all("metrics" in e and "config" in e for e in manifest["lineage"])
     with np.load(io.BytesIO(files[f"{top}/reference.npz"])) as z:
@@ -308,6 +325,7 @@ def test_bundle_manifest_and_model_card(bundle, exported):
     assert '"onnxruntime": "1.' in front and '"target": "arm64-cortex-a72"' in front
     assert '"max_abs_logit_diff": 0.001' in front and "tau_mem_inv=0.75" in front
     assert "| ticket method | imp |" in card and "| search timesteps T′ | 5 |" in card
+    assert "## What the compression bought" in card and "| x86_64 | onnxruntime |" in card
 
 
 def _flipped(path: Path, member: str, out: Path) -> Path:
