@@ -60,7 +60,7 @@ def main() -> None:
         art = open_artifact(args.model)
     else:
         art, _ = pipeline.train(Store(ROOT / "benchmarks" / "runs"), DataConfig("digits"),
-                                ModelConfig(), TrainConfig(epochs=12))
+                                ModelConfig(width=1.0), TrainConfig(epochs=12))
     spec, model = checkpoint.load(art.file("model.pt"))
     model.eval()
     x = datalib.load("digits").x_test[:1]

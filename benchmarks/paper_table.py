@@ -33,6 +33,8 @@ from edgeprune.config import (DataConfig, ModelConfig, RetrainConfig, RunConfig,
 from machine import describe  # noqa: E402
 
 METHODS = ("imp", "et-imp", "eb", "et-eb", "random", "reinit")
+# The paper's choices where the library's defaults differ (edgeprune ranks LAMP scores).
+PAPER_SEARCH = dict(scope="global")
 PAPER_LABEL = {4: "68.3", 8: "89.9", 11: "95.7", 14: "98.1"}  # how the paper names s_r
 
 QUICK = dict(data="digits", seeds="0,1,2", train_subset=None, test_subset=None, epochs=30,
@@ -148,6 +150,7 @@ def run(args, res: Results) -> None:
                     continue
                 epochs = cfg["eb_epochs"] if method in ("eb", "et-eb") else cfg["round_epochs"]
                 sc = SearchConfig(method=method, sparsity=s, round_epochs=epochs, batch_size=bs,
+                                  **PAPER_SEARCH,
                                   lr=lr, et_candidates=tuple(cfg.get("et_candidates") or ())
                                   if method.startswith("et-") else ())
                 rounds_before = _count_rounds(store)
@@ -638,7 +641,7 @@ def main() -> None:
               if args.et_candidates.strip() else {}),
            "levels": sorted(int(r) for r in args.levels.split(",")),
            "methods": methods, "methods_run": run_methods,
-           "search_defaults": {k: v for k, v in SearchConfig().to_dict().items()
+           "search_defaults": {k: v for k, v in SearchConfig(**PAPER_SEARCH).to_dict().items()
                                if k not in ("method", "sparsity", "round_epochs", "batch_size",
                                             "lr")}}
     if args.store is None:

@@ -24,7 +24,7 @@ POOLS = ("avg", "max")
 SURROGATES = ("super", "triangle", "tanh", "circ", "heavi_erfc")
 RESETS = ("value", "subtract")
 METHODS = ("imp", "et-imp", "eb", "et-eb", "random", "reinit")
-SCOPES = ("global", "layer")
+SCOPES = ("lamp", "global", "layer")
 OUTPUTS = ("logits", "all")
 
 
@@ -66,11 +66,17 @@ class DataConfig:
     train_subset: Optional[int] = option(None, "Use a seeded random subset of N training images.")
     test_subset: Optional[int] = option(None, "Evaluate on a seeded random subset of N test "
                                         "images (quick runs on a small machine).", show="all")
+    val_fraction: float = option(0.0, "Hold this fraction of the training images out as a "
+                                 "validation split (stratified, fixed): reported per epoch, and "
+                                 "what --select best-val chooses on. The test set is never used "
+                                 "to select anything.")
 
     def __post_init__(self):
         for name in ("train_subset", "test_subset"):
             n = getattr(self, name)
             _check(n is None or n >= 1, f"--{name.replace('_', '-')} must be at least 1, got {n}")
+        _check(0.0 <= self.val_fraction < 1.0,
+               f"--val-fraction must be in [0, 1), got {self.val_fraction}")
 
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -131,8 +137,9 @@ class NeuronParams:
 @dataclass(frozen=True)
 class ModelConfig:
     arch: str = option("convnet", "Architecture: " + ", ".join(ARCH_NAMES) + ".")
-    width: float = option(1.0, "Channel width multiplier (vgg16/resnet19 at 1.0 are the "
-                          "paper's sizes).")
+    width: Optional[float] = option(None, "Channel width multiplier (vgg16/resnet19 at 1.0 are "
+                                    "the paper's sizes).",
+                                    show="2 for convnet on images up to 16x16, else 1")
     pool: str = option("avg", "Pooling: avg (NIR-exportable) or max.")
     timesteps: int = option(5, "Timesteps T.", flags=("--timesteps", "-T"))
     encoding: str = option("direct", "direct (the first conv sees the image once) or poisson.")
@@ -141,7 +148,7 @@ class ModelConfig:
     def __post_init__(self):
         _check(self.arch in ARCH_NAMES,
                f"unknown architecture {self.arch!r}: choose {', '.join(ARCH_NAMES)}")
-        _check(self.width > 0, f"width must be positive, got {self.width}")
+        _check(self.width is None or self.width > 0, f"width must be positive, got {self.width}")
         _check(self.pool in POOLS, f"unknown pooling {self.pool!r}: choose avg or max")
         _check(self.timesteps >= 1, f"timesteps must be at least 1, got {self.timesteps}")
         _check(self.encoding in ENCODINGS,
@@ -199,7 +206,9 @@ class SearchConfig(Schedule):
                                          "epochs (0 = initialization).",
                                          show="the dense run's late-rewinding point")
     round_epochs: int = option(10, "IMP: epochs per round; EB: epoch budget.")
-    scope: str = option("global", "Magnitude ranking: global or layer.")
+    scope: str = option("lamp", "Ranking: lamp (magnitudes normalized per layer, ranked "
+                        "globally; Lee et al. 2021), global (plain magnitude, the paper's), or "
+                        "layer (every layer pruned alike).")
     keep_first: bool = option(False, "Keep the first conv layer dense.")
     keep_last: bool = option(False, "Keep the classifier layer dense.")
     eb_q: int = option(5, "Early-Bird: masks in the comparison window.")
@@ -219,7 +228,7 @@ class SearchConfig(Schedule):
         _check(self.round_epochs >= 1, f"round epochs must be at least 1, got {self.round_epochs}")
         _check(self.rewind_epoch is None or self.rewind_epoch >= 0,
                f"rewind epoch must be >= 0, got {self.rewind_epoch}")
-        _check(self.scope in SCOPES, f"unknown scope {self.scope!r}: choose global or layer")
+        _check(self.scope in SCOPES, f"unknown scope {self.scope!r}: choose {', '.join(SCOPES)}")
         _check(self.eb_q >= 2, f"eb-q must be at least 2, got {self.eb_q}")
         _check(0.0 < self.eb_tau < 1.0, f"eb-tau must be in (0, 1), got {self.eb_tau}")
         _check(self.et_epochs >= 0, f"et-epochs must be >= 0, got {self.et_epochs}")
@@ -248,15 +257,29 @@ class SearchConfig(Schedule):
 
 # -- retrain ----------------------------------------------------------------------------------
 
+SELECT = ("last", "best-val")
+INIT = ("rewind", "trained")
+
+
 @dataclass(frozen=True)
 class RetrainConfig(Schedule):
     epochs: Optional[int] = option(None, "Ticket retraining epochs.", show="as the dense model")
     augment: bool = option(False, "Random shifts (and flips for CIFAR).")
+    select: str = option("last", "last: keep the final epoch; best-val: the epoch with the best "
+                         "validation accuracy (needs --val-fraction).")
+    init: str = option("rewind", "rewind: restart from the ticket's rewind weights (the paper); "
+                       "trained: from the weights its mask was drawn from (learning-rate "
+                       "rewinding, Renda et al.; imp searches).")
+    lr_resume: bool = option(False, "With weight rewinding to epoch k, continue the dense run's "
+                             "learning-rate schedule from epoch k instead of a fresh one.")
 
     def __post_init__(self):
         super().__post_init__()
         _check(self.epochs is None or self.epochs >= 1,
                f"epochs must be at least 1, got {self.epochs}")
+        _check(self.select in SELECT, f"unknown --select {self.select!r}: choose "
+               f"{' or '.join(SELECT)}")
+        _check(self.init in INIT, f"unknown --init {self.init!r}: choose {' or '.join(INIT)}")
 
     def train_config(self, dense_epochs: int | None) -> TrainConfig:
         return TrainConfig(epochs=self.epochs or dense_epochs or 30, augment=self.augment,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import gzip
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,7 @@ FASHION_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat",
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
                  "dog", "frog", "horse", "ship", "truck"]
 DIGITS_SPLIT_SEED = 0  # the digits train/test split is fixed, whatever the training seed
+VAL_SPLIT_SEED = 0  # the validation split is fixed too, whatever the training seed
 
 
 @dataclass
@@ -33,6 +34,10 @@ class Dataset:
     x_test: torch.Tensor
     y_test: torch.Tensor
     class_names: list[str]
+    # Held out of the training images for model selection (best checkpoint, defaults); the test
+    # set is only for reporting. None when no validation split was asked for.
+    x_val: torch.Tensor | None = None
+    y_val: torch.Tensor | None = None
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -55,16 +60,34 @@ class Dataset:
         if n < 1:
             raise UserError(f"--train-subset must be at least 1, got {n}")
         idx = torch.randperm(len(self.y_train), generator=torch.Generator().manual_seed(seed))[:n]
-        return Dataset(self.name, self.x_train[idx], self.y_train[idx], self.x_test, self.y_test,
-                       self.class_names)
+        return replace(self, x_train=self.x_train[idx], y_train=self.y_train[idx])
 
     def test_subset(self, n: int | None, seed: int = 1) -> "Dataset":
         """A seeded random subset of `n` test images (the training set is kept whole)."""
         if n is None or n >= len(self.y_test):
             return self
         idx = torch.randperm(len(self.y_test), generator=torch.Generator().manual_seed(seed))[:n]
-        return Dataset(self.name, self.x_train, self.y_train, self.x_test[idx], self.y_test[idx],
-                       self.class_names)
+        return replace(self, x_test=self.x_test[idx], y_test=self.y_test[idx])
+
+    def split_validation(self, fraction: float, seed: int = VAL_SPLIT_SEED) -> "Dataset":
+        """Move a fixed, stratified `fraction` of the training images (round(fraction * n_c) of
+        each class c, drawn with a generator seeded by `seed`, not by the training seed) into a
+        validation set. The images left for training keep their order."""
+        if fraction == 0.0:
+            return self
+        if self.x_val is not None:
+            raise UserError("this dataset already has a validation split")
+        g = torch.Generator().manual_seed(seed)
+        val = torch.zeros(len(self.y_train), dtype=torch.bool)
+        for c in torch.unique(self.y_train):
+            members = torch.nonzero(self.y_train == c).flatten()
+            k = int(round(fraction * len(members)))
+            val[members[torch.randperm(len(members), generator=g)[:k]]] = True
+        if not val.any() or val.all():
+            raise UserError(f"validation fraction {fraction} leaves no validation or no "
+                            f"training images out of {len(self.y_train)}")
+        return replace(self, x_train=self.x_train[~val], y_train=self.y_train[~val],
+                       x_val=self.x_train[val], y_val=self.y_train[val])
 
 
 def load(name_or_path: str) -> Dataset:
@@ -305,8 +328,9 @@ def augment(x: torch.Tensor, generator: torch.Generator, flip: bool, pad: int = 
 
 
 def fingerprint(d: Dataset) -> str:
-    """A content hash of the data, so an artifact id changes when a user's files change."""
-    return arrays_digest(d.x_train, d.y_train, d.x_test, d.y_test)
+    """A content hash of the data, so an artifact id changes when a user's files change (a
+    validation split counts only when there is one)."""
+    return arrays_digest(d.x_train, d.y_train, d.x_test, d.y_test, d.x_val, d.y_val)
 
 
 def _cifar10_named(where: str) -> Dataset:

@@ -31,7 +31,8 @@ class ModelInput:
     @property
     def data_config(self) -> DataConfig | None:
         d = self._recorded("config", "data")
-        return DataConfig(d["name"], d.get("train_subset"), d.get("test_subset")) if d else None
+        return DataConfig(d["name"], d.get("train_subset"), d.get("test_subset"),
+                          d.get("val_fraction", 0.0)) if d else None
 
     @property
     def train_epochs(self) -> int | None:
@@ -78,7 +79,8 @@ def open_model(path: Path, device: str = "cpu") -> ModelInput:
 
 
 def load_data(cfg: DataConfig) -> datalib.Dataset:
-    return datalib.load(cfg.name).subset(cfg.train_subset, seed=0).test_subset(cfg.test_subset)
+    return (datalib.load(cfg.name).subset(cfg.train_subset, seed=0)
+            .test_subset(cfg.test_subset).split_validation(cfg.val_fraction))
 
 
 def dataset_for(model: ModelInput, cfg: DataConfig) -> tuple[DataConfig, datalib.Dataset]:
@@ -89,7 +91,8 @@ def dataset_for(model: ModelInput, cfg: DataConfig) -> tuple[DataConfig, datalib
             raise UserError(f"{model.path} does not say what data it was trained on: pass --data")
         rec = model.data_config
         cfg = replace(rec, **{k: getattr(cfg, k) for k in ("train_subset", "test_subset")
-                              if getattr(cfg, k) is not None})
+                              if getattr(cfg, k) is not None},
+                      val_fraction=cfg.val_fraction or rec.val_fraction)
     ds = load_data(cfg)
     if tuple(ds.input_shape) != tuple(model.spec.input_shape):
         raise UserError(f"data {cfg.name} has images of shape {list(ds.input_shape)} but the "
@@ -104,4 +107,4 @@ def data_identity(cfg: DataConfig, ds: datalib.Dataset) -> dict:
     """The data's part of an artifact's config: its name, subset and a content hash, so an id
     changes when a user's files change."""
     return {"name": cfg.name, "train_subset": cfg.train_subset, "test_subset": cfg.test_subset,
-            "fingerprint": datalib.fingerprint(ds)}
+            "val_fraction": cfg.val_fraction, "fingerprint": datalib.fingerprint(ds)}

@@ -37,13 +37,14 @@ def magnitude(weights: dict[str, torch.Tensor], sparsity: float, current: Masks 
         raise UserError(f"sparsity {sparsity} is out of reach with layers kept dense "
                         f"({n_target} weights to prune, {prunable_total} prunable)")
     out = {n: torch.ones_like(weights[n], dtype=torch.bool) for n in weights if n not in names}
-    if scope == "global":
+    if scope in ("global", "lamp"):
         groups = [(names, n_target)]
     else:
         frac = n_target / prunable_total
         groups = [([n], int(round(frac * weights[n].numel()))) for n in names]
+    score = lamp_scores if scope == "lamp" else (lambda w, _alive: w.detach().abs().float())
     for group, n_prune in groups:
-        scores = torch.cat([weights[n].detach().abs().float().flatten().cpu() for n in group])
+        scores = torch.cat([score(weights[n], current[n]).flatten().cpu() for n in group])
         alive = torch.cat([current[n].flatten().cpu() for n in group])
         scores = torch.where(alive, scores, torch.full_like(scores, -1.0))  # pruned go first
         keep = torch.ones(scores.numel(), dtype=torch.bool)
@@ -62,10 +63,26 @@ def magnitude(weights: dict[str, torch.Tensor], sparsity: float, current: Masks 
     return {n: out[n] for n in weights}
 
 
+def lamp_scores(w: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
+    """LAMP (Lee et al., ICLR 2021): a weight's square divided by the sum of the squares of the
+    alive weights of its layer that are at least as large. Scale-free per layer (BatchNorm after
+    a layer makes its weights' scale arbitrary), and each layer's largest weight scores 1, so a
+    global ranking of these scores never empties a layer while weights remain for each."""
+    sq = torch.where(alive, w.detach().float() ** 2, torch.zeros_like(w, dtype=torch.float32))
+    flat = sq.flatten().cpu()
+    order = torch.sort(flat, stable=True).indices
+    tail = flat[order].flip(0).cumsum(0).flip(0)  # the sum of the squares from this one upwards
+    out = torch.empty_like(flat)
+    out[order] = flat[order] / tail.clamp_min(1e-30)
+    return out.view_as(w)
+
+
 def _alive_limit(weights: dict[str, torch.Tensor], current: Masks, names: list[str],
                  scope: str) -> float:
     """The largest sparsity at which magnitude pruning still keeps a weight in every layer."""
     total = sum(w.numel() for w in weights.values())
+    if scope == "lamp":  # every layer's best weight scores 1: one weight per layer suffices
+        return (total - len(names)) / total
     if scope != "global":  # every layer prunes the same fraction: the smallest layer dies first
         small = min(weights[n].numel() for n in names)
         prunable_total = sum(weights[n].numel() for n in names)

@@ -91,9 +91,8 @@ def retrain(store: Store, model: Path, mask: Path, cfg: RetrainConfig,
     ticket = open_search(mask)
     dense = inputs.open_model(model, run.device)
     data, ds = inputs.dataset_for(dense, data)
-    optim = cfg.train_config(dense.train_epochs)
-    _stage(report, "retrain", epochs=optim.epochs)
-    return retrain_stage(store, dense, ticket, data, ds, optim, run, report)
+    _stage(report, "retrain", epochs=cfg.train_config(dense.train_epochs).epochs)
+    return retrain_stage(store, dense, ticket, data, ds, cfg, run, report)
 
 
 def export(store: Store, model: Path, cfg: ExportConfig = ExportConfig(),

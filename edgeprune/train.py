@@ -13,7 +13,7 @@ from .data import Dataset
 from .inputs import data_identity
 from .models import ARCH_REVISION, ModelSpec, prunable
 from .resume import EpochCheckpoint, run_epochs
-from .trainer import Trainer, evaluate
+from .trainer import Trainer, evaluate, held_out
 
 Report = Callable[[dict], None]
 
@@ -41,14 +41,14 @@ def train(store: Store, data: DataConfig, ds: Dataset, model_cfg: ModelConfig,
         torch.manual_seed(seed)
         model = spec.build()
         trainer = Trainer(model, ds, spec.timesteps, optim, seed, run)
-        # Early weights, kept for the ticket search: late rewinding restores them, and
-        # Early-Time scores timesteps on the network after a few epochs at full T.
+        # Early weights, kept for the ticket search: late rewinding restores them (any of the
+        # first five epochs, or the default point), and Early-Time scores timesteps on the
+        # network after a few epochs at full T.
         rewind = default_rewind_epoch(optim.epochs)
-        keep = {e for e in (0, 1, 2, rewind) if e <= optim.epochs}
+        keep = {e for e in (0, 1, 2, 3, 4, 5, rewind) if e <= optim.epochs}
 
         def on_epoch(row: dict, progress: dict) -> bool:
-            row.update(test_acc=evaluate(model, ds.x_test, ds.y_test, spec.timesteps,
-                                         device)["accuracy"])
+            row.update(held_out(model, ds, spec.timesteps, device))
             progress["history"].append(row)
             if trainer.epoch in keep:
                 progress["snapshots"][trainer.epoch] = state_copy(model)
@@ -60,6 +60,7 @@ def train(store: Store, data: DataConfig, ds: Dataset, model_cfg: ModelConfig,
                               report)
         snapshots = progress["snapshots"]
         ev = evaluate(model, ds.x_test, ds.y_test, spec.timesteps, device)
+        val = held_out(model, ds, spec.timesteps, device)
         checkpoint.save(job.dir / "model.pt", spec, model)
         tensorfile.save(job.dir / "snapshots.safetensors",
                         {f"epoch{e}/{k}": v for e, sd in snapshots.items() for k, v in sd.items()})
@@ -71,6 +72,7 @@ def train(store: Store, data: DataConfig, ds: Dataset, model_cfg: ModelConfig,
                 "prunable_weights": sum(p.numel() for p in prunable(model).values()),
                 "parameters": sum(p.numel() for p in model.parameters()),
                 "rewind_epoch": rewind, "snapshot_epochs": sorted(snapshots),
+                **({"val_accuracy": val["val_acc"]} if "val_acc" in val else {}),
                 **trainer.execution()}
 
     return store.run("train", config, [], compute, collective=True)

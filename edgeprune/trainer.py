@@ -89,6 +89,15 @@ class Trainer:
         if masks is not None:
             masklib.apply(model, masks)
 
+    def skip_epochs(self, epochs: int) -> None:
+        """Start `epochs` into the learning-rate schedule, as if they had been trained (a ticket
+        rewound to epoch k of the dense run continues that run's schedule from there)."""
+        with warnings.catch_warnings():  # stepping the schedule without training is the point
+            warnings.simplefilter("ignore", UserWarning)
+            for _ in range(epochs * self.steps_per_epoch):
+                self.sched.step()
+        self.epoch = epochs
+
     def execution(self) -> dict:
         """How this run executed (for the manifest's metrics; not part of the id)."""
         return {"device": self.device, "precision": self.run.precision,
@@ -169,6 +178,16 @@ class Trainer:
         self.gen.set_state(state["gen"])
         torch.set_rng_state(state["torch_rng"])
         self.epoch = state["epoch"]
+
+
+def held_out(model: nn.Module, ds: Dataset, timesteps: int, device: str = "cpu") -> dict:
+    """An epoch's report on data it did not train on: test accuracy (for people; never used to
+    select anything), and validation accuracy and loss when the dataset has a split."""
+    row = {"test_acc": evaluate(model, ds.x_test, ds.y_test, timesteps, device)["accuracy"]}
+    if ds.x_val is not None:
+        v = evaluate(model, ds.x_val, ds.y_val, timesteps, device)
+        row.update(val_acc=v["accuracy"], val_loss=v["loss"])
+    return row
 
 
 @torch.no_grad()

@@ -35,5 +35,7 @@ def digits_model(tmp_path_factory):
     from edgeprune.config import DataConfig, ModelConfig, TrainConfig
 
     store = Store(tmp_path_factory.mktemp("runs"))
-    art, _ = pipeline.train(store, DataConfig("digits"), ModelConfig(), TrainConfig(epochs=12))
+    # width 1: the tests check mechanics on the small net (the default on digits is width 2)
+    art, _ = pipeline.train(store, DataConfig("digits"), ModelConfig(width=1.0),
+                            TrainConfig(epochs=12))
     return art

@@ -10,6 +10,7 @@ def test_train_json_then_cached_then_show_and_ls(tmp_path):
     assert r.returncode == 0, r.stderr
     first = json.loads(r.stdout)
     assert first["cached"] is False and 0.0 <= first["metrics"]["test_accuracy"] <= 1.0
+    assert first["metrics"]["prunable_weights"] == 86816  # the default width on 8x8: 2
     r2 = run_cli(*args)
     second = json.loads(r2.stdout)
     assert second["cached"] is True and second["id"] == first["id"]
@@ -36,7 +37,8 @@ def test_compress_recipe_reaches_each_stage_and_the_manifests_show_it(tmp_path):
     """One table per stage: the dense run, the IMP rounds and the retraining get their own
     epochs; a stage-prefixed option overrides the recipe's table."""
     recipe = tmp_path / "r.toml"
-    recipe.write_text('train_subset = 200\n[train]\nepochs = 4\n[search]\nround_epochs = 1\n'
+    recipe.write_text('train_subset = 200\n[train]\nepochs = 4\nwidth = 1.0\n'
+                      '[search]\nround_epochs = 1\n'
                       'method = "imp"\nsparsity = 0.6\n[retrain]\nepochs = 2\n'
                       '[validate]\nlatency_budget_ms = 10000.0\n')
     r = run_cli("compress", "--config", recipe, "--search-lr", "0.05", "--out", tmp_path, "--json")
@@ -81,7 +83,8 @@ def test_two_identical_compress_runs_at_once_share_one_run_directory(tmp_path):
 
     from .conftest import ROOT
 
-    args = [sys.executable, "-m", "cli", "compress", "--data", "digits", "--train-subset", "200",
+    args = [sys.executable, "-m", "cli", "compress", "--data", "digits", "--width", "1",
+            "--train-subset", "200",
             "--epochs", "2", "--method", "imp", "--sparsity", "0.5", "--prune-rate", "0.5",
             "--retrain-epochs", "1", "--latency-budget-ms", "10000", "--out", str(tmp_path),
             "--json"]

@@ -115,3 +115,28 @@ def test_augment_shifts_within_bounds():
     x = torch.rand(8, 1, 8, 8)
     y = data.augment(x, torch.Generator().manual_seed(0), flip=False)
     assert y.shape == x.shape and not torch.equal(x, y)
+
+
+def test_validation_split_is_fixed_stratified_and_disjoint():
+    from edgeprune import inputs
+    from edgeprune.config import DataConfig
+
+    full = data.load("digits")
+    d = inputs.load_data(DataConfig("digits", val_fraction=0.1))
+    assert len(d.y_train) + len(d.y_val) == len(full.y_train)
+    assert torch.equal(d.x_test, full.x_test)  # the test set is untouched
+    for c in range(10):  # round(10%) of every class
+        n_c = int((full.y_train == c).sum())
+        assert int((d.y_val == c).sum()) == round(0.1 * n_c)
+
+    def rows(x, y):
+        return sorted((int(c), tuple(v.flatten().tolist())) for v, c in zip(x, y))
+
+    # train + validation is the original training set, each image exactly once
+    assert rows(torch.cat([d.x_train, d.x_val]), torch.cat([d.y_train, d.y_val])) == \
+        rows(full.x_train, full.y_train)
+    again = inputs.load_data(DataConfig("digits", val_fraction=0.1))
+    assert torch.equal(again.x_val, d.x_val) and torch.equal(again.y_train, d.y_train)
+    assert inputs.load_data(DataConfig("digits")).x_val is None
+    assert data.fingerprint(inputs.load_data(DataConfig("digits"))) == data.fingerprint(full)
+    assert data.fingerprint(d) != data.fingerprint(full)

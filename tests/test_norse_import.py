@@ -15,7 +15,8 @@ from edgeprune.artifacts import Store
 from edgeprune.errors import UserError
 from edgeprune.models import ModelSpec
 from edgeprune import pipeline
-from edgeprune.config import DataConfig, ExportConfig, ImportConfig, SearchConfig, TrainConfig
+from edgeprune.config import (DataConfig, ExportConfig, ImportConfig, RetrainConfig,
+                              SearchConfig, TrainConfig)
 from edgeprune.importers.norse import user_steps
 from edgeprune.inputs import dataset_for, open_model
 from edgeprune.retrain import retrain
@@ -110,7 +111,7 @@ def test_search_retrain_export_chain_gives_a_validated_onnx(imported):
     assert abs(ticket.metrics["sparsity"] - 0.5) < 0.01
     # No early snapshots come with an import, so the ticket restarts from a fresh init: two
     # epochs must bring it to life, or the export check below would compare a silent network.
-    out, _ = retrain(store, dense, ticket, dcfg, ds, TrainConfig(epochs=2))
+    out, _ = retrain(store, dense, ticket, dcfg, ds, RetrainConfig(epochs=2))
     assert out.metrics["sparsity"] >= 0.49 and out.metrics["test_accuracy"] > 0.5
     assert min(out.metrics["spike_rate"].values()) > 0.01
     exp, _ = export(store, out, ExportConfig(outputs="all", probe=64))
@@ -229,7 +230,8 @@ def test_compress_takes_a_model_def_to_a_validated_onnx(trained_weights, tmp_pat
     r = run_cli("compress", "--model-def", f"{USER}:model", "--state-dict", trained_weights[0],
                 "-T", str(T), "--data", "digits", "--sparsity", "0.5", "--round-epochs", "1",
                 "--retrain-epochs", "2", "--latency-budget-ms", "10000", "--out", tmp_path,
-                "--json")
+                # two retraining epochs from a fresh init: the gates are tested elsewhere
+                "--max-accuracy-drop", "100", "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert "imported" in out["artifacts"] and out["summary"]["sparsity"] == pytest.approx(0.5, abs=1e-3)

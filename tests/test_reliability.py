@@ -18,7 +18,8 @@ from edgeprune.errors import UserError
 
 from .conftest import ROOT, run_cli
 
-CHAIN = ["compress", "--data", "digits", "--train-subset", "256", "--epochs", "3", "--method",
+CHAIN = ["compress", "--data", "digits", "--width", "1", "--train-subset", "256", "--epochs", "3",
+         "--method",
          "imp", "--sparsity", "0.6", "--round-epochs", "2", "--retrain-epochs", "2",
          "--batch-size", "64", "--json",
          # latency is gated in test_targets; here a loaded machine must not fail the chain
@@ -65,7 +66,8 @@ def test_sigkill_at_many_points_then_resume_is_bit_identical(tmp_path):
 
 def test_ctrl_c_exits_130_and_the_rerun_finishes(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    args = [sys.executable, "-m", "cli", "train", "--data", "digits", "--epochs", "40",
+    args = [sys.executable, "-m", "cli", "train", "--data", "digits", "--width", "1",
+            "--epochs", "40",
             "--out", str(tmp_path), "--json"]
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env)

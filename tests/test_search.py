@@ -6,7 +6,7 @@ from hypothesis import given, settings, strategies as st
 
 from edgeprune import inputs, masks as masklib, pipeline, tensorfile
 from edgeprune.artifacts import Store
-from edgeprune.config import DataConfig, ModelConfig, SearchConfig, TrainConfig
+from edgeprune.config import DataConfig, ModelConfig, RetrainConfig, SearchConfig, TrainConfig
 from edgeprune.errors import UserError
 from edgeprune.models import ModelSpec, prunable
 from edgeprune.retrain import retrain
@@ -208,13 +208,14 @@ def test_early_time_eb_and_baselines(dense_small):
     r0 = tensorfile.load(eb.file("rewind.safetensors"))
     assert not torch.equal(r1["stem.0.weight"], r0["stem.0.weight"])
 
-    out, _ = retrain(store, dense, eb, dcfg, ds, TrainConfig(epochs=2))
+    out, _ = retrain(store, dense, eb, dcfg, ds, RetrainConfig(epochs=2))
     assert abs(out.metrics["sparsity"] - 0.8) <= 0.001
     assert out.metrics["method"] == "et-eb"
 
 
 def test_compress_cli_end_to_end(tmp_path):
-    r = run_cli("compress", "--data", "digits", "--train-subset", "300", "--epochs", "4",
+    r = run_cli("compress", "--data", "digits", "--width", "1", "--train-subset", "300",
+                "--epochs", "4",
                 "--sparsity", "0.9", "--round-epochs", "1", "--retrain-epochs", "2",
                 "--latency-budget-ms", "10000", "--out", tmp_path, "--json")
     assert r.returncode == 0, r.stderr
@@ -244,3 +245,56 @@ def test_branch_without_a_trunk_searches_the_imp_ticket_first(dense_small):
                               TrainConfig(epochs=1))
     with pytest.raises(UserError, match="searched on another model"):
         search(store, inputs.open_model(other.path), dcfg, ds, cfg, trunk=trunk)
+
+
+def test_lamp_scores_are_layer_scale_free_and_never_empty_a_layer():
+    g = torch.Generator().manual_seed(0)
+    w = {"big": torch.randn(200, generator=g) * 100, "small": torch.randn(800, generator=g) * 1e-3,
+         "tiny": torch.randn(10, generator=g) * 1e-6}
+    m = masklib.magnitude(w, 0.95, scope="lamp")
+    assert sum(int((~v).sum()) for v in m.values()) == round(0.95 * 1010)
+    assert all(int(v.sum()) >= 1 for v in m.values())
+    with pytest.raises(UserError, match="with no weight"):  # global magnitude empties two
+        masklib.magnitude(w, 0.95, scope="global")
+    # rescaling a layer (what BatchNorm after it allows) changes nothing
+    m2 = masklib.magnitude({**w, "small": w["small"] * 1e5}, 0.95, scope="lamp")
+    assert all(torch.equal(m[n], m2[n]) for n in w)
+    for n in w:  # within a layer the largest weights are kept
+        if m[n].any() and (~m[n]).any():
+            assert w[n][m[n]].abs().min() >= w[n][~m[n]].abs().max()
+    m3 = masklib.magnitude(w, 0.98, current=m, scope="lamp")  # pruned weights stay pruned
+    assert all(not (m3[n] & ~m[n]).any() for n in w)
+
+
+def test_retrain_selects_on_validation_and_rewinds_the_learning_rate(tmp_path):
+    from edgeprune import checkpoint
+    from edgeprune.data import Dataset
+    from edgeprune.trainer import evaluate
+
+    store = Store(tmp_path)
+    dcfg = DataConfig("digits", 400, val_fraction=0.2)
+    art, _ = pipeline.train(store, dcfg, ModelConfig(width=0.5, timesteps=3), TrainConfig(epochs=3))
+    assert "val_accuracy" in art.metrics
+    dense = inputs.open_model(art.path)
+    assert dense.data_config == dcfg
+    _, ds = inputs.dataset_for(dense, DataConfig())
+    assert ds.x_val is not None and len(ds.y_val) == 80
+    s_art, _ = search(store, dense, dcfg, ds, SearchConfig(method="imp", sparsity=0.5,
+                                                           round_epochs=1, rewind_epoch=1))
+    assert "trained.safetensors" in s_art.manifest["files"]
+    last, _ = retrain(store, dense, s_art, dcfg, ds, RetrainConfig(epochs=4))
+    best, _ = retrain(store, dense, s_art, dcfg, ds, RetrainConfig(epochs=4, select="best-val"))
+    assert best.id != last.id
+    hist = [json.loads(line) for line in best.file("history.jsonl").read_text().splitlines()]
+    top = max(h["val_acc"] for h in hist)
+    assert best.metrics["val_accuracy"] == top
+    assert hist[best.metrics["selected_epoch"] - 1]["val_acc"] == top
+    _, model = checkpoint.load(best.file("model.pt"))
+    assert evaluate(model, ds.x_val, ds.y_val, 3)["accuracy"] == top
+    resumed, _ = retrain(store, dense, s_art, dcfg, ds, RetrainConfig(epochs=4, lr_resume=True))
+    assert len(resumed.file("history.jsonl").read_text().splitlines()) == 3  # epochs 2..4
+    trained, _ = retrain(store, dense, s_art, dcfg, ds, RetrainConfig(epochs=4, init="trained"))
+    assert len({last.id, best.id, resumed.id, trained.id}) == 4
+    no_val = Dataset(ds.name, ds.x_train, ds.y_train, ds.x_test, ds.y_test, ds.class_names)
+    with pytest.raises(UserError, match="validation"):
+        retrain(store, dense, s_art, dcfg, no_val, RetrainConfig(epochs=4, select="best-val"))

@@ -116,3 +116,32 @@ def test_compiled_training_matches_eager_within_float_tolerance():
                      run=RunConfig(compile=compiled))
         losses[compiled] = tr.train_epoch()["loss"]
     assert losses[True] == pytest.approx(losses[False], rel=1e-4)
+
+
+def test_skip_epochs_continues_the_schedule():
+    from torch import nn
+
+    d = data.load("digits").subset(256, 0)
+
+    class Lin(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(64, 10)
+
+        def forward(self, x, timesteps):
+            return self.fc(x.flatten(1)).expand(timesteps, -1, -1)
+
+    for warmup in (0, 1):
+        cfg = TrainConfig(epochs=6, batch_size=32, warmup_epochs=warmup)
+        full, late = Trainer(Lin(), d, 1, cfg, 0), Trainer(Lin(), d, 1, cfg, 0)
+        late.skip_epochs(2)
+        assert late.epoch == 2
+        lrs = []
+        for _ in range(6 * full.steps_per_epoch):
+            lrs.append(full.opt.param_groups[0]["lr"])
+            full.opt.step()
+            full.sched.step()
+        for i in range(4 * late.steps_per_epoch):
+            assert late.opt.param_groups[0]["lr"] == pytest.approx(lrs[2 * full.steps_per_epoch + i])
+            late.opt.step()
+            late.sched.step()

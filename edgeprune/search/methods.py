@@ -71,6 +71,7 @@ class Found:
 
     mask: masklib.Masks
     rewind: dict[str, torch.Tensor]
+    trained: dict[str, torch.Tensor] | None = None  # the weights the mask was drawn from
     log: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     metrics: dict = field(default_factory=dict)
@@ -128,6 +129,7 @@ def imp(run: SearchRun) -> Found:
     cfg = run.cfg
     schedule = round_sparsities(cfg.sparsity, cfg.prune_rate)
     w, mask, prev = weights(run.dense.model), None, run.dense.id
+    state = {k: v.detach().cpu() for k, v in run.dense.model.state_dict().items()}
     # The target is not part of a round's identity: searches to 89.9% and to 95.7% share their
     # first rounds (round r always sits at 1 - (1 - rate)^r).
     base = {"prune_rate": cfg.prune_rate, "scope": cfg.scope, "keep_dense": list(run.keep_dense),
@@ -151,6 +153,7 @@ def imp(run: SearchRun) -> Found:
         prev = art.id
     found.mask = distributed.broadcast(masklib.magnitude(w, schedule[-1], mask, cfg.scope,
                                                          run.keep_dense))
+    found.trained = state  # for learning-rate rewinding (retrain --init trained)
     found.log.append({"kind": "final-mask", "round": len(schedule),
                       "sparsity": masklib.sparsity(found.mask)})
     found.metrics["rounds"] = len(schedule)
@@ -203,9 +206,10 @@ def early_bird(run: SearchRun) -> Found:
         progress = run_epochs(trainer, cfg.round_epochs, EpochCheckpoint(run.job.partial),
                               progress, lambda row, p: draw(p), run.report)
     last = progress["log"][-1]
-    return Found(progress["window"][-1], rewind, progress["log"], progress["elapsed"],
-                 {"eb_epoch": last["epoch"], "eb_converged": eb.converged(last["distance"]),
-                  "eb_final_distance": last["distance"]})
+    return Found(progress["window"][-1], rewind, log=progress["log"],
+                 seconds=progress["elapsed"],
+                 metrics={"eb_epoch": last["epoch"], "eb_converged": eb.converged(last["distance"]),
+                          "eb_final_distance": last["distance"]})
 
 
 # -- branches off an imp ticket -------------------------------------------------------------------

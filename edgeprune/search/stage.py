@@ -74,6 +74,8 @@ def search(store: Store, dense: ModelInput, data: DataConfig, ds: Dataset, cfg: 
         report({"event": "search-done", **metrics})
         tensorfile.save(job.dir / "mask.safetensors", found.mask)
         tensorfile.save(job.dir / "rewind.safetensors", found.rewind)
+        if found.trained is not None:
+            tensorfile.save(job.dir / "trained.safetensors", found.trained)
         (job.dir / "log.jsonl").write_text("".join(json.dumps(r, default=str) + "\n" for r in log))
         if cfg.base in PLOTS:
             PLOTS[cfg.base](log, job.dir / "search.png", cfg, f"{cfg.method} on {data.name}")
