@@ -417,7 +417,7 @@ def check(model: SNN, c: Compaction, x: torch.Tensor, batch: int = 256) -> dict:
     mismatches: dict[str, int] = {}
     compared: dict[str, int] = {}
     max_diff = 0.0
-    agree = 0
+    agree, scale = 0, 0.0
     n = x.shape[1] if x.dim() == 5 else x.shape[0]
     for s in range(0, n, batch):
         xb = x[:, s:s + batch] if x.dim() == 5 else x[s:s + batch]
@@ -425,6 +425,7 @@ def check(model: SNN, c: Compaction, x: torch.Tensor, batch: int = 256) -> dict:
         got_steps, got_spikes = _run_recording(c.model, xb, T)
         max_diff = max(max_diff, float((ref_steps - got_steps).abs().max()),
                        float((ref_steps.sum(0) - got_steps.sum(0)).abs().max()))
+        scale = max(scale, float(ref_steps.sum(0).abs().max()))
         agree += int((ref_steps.sum(0).argmax(-1) == got_steps.sum(0).argmax(-1)).sum())
         for name, ref in ref_spikes.items():
             got = got_spikes[name]
@@ -441,6 +442,7 @@ def check(model: SNN, c: Compaction, x: torch.Tensor, batch: int = 256) -> dict:
                     cnt += int(want.numel())
             mismatches[name] = mismatches.get(name, 0) + mm
             compared[name] = compared.get(name, 0) + cnt
-    return {"inputs": n, "max_abs_logit_diff": max_diff, "prediction_agreement": agree / n,
+    return {"inputs": n, "max_abs_logit_diff": max_diff, "logit_scale": scale,
+            "prediction_agreement": agree / n,
             "spike_mismatches": sum(mismatches.values()), "spike_mismatches_per_layer": mismatches,
             "spikes_compared": sum(compared.values())}
