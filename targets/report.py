@@ -29,6 +29,8 @@ def reference_npz(v: Validation, inputs: np.ndarray, labels: np.ndarray | None,
         arrays["labels"] = np.asarray(labels[:k], dtype=np.int64)
     for name, out in v.outputs.items():
         arrays[f"onnxruntime:{name}"] = out[:k].astype(np.float32)
+    for name, out in v.int8_outputs.items():  # what a device must reproduce with int8 weights
+        arrays[f"int8:{name}"] = out[:k].astype(np.float32)
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     return buf.getvalue()

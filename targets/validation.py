@@ -29,6 +29,7 @@ PASS, FAIL, SKIP = "pass", "fail", "skipped"
 class Validation:
     report: dict  # JSON-ready: model, data, reference, one entry per target, passed
     outputs: dict[str, np.ndarray] = field(default_factory=dict)  # target name -> logits
+    int8_outputs: dict[str, np.ndarray] = field(default_factory=dict)  # the int8 model's
 
 
 @dataclass
@@ -89,7 +90,7 @@ def validate(info: ModelInfo, profiles: list[Profile], inputs: np.ndarray,
         raise UserError(f"the reference has logits for {reference.shape[0]} inputs, the data "
                         f"has {n_all}: they must come from the same inputs")
     emulator = None
-    entries, outputs = [], {}
+    entries, outputs, int8_outputs = [], {}, {}
     for profile in profiles:
         how = runtime.mode(profile)
         n = min(n_all, profile.emulation.max_inputs) if how == "emulated" else n_all
@@ -109,6 +110,7 @@ def validate(info: ModelInfo, profiles: list[Profile], inputs: np.ndarray,
                             progress=progress)
             entry["int8"] = _int8(profile, q, n, labels, reference, extras)
             entry["gates"].append(entry["int8"].pop("gate"))
+            int8_outputs[profile.name] = q.outputs
         _vs_dense(profile, entry, run, n, labels, inputs, emulator, progress, extras)
         entry["passed"] = all(g["status"] != FAIL for g in entry["gates"])
         if entries:  # how far this target is from the first one (e.g. ARM64 vs x86-64 ORT)
@@ -120,7 +122,7 @@ def validate(info: ModelInfo, profiles: list[Profile], inputs: np.ndarray,
     report = {"model": info.to_dict(), "inputs": n_all,
               "reference": {"source": reference_source if reference is not None else None},
               "targets": entries, "passed": all(e["passed"] for e in entries)}
-    return Validation(report, outputs)
+    return Validation(report, outputs, int8_outputs)
 
 
 def parity(a: np.ndarray, b: np.ndarray, tol: float | None = None) -> dict:
