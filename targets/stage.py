@@ -24,6 +24,7 @@ from .profiles import Profile
 from .validation import Extras, failures, validate
 
 STAGE = "validate"
+FORMAT = 2  # bump when what a validation stores changes (2: the int8 model's reference outputs)
 
 
 def source_artifact(path: Path) -> Artifact | None:
@@ -50,7 +51,7 @@ def run_validate(store: Store, model: Path, profiles: list[Profile], inputs: np.
     model = Path(model)
     source = source_artifact(model)
     info = info or inspect(model)
-    config = {"model": {"file": model.name, "sha256": info.sha256},
+    config = {"format": FORMAT, "model": {"file": model.name, "sha256": info.sha256},
               "targets": [p.to_dict() for p in profiles],
               "data": {"name": data_name, "inputs": arrays_digest(inputs, labels)},
               "reference": ({"source": reference_source, "logits": arrays_digest(reference)}
