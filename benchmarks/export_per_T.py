@@ -45,10 +45,6 @@ def median_ms(fn, runs: int) -> float:
     return statistics.median(times) * 1e3
 
 
-def machine() -> dict:
-    return describe()
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, help="model.pt of a digits convnet artifact")
@@ -64,7 +60,7 @@ def main() -> None:
     spec, model = checkpoint.load(art.file("model.pt"))
     model.eval()
     x = datalib.load("digits").x_test[:1]
-    rows, info = [], machine()
+    rows, info = [], describe()
     with tempfile.TemporaryDirectory() as tmp:
         for T in range(1, 9):
             folder = Path(tmp) / f"T{T}"

@@ -53,24 +53,6 @@ def level_label(r: int) -> str:
     return PAPER_LABEL.get(r, f"{100 * level_sparsity(r):.1f}")
 
 
-def machine() -> dict:
-    env = describe()
-    try:
-        from importlib import metadata
-        env["matplotlib"] = metadata.version("matplotlib")
-        env["scikit-learn"] = metadata.version("scikit-learn")
-    except Exception:  # noqa: BLE001
-        pass
-    try:  # edits to the library not yet committed (others work in the same tree)
-        import subprocess
-        env["edgeprune_uncommitted"] = subprocess.run(
-            ["git", "status", "--porcelain", "--", "edgeprune"], cwd=ROOT, capture_output=True,
-            text=True, timeout=10).stdout.split("\n")[:-1]
-    except Exception:  # noqa: BLE001
-        pass
-    return {**env, "torch_threads": torch.get_num_threads()}
-
-
 # -- running --------------------------------------------------------------------------------
 
 def log(msg: str) -> None:
@@ -647,7 +629,7 @@ def main() -> None:
     if args.store is None:
         tag = f"{d['data']}-{args.arch}-w{args.width:g}"
         args.store = Path("/tmp/edgeprune-paper-table") / tag
-    meta = {"mode": mode, "config": cfg, "machine": machine(),
+    meta = {"mode": mode, "config": cfg, "machine": describe(),
             "run": {"command": "python benchmarks/paper_table.py " + " ".join(sys.argv[1:]),
                     "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "t0": time.time(),
                     "store": str(args.store), "threads": args.threads}}

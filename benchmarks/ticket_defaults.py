@@ -339,18 +339,6 @@ def _table(names: list[str], cells: list[dict], title: str) -> list[str]:
     return L
 
 
-def machine() -> dict:
-    env = describe()
-    try:
-        import subprocess
-        env["edgeprune_uncommitted"] = subprocess.run(
-            ["git", "status", "--porcelain", "--", "edgeprune"], cwd=ROOT, capture_output=True,
-            text=True, timeout=10).stdout.split("\n")[:-1]
-    except Exception:  # noqa: BLE001
-        pass
-    return {**env, "torch_threads": torch.get_num_threads()}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--configs", default=",".join(CONFIGS),
@@ -372,7 +360,7 @@ def main() -> None:
         return
     torch.set_num_threads(args.threads)
     run_meta = {"started": time.strftime("%Y-%m-%d %H:%M:%S"),
-                "command": "python " + " ".join(sys.argv), "machine": machine(),
+                "command": "python " + " ".join(sys.argv), "machine": describe(),
                 "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
     res = Results(out, {"runs": [run_meta]})
     store = Store(Path(args.store))
