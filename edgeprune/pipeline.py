@@ -143,11 +143,12 @@ def validate(store: Store, model: Path, cfg: ValidateConfig = ValidateConfig(), 
             feed, ref = take(feed, cfg.limit), ref[:cfg.limit]
             labels = labels[:cfg.limit] if labels is not None else None
     else:
-        ds = inputs.load_data(replace(data, name=data.name or DEFAULT_DATA, train_subset=None))
+        name = data.name or _trained_on(against) or DEFAULT_DATA
+        ds = inputs.load_data(replace(data, name=name, train_subset=None))
         x, labels = ds.x_test.numpy(), ds.y_test.numpy()
         if cfg.limit:
             x, labels = x[:cfg.limit], labels[:cfg.limit]
-        feed, data_name = modelfile.model_inputs(x, info), data.name or DEFAULT_DATA
+        feed, data_name = modelfile.model_inputs(x, info), name
     if against is not None:
         ref, model_id = _reference_logits(Path(against), np.ascontiguousarray(feed), info)
         ref_source = (f"pytorch:{Path(against).name}" + (f"@{model_id}" if model_id else "")
@@ -159,6 +160,13 @@ def validate(store: Store, model: Path, cfg: ValidateConfig = ValidateConfig(), 
                               extra_inputs=tuple(extra), info=info,
                               progress=lambda text: report({"event": "message", "text": text}),
                               extras=extras)
+
+
+def _trained_on(model_pt: Path | None) -> str | None:
+    """The dataset a model artifact records (the test set validation defaults to)."""
+    if model_pt is None or not (Path(model_pt).parent / "manifest.json").exists():
+        return None
+    return (open_artifact(Path(model_pt).parent).config.get("data") or {}).get("name")
 
 
 C_FILES = ("model.h", "model.c", "model_weights.c", "runner.c")

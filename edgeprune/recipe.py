@@ -24,9 +24,6 @@ from pathlib import Path
 from . import config as schema
 from .errors import UserError
 
-RUN_TABLE = ""  # the top level
-
-
 @dataclass
 class Recipe:
     source: str
@@ -56,7 +53,7 @@ class Recipe:
 
 
 def _stage_fields(stage: str) -> dict[str, schema.Field]:
-    return {f.name: f for cls in schema.STAGES[stage] for f in schema.fields_of(cls)}
+    return {f.name: f for f in schema.fields_of_stage(stage)}
 
 
 def _run_fields() -> dict[str, schema.Field]:
@@ -98,8 +95,8 @@ def parse(raw: dict, source: str = "recipe") -> Recipe:
                 recipe.tables[key][name] = schema.coerce(fields[name], v, f"recipe {source} [{key}]")
             continue
         name = key.replace("-", "_")
-        owner = run.get(name) or next((f for s in schema.STAGES
-                                       for f in schema.fields_of_stage(s) if f.name == name), None)
+        owner = run.get(name) or next((_stage_fields(s)[name] for s in schema.STAGES
+                                       if name in _stage_fields(s)), None)
         if owner is None:
             raise UserError(f"recipe {source}: unknown key {key!r}")
         recipe.top[name] = schema.coerce(owner, value, f"recipe {source}")
