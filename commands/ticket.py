@@ -13,6 +13,7 @@ from edgeprune.config import (DataConfig, ExportConfig, ImportConfig, ModelConfi
                               PackageConfig, RetrainConfig, RunConfig, SearchConfig,
                               TrainConfig, ValidateConfig)
 from edgeprune.errors import GateFailed
+from targets import report as report_mod
 
 from . import render
 from .options import Group, JsonOpt, OutOpt, configured
@@ -67,23 +68,6 @@ def ticket_table(m: dict, cached: bool = False):
         [[render.pct(m.get("dense_test_accuracy")), render.pct(m["test_accuracy"]),
           render.pct(m["sparsity"]), str(m["timesteps"]), str(m.get("timesteps_search")),
           "-" if st is None else f"{st:.1f} s", f"{m['mean_spike_rate']:.3f}"]])
-
-
-def dense_vs_ticket(report: dict) -> list[dict]:
-    """Per target: dense model vs ticket, measured side by side in the validation run."""
-    rows = []
-    for e in report["targets"]:
-        d = e.get("dense") or {}
-        rows.append({"target": e["target"], "runtime": e.get("runtime", "onnxruntime"),
-                     "emulated": e["latency"]["emulated"],
-                     "accuracy": e["accuracy"], "dense_accuracy": d.get("accuracy"),
-                     "accuracy_drop_vs_dense": e.get("accuracy_drop_vs_dense"),
-                     "size_bytes": e["file_bytes"], "dense_size_bytes": d.get("file_bytes"),
-                     "size_ratio_vs_dense": e.get("size_ratio_vs_dense"),
-                     "latency_p50_ms": e["latency"]["p50_ms"],
-                     "dense_latency_p50_ms": d.get("latency_p50_ms"),
-                     "speedup_vs_dense": e.get("speedup_vs_dense")})
-    return rows
 
 
 def compression_table(rows: list[dict], report: dict):
@@ -173,7 +157,7 @@ def compress(
                "onnx_bytes": e.get("bytes", {}).get("model.onnx"), "nir": e.get("nir"),
                "validation": arts["validate"].metrics, "passed": failed is None}
     report_ = json.loads(arts["validate"].file("report.json").read_text())
-    summary["dense_vs_ticket"] = dense_vs_ticket(report_)
+    summary["dense_vs_ticket"] = report_mod.dense_vs_ticket(report_)
     render.emit(as_json, {"stage": "compress", "summary": summary, "artifacts": paths,
                           "ids": {k: a.id for k, a in arts.items()},
                           "cached": result.cached},

@@ -165,3 +165,20 @@ def metrics(report: dict) -> dict:
     out["dense"] = next((e["dense"]["artifact"] for e in report["targets"] if e.get("dense")),
                         None)
     return out
+
+
+def dense_vs_ticket(report: dict) -> list[dict]:
+    """Per target: dense model vs ticket, measured side by side in the validation run."""
+    rows = []
+    for e in report["targets"]:
+        d = e.get("dense") or {}
+        rows.append({"target": e["target"], "runtime": e.get("runtime", "onnxruntime"),
+                     "emulated": e["latency"]["emulated"],
+                     "accuracy": e["accuracy"], "dense_accuracy": d.get("accuracy"),
+                     "accuracy_drop_vs_dense": e.get("accuracy_drop_vs_dense"),
+                     "size_bytes": e["file_bytes"], "dense_size_bytes": d.get("file_bytes"),
+                     "size_ratio_vs_dense": e.get("size_ratio_vs_dense"),
+                     "latency_p50_ms": e["latency"]["p50_ms"],
+                     "dense_latency_p50_ms": d.get("latency_p50_ms"),
+                     "speedup_vs_dense": e.get("speedup_vs_dense")})
+    return rows
