@@ -108,10 +108,12 @@ def run(args, res: Results) -> None:
     resumed = bool(res.data["meta"].get("previous_runs"))
     for seed in cfg["seeds"]:
         t0 = time.perf_counter()
-        art, cached = pipeline.train(store, data_cfg, ModelConfig(arch=cfg["arch"], width=cfg["width"],
+        execution = RunConfig(seed=seed, **cfg.get("run", {}))
+        art, cached = pipeline.train(store, data_cfg, ModelConfig(arch=cfg["arch"],
+                                                                  width=cfg["width"],
                                                                   timesteps=cfg["timesteps"]),
                                      TrainConfig(epochs=cfg["epochs"], batch_size=bs, lr=lr),
-                                     RunConfig(seed=seed))
+                                     execution)
         m = art.metrics
         if not res.has("dense", seed=seed):
             res.add("dense", {"seed": seed, "artifact": art.id, "test_accuracy": m["test_accuracy"],
@@ -137,7 +139,7 @@ def run(args, res: Results) -> None:
                                   if method.startswith("et-") else ())
                 rounds_before = _count_rounds(store)
                 t1, c1 = time.perf_counter(), time.process_time()
-                sart, scached = pipeline.search(store, dense, sc, data_cfg, RunConfig(seed=seed),
+                sart, scached = pipeline.search(store, dense, sc, data_cfg, execution,
                                                 from_mask=imp_art.path
                                                 if method in ("random", "reinit") else None)
                 t_search, c_search = time.perf_counter() - t1, time.process_time() - c1
@@ -166,7 +168,7 @@ def run(args, res: Results) -> None:
                 t2 = time.perf_counter()
                 rart, rcached = pipeline.retrain(store, dense, sart.path, RetrainConfig(
                     epochs=cfg["retrain_epochs"], batch_size=bs, lr=lr), data_cfg,
-                    RunConfig(seed=seed))
+                    execution)
                 t_retrain = time.perf_counter() - t2
                 sm, rm = sart.metrics, rart.metrics
                 et = sm.get("early_time") or {}
@@ -582,6 +584,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     ap.add_argument("--store", type=Path, help="artifact store (default under /tmp)")
     ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (ids do not depend on it)")
+    ap.add_argument("--precision", default="fp32", help="fp32, bf16 or fp16 (part of the ids)")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the training step")
     ap.add_argument("--report-only", action="store_true",
                     help="re-render report.md and plots from --out/results.json")
     args = ap.parse_args()
@@ -619,6 +624,7 @@ def main() -> None:
            "epochs": d["epochs"], "round_epochs": d["round_epochs"],
            "eb_epochs": d["eb_epochs"], "retrain_epochs": d["retrain_epochs"],
            "batch_size": args.batch_size, "lr": args.lr,
+           "run": {"device": args.device, "precision": args.precision, "compile": args.compile},
            **({"et_candidates": sorted({int(t) for t in args.et_candidates.split(",")})}
               if args.et_candidates.strip() else {}),
            "levels": sorted(int(r) for r in args.levels.split(",")),
