@@ -140,3 +140,27 @@ def test_validation_split_is_fixed_stratified_and_disjoint():
     assert inputs.load_data(DataConfig("digits")).x_val is None
     assert data.fingerprint(inputs.load_data(DataConfig("digits"))) == data.fingerprint(full)
     assert data.fingerprint(d) != data.fingerprint(full)
+
+
+def test_cifar10_path_runs_the_papers_vgg16_end_to_end(tmp_path, capsys):
+    """The CIFAR-10 reproduction path (benchmarks/README.md) on CIFAR-format batches: VGG16
+    trains, a ticket is searched, retrained, exported and validated."""
+    import json
+
+    import cli
+
+    rng = np.random.default_rng(0)
+    for name, n in (("data_batch_1", 40), ("test_batch", 20)):
+        batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                 b"labels": (np.arange(n) % 10).tolist()}
+        (tmp_path / name).write_bytes(pickle.dumps(batch))
+    capsys.readouterr()
+    rc = cli.run(["compress", "--data", f"cifar10:{tmp_path}", "--arch", "vgg16", "--width",
+                  "0.125", "-T", "2", "--epochs", "1", "--method", "imp", "--sparsity", "0.5",
+                  "--prune-rate", "0.5", "--retrain-epochs", "1", "--batch-size", "20",
+                  "--latency-budget-ms", "10000", "--max-accuracy-drop", "100",
+                  "--out", str(tmp_path / "runs"), "--json"])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    s = json.loads(out.out)["summary"]
+    assert s["sparsity"] == pytest.approx(0.5, abs=1e-3) and s["passed"]
