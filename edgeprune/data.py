@@ -312,17 +312,20 @@ def _npz(path: Path) -> Dataset:
 
 
 def augment(x: torch.Tensor, generator: torch.Generator, flip: bool, pad: int = 2) -> torch.Tensor:
-    """Random shifts of up to `pad` pixels (and horizontal flips), drawn from `generator`."""
-    n, _, h, w = x.shape
+    """Random shifts of up to `pad` pixels (and horizontal flips), drawn from `generator` (a CPU
+    generator: the same draws on every device); the indexing runs where `x` lives."""
+    n, c, h, w = x.shape
+    dev = x.device
     padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-    rows = (dy[:, None] + torch.arange(h)[None]).clamp_max(h + 2 * pad - 1)
-    cols = (dx[:, None] + torch.arange(w)[None])
-    out = padded[torch.arange(n)[:, None, None, None], torch.arange(x.shape[1])[None, :, None, None],
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(dev)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(dev)
+    rows = (dy[:, None] + torch.arange(h, device=dev)[None]).clamp_max(h + 2 * pad - 1)
+    cols = (dx[:, None] + torch.arange(w, device=dev)[None])
+    out = padded[torch.arange(n, device=dev)[:, None, None, None],
+                 torch.arange(c, device=dev)[None, :, None, None],
                  rows[:, None, :, None], cols[:, None, None, :]]
     if flip:
-        mask = torch.rand(n, generator=generator) < 0.5
+        mask = (torch.rand(n, generator=generator) < 0.5).to(dev)
         out[mask] = out[mask].flip(-1)
     return out
 
