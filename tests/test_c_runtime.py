@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 import torch
 
 from edgeprune.errors import UserError
@@ -423,3 +424,28 @@ print('ok')
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                        env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
     assert p.returncode == 0 and p.stdout.strip().endswith("ok"), p.stderr[-2000:]
+
+
+@pytest.fixture(scope="module")
+def asan_build(generated):
+    from targets import c_build
+
+    return c_build.build(generated[2], sanitize=True)
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(blob=st.binary(max_size=3 * 64 * 4 + 9),
+       args=st.sampled_from([(), ("--stats",), ("--info",), ("--bench", "2", "1"),
+                             ("--bench", "x", "1"), ("--bench",), ("-",)]))
+def test_runner_stdin_fuzz_never_crashes(asan_build, blob, args):
+    """Hostile stdin and arguments to the sanitizer build: whole images give logits, anything
+    else one line and exit 2; never a sanitizer report or a signal."""
+    p = _run_raw(asan_build.runner, args, blob)
+    err = p.stderr.decode(errors="replace")
+    assert "Sanitizer" not in err and "runtime error" not in err, err[-800:]
+    assert p.returncode in (0, 2), (p.returncode, err[-300:])
+    if p.returncode == 2:
+        assert len(err.strip().splitlines()) == 1 and p.stdout == b""
+    elif not args:
+        assert len(blob) % (64 * 4) == 0 and len(p.stdout) == len(blob) // (64 * 4) * 10 * 4
