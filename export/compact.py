@@ -40,13 +40,13 @@ from torch import nn
 
 from edgeprune.errors import UserError
 from edgeprune.models import SNN, over_time, spiking_layers
-from edgeprune.neurons import LI, LIF
+from edgeprune.neurons import LI, LIF, CubaLIF, DecayLIF, Integrator, Threshold, is_spiking
 
 from .prepare import for_export
 
 PRODUCERS = (nn.Conv2d, nn.Linear)
-PER_CHANNEL = (LIF, LI, nn.AvgPool2d, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.Flatten,
-               nn.Identity, nn.Dropout)
+PER_CHANNEL = (LIF, LI, CubaLIF, DecayLIF, Integrator, Threshold, nn.AvgPool2d, nn.MaxPool2d,
+               nn.AdaptiveAvgPool2d, nn.Flatten, nn.Identity, nn.Dropout)
 
 
 class StepBiased(nn.Module):
@@ -212,7 +212,7 @@ def _simulate(segment: list, x: torch.Tensor, record: dict) -> torch.Tensor:
     seq = x.to(torch.float32)
     for name, m in segment:
         seq = over_time(m, seq)
-        if isinstance(m, LIF):
+        if is_spiking(m):
             record[name] = seq.clone()
     return seq
 
@@ -326,7 +326,7 @@ def compact(model: SNN, timesteps: int, input_shape,
         if p.name.startswith("stem.") and sb is not None:
             return None, f"layer {p.name}: a per-step bias in the stem"
         for lname, _m in p.segment:
-            if isinstance(_m, LIF):
+            if is_spiking(_m):
                 kept[lname] = list(p.keep_out)
         layers_info.append({"name": p.name, "kind": p.kind, "shape_before": list(before[p.name]),
                             "shape_after": list(new.weight.shape),
