@@ -314,6 +314,24 @@ class _StepLoop(nn.Module):
 
     stateful = True
     spiking = True
+    _record = None  # a list while `margins` runs
+
+    def _spike(self, u: torch.Tensor, alpha: float) -> torch.Tensor:
+        """Spikes where the potential minus the threshold `u` is > 0."""
+        if self._record is not None:
+            self._record.append(u)
+        return spike(u, self.method, alpha)
+
+    @torch.no_grad()
+    def margins(self, seq: torch.Tensor) -> torch.Tensor:
+        """(T, B, ...) potential minus threshold at each spike decision on `seq` (how close a
+        neuron came to flipping: export's parity report counts the near ones)."""
+        self._record = []
+        try:
+            self.forward(seq)
+            return torch.stack(self._record)
+        finally:
+            self._record = None
 
     def forward(self, seq: torch.Tensor) -> torch.Tensor:
         if seq.dtype in (torch.float16, torch.bfloat16):  # autocast: the membrane stays fp32
@@ -381,7 +399,7 @@ class CubaLIF(_StepLoop):
         i_j = i + x
         vd = v + self._a * ((0.0 - v) + i_j)
         i_new = i_j + self._nb * i_j
-        z = spike(vd - p.v_th, self.method, p.alpha)
+        z = self._spike(vd - p.v_th, p.alpha)
         if p.reset == "subtract":
             v_new = vd - z * p.v_th
         else:
@@ -458,7 +476,7 @@ class DecayLIF(_StepLoop):
             m = p.beta * mem + x
             if p.reset == "subtract":
                 m = m - r * th
-        z = spike(m - th, self.method, p.alpha)
+        z = self._spike(m - th, p.alpha)
         if not p.reset_delay and p.reset != "none":
             do = z - r
             m = m - do * th if p.reset == "subtract" else m - do * m

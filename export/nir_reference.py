@@ -43,7 +43,11 @@ def _snntorch(path: Path):
     import torch
     from snntorch import import_nir
 
-    with warnings.catch_warnings():
+    import contextlib
+    import io
+
+    # snnTorch's reader prints progress on stdout, which belongs to --json
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         net = import_nir.import_from_nir(_read(path)).eval()
 
