@@ -115,8 +115,8 @@ def _integrator_step(node: nir.I, inp, v, dt):
 
 def avg_pool(x: np.ndarray, node: nir.AvgPool2d) -> np.ndarray:
     win = _windows(x, node.kernel_size, node.stride, node.padding)
-    k = int(np.prod(np.asarray(node.kernel_size).ravel()[:2] if np.size(node.kernel_size) > 1
-                    else [int(node.kernel_size)] * 2))
+    k = np.broadcast_to(np.asarray(node.kernel_size).ravel(), (2,))
+    k = int(k[0]) * int(k[1])  # count_include_pad: every window divides by its full area
     return (win.sum(axis=(-2, -1), dtype=F32) / F32(k)).astype(F32)
 
 

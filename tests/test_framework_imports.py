@@ -346,3 +346,32 @@ def test_nir_reader_refuses_links_to_other_files(tmp_path):
                                                               "secret")
     with pytest.raises(UserError, match="links are not allowed"):
         nirfile.load(good, dt=1e-3)
+
+
+def test_current_based_lif_trains_searches_and_exports_everywhere(tmp_path):
+    """The current-based LIF as a first-class neuron: `train --tau-syn-inv`, a ticket search,
+    and every export (unrolled and streaming ONNX with its (v, i) state, NIR CubaLIF, C)."""
+    from edgeprune.config import ModelConfig, SearchConfig, TrainConfig, ValidateConfig
+
+    store = Store(tmp_path)
+    dense, _ = pipeline.train(store, DataConfig("digits"),
+                              ModelConfig(width=1.0, timesteps=4,
+                                          neuron=NeuronParams(tau_syn_inv=0.5)),
+                              TrainConfig(epochs=3))
+    assert dense.metrics["test_accuracy"] > 0.5
+    assert dense.config["model"]["neuron"]["tau_syn_inv"] == 0.5
+    mask, _ = pipeline.search(store, dense.path / "model.pt",
+                              SearchConfig(method="imp", sparsity=0.5, prune_rate=0.5,
+                                           round_epochs=1))
+    exp, _ = pipeline.export(store, dense.path / "model.pt",
+                             ExportConfig(probe=64, nir=True, c_runtime=True))
+    e = exp.metrics
+    assert e["max_abs_diff"] < 1e-4 and e["prediction_agreement"] == 1.0
+    assert e["states"] == 6 and e["nir"] == "written" and e["c_runtime"] == "written"
+    assert e["parity"]["model.nir"]["spike_mismatches_unexplained"] == 0
+    val, _ = pipeline.validate(store, exp.path / "model.onnx",
+                               ValidateConfig(target="c-x86_64", latency_budget_ms=10000,
+                                              dense=False),
+                               against=dense.path / "model.pt", data=DataConfig("digits"))
+    assert val.metrics["passed"], val.metrics
+    assert mask.metrics["sparsity"] == pytest.approx(0.5, abs=0.01)
