@@ -126,7 +126,11 @@ class Normalize(nn.Module):
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
+        if x.dim() == 4:
+            return (x - self.mean) / self.std
+        # other inputs (B, C, ...) (an imported Conv1d or flat model): channel axis 1
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return (x - self.mean.view(shape)) / self.std.view(shape)
 
 
 class SNN(nn.Module):

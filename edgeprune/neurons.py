@@ -190,6 +190,7 @@ class LIF(nn.Module):
 
     stateful = True
     spiking = True
+    elementwise = True  # one neuron per input element, one parameter set per layer
     fused = True  # training runs the recurrence as one autograd node (False: Norse's loop)
 
     def __init__(self, params: NeuronParams = NeuronParams()):
@@ -255,6 +256,7 @@ class LI(nn.Module):
     a readout's per-step logits. State (v, i) is explicit; both start at 0."""
 
     stateful = True
+    elementwise = True
     state_names = ("v", "i")  # the exporters flatten the state in this order
 
     def __init__(self, params: LIParams = LIParams()):
@@ -314,6 +316,7 @@ class _StepLoop(nn.Module):
 
     stateful = True
     spiking = True
+    elementwise = True
     _record = None  # a list while `margins` runs
 
     def _spike(self, u: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -505,6 +508,7 @@ class Threshold(nn.Module):
     """Stateless spikes: [x > threshold] (NIR's Threshold)."""
 
     spiking = True
+    elementwise = True
 
     def __init__(self, threshold: float = 0.0):
         super().__init__()

@@ -40,13 +40,19 @@ from torch import nn
 
 from edgeprune.errors import UserError
 from edgeprune.models import SNN, over_time, spiking_layers
-from edgeprune.neurons import LI, LIF, CubaLIF, DecayLIF, Integrator, Threshold, is_spiking
+from edgeprune.neurons import is_spiking
 
 from .prepare import for_export
 
 PRODUCERS = (nn.Conv2d, nn.Linear)
-PER_CHANNEL = (LIF, LI, CubaLIF, DecayLIF, Integrator, Threshold, nn.AvgPool2d, nn.MaxPool2d,
-               nn.AdaptiveAvgPool2d, nn.Flatten, nn.Identity, nn.Dropout)
+PER_CHANNEL = (nn.AvgPool2d, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Identity,
+               nn.Dropout)
+
+
+def per_channel(m: nn.Module) -> bool:
+    """A layer that acts on each channel alone: pooling, flatten, and every neuron kind (their
+    parameters are one value per layer, so removing a unit leaves the others unchanged)."""
+    return isinstance(m, PER_CHANNEL) or getattr(m, "elementwise", False)
 
 
 class StepBiased(nn.Module):
@@ -130,7 +136,7 @@ def not_compactable(model: SNN) -> str | None:
                     return f"layer {name}: grouped, non-zero-padded or 'same' convolution"
             elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
                 return f"layer {name}: a BatchNorm that does not follow a conv/linear"
-            elif not isinstance(m, PER_CHANNEL):
+            elif not per_channel(m):
                 return f"layer {name} ({type(m).__name__}): only conv/linear chains with " \
                        "per-channel layers between them are compacted"
     return None

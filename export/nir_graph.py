@@ -24,7 +24,9 @@ other readers see the standard node. The other neuron kinds:
 
 Layer mapping (BatchNorm is folded into the preceding conv/linear first):
     Normalize (direct encoding)  Conv2d 1×1, weight diag(1/std), bias −mean/std (the graph
-                                 takes raw [0,1] pixels, like the ONNX graph)
+                                 takes raw [0,1] pixels, like the ONNX graph); Conv1d 1×1 or
+                                 a diagonal Affine for sequence or flat inputs; no node at all
+                                 when mean 0 and std 1
     Conv2d                       Conv2d (bias zeros when the layer has none)
     Linear                       Affine (Linear when it has no bias)
     AvgPool2d / AdaptiveAvgPool2d  SumPool2d + Scale(1/kernel area)
@@ -281,14 +283,22 @@ def _layer(b: _Builder, name: str, m: nn.Module, x: torch.Tensor, sources: list[
     return emit(b, name, m, x, y, sources), y
 
 
-def _normalize(b: _Builder, m: Normalize, sources: list[str]):
+def _normalize(m: Normalize, rank: int) -> nn.Module | None:
+    """The per-channel normalization as a 1×1 convolution (images (C,H,W) or sequences (C,L))
+    or a diagonal linear layer (flat inputs); None when it is the identity."""
     std = m.std.view(-1).double()
     mean = m.mean.view(-1).double()
+    if bool((std == 1).all()) and bool((mean == 0).all()):
+        return None
     c = std.numel()
-    weight = torch.diag(1.0 / std).view(c, c, 1, 1)
-    conv = nn.Conv2d(c, c, 1)
-    conv.weight.data, conv.bias.data = weight.float(), (-mean / std).float()
-    return conv, sources
+    if rank == 1:
+        layer = nn.Linear(c, c)
+        layer.weight.data = torch.diag(1.0 / std).float()
+    else:
+        layer = (nn.Conv2d if rank == 3 else nn.Conv1d)(c, c, 1)
+        layer.weight.data = torch.diag(1.0 / std).view(c, c, *([1] * (rank - 1))).float()
+    layer.bias.data = (-mean / std).float()
+    return layer
 
 
 def to_nir(model: SNN, input_shape, timesteps: int) -> nir.NIRGraph:
@@ -297,9 +307,9 @@ def to_nir(model: SNN, input_shape, timesteps: int) -> nir.NIRGraph:
     b = _Builder()
     sources = b.add("input", nir.Input(input_type={"input": np.array(input_shape)}), [])
     x = torch.zeros((1, *input_shape))
-    if m.encoding == "direct":
-        conv, sources = _normalize(b, m.normalize, sources)
-        sources, x = _layer(b, "normalize", conv, x, sources)
+    norm = _normalize(m.normalize, len(input_shape)) if m.encoding == "direct" else None
+    if norm is not None:
+        sources, x = _layer(b, "normalize", norm, x, sources)
     sources, x = _layer(b, "stem", m.stem, x, sources)
     for i, layer in enumerate(m.body):
         sources, x = _layer(b, f"body.{i}", layer, x, sources)

@@ -375,3 +375,42 @@ def test_current_based_lif_trains_searches_and_exports_everywhere(tmp_path):
                                against=dense.path / "model.pt", data=DataConfig("digits"))
     assert val.metrics["passed"], val.metrics
     assert mask.metrics["sparsity"] == pytest.approx(0.5, abs=0.01)
+
+
+def test_nir_sequence_model_with_conv1d_cubalif_and_integrator(tmp_path):
+    """A NIR graph on (C, L) sequences: Conv1d, CubaLIF with gains, Flatten, Affine, I. Read
+    (gains as Scale layers), equal to NIR's equations, exported to ONNX and NIR, read back."""
+    import nir
+
+    rng = np.random.default_rng(0)
+    g = nir.NIRGraph(nodes={
+        "input": nir.Input(input_type={"input": np.array([2, 16])}),
+        "c": nir.Conv1d(input_shape=16, weight=rng.normal(size=(4, 2, 3)).astype(np.float32),
+                        stride=1, padding=1, dilation=1, groups=1,
+                        bias=np.zeros(4, np.float32)),
+        "l": nir.CubaLIF(tau_mem=np.full((4, 16), 2e-3), tau_syn=np.full((4, 16), 4e-3),
+                         r=np.ones((4, 16)), w_in=np.ones((4, 16)), v_leak=np.zeros((4, 16)),
+                         v_threshold=np.full((4, 16), 0.2), v_reset=np.zeros((4, 16))),
+        "f": nir.Flatten(input_type={"input": np.array([4, 16])}, start_dim=0),
+        "a": nir.Affine(weight=rng.normal(size=(5, 64)).astype(np.float32),
+                        bias=np.zeros(5, np.float32)),
+        "i": nir.I(r=np.ones(5)),
+        "output": nir.Output(output_type={"output": np.array([5])})},
+        edges=[("input", "c"), ("c", "l"), ("l", "f"), ("f", "a"), ("a", "i"), ("i", "output")])
+    nir.write(str(tmp_path / "seq.nir"), g)
+    store = Store(tmp_path / "runs")
+    art, _ = pipeline.import_model(store, None, tmp_path / "seq.nir",
+                                   ImportConfig(timesteps=4, dt=1e-3), DataConfig("none"))
+    m = art.metrics
+    assert m["neurons"] == ["cuba_lif", "integrator"] and len(m["notes"]) == 2  # two gains
+    assert m["fidelity"][0]["max_abs_logit_diff"] < 1e-6
+    exp, _ = pipeline.export(store, art.path / "model.pt", ExportConfig(probe=32))
+    e = exp.metrics
+    assert e["max_abs_diff"] < 1e-5 and e["nir"] == "written"
+    back, _ = pipeline.import_model(store, None, exp.path / "model.nir",
+                                    ImportConfig(timesteps=4), DataConfig("none"))
+    x = torch.rand(16, 2, 16)
+    with torch.no_grad():
+        a = open_model(art.path / "model.pt").model.eval()(x, 4)
+        b = open_model(back.path / "model.pt").model.eval()(x, 4)
+    assert torch.equal(a, b)
