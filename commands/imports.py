@@ -17,11 +17,13 @@ from .options import Group, JsonOpt, OutOpt, configured
 @configured(Group("data", "run", DataConfig), Group("run", "run", RunConfig, exclude=("device",)),
             Group("cfg", "import", ImportConfig))
 def import_model(
-    state_dict_arg: Optional[Path] = typer.Argument(None, metavar="[STATE_DICT]",
-                                                    help="Your weights (as --state-dict)."),
+    source_arg: Optional[Path] = typer.Argument(None, metavar="[WEIGHTS|MODEL.nir]",
+                                                help="Your weights (as --state-dict), or a NIR "
+                                                "file."),
     model_def: Optional[str] = typer.Option(None, "--model-def", help="FILE.py:FUNCTION, a "
-                                            "function returning your nn.Sequential or Norse "
-                                            "SequentialState (the file is run)."),
+                                            "function returning your nn.Sequential (Norse or "
+                                            "snnTorch neurons) or Norse SequentialState (the "
+                                            "file is run)."),
     state_dict: Optional[Path] = typer.Option(None, "--state-dict", help="Your weights (a "
                                               "state_dict saved with torch.save), loaded with "
                                               "weights_only=True."),
@@ -32,27 +34,48 @@ def import_model(
     data: DataConfig = None, run: RunConfig = None, cfg: ImportConfig = None,
     out_dir: Path = OutOpt, as_json: bool = JsonOpt,
 ):
-    """Import your own Norse model (Python definition + state_dict) as an edgeprune model.pt.
+    """Import a model from elsewhere as an edgeprune model.pt: your own Norse or snnTorch model
+    (Python definition + state_dict), or a NIR graph (MODEL.nir, read as data: no code runs).
 
-    Supported: nn.Sequential or Norse SequentialState of Conv2d, Linear, BatchNorm1d/2d,
+    From code: nn.Sequential or Norse SequentialState of Conv1d/Conv2d, Linear, BatchNorm1d/2d,
     AvgPool2d, MaxPool2d, AdaptiveAvgPool2d, Flatten, Dropout, Identity, and Norse LIFBoxCell,
-    LICell, LIBoxCell. The model is rebuilt from a layer list and checked against yours, stepped
-    T times, before it is written; search, retrain and export then take the model.pt without
-    your code. --data names the dataset it was trained on (default digits; `none` to give
-    --input-shape and --num-classes instead)."""
-    weights = state_dict or state_dict_arg
+    LIFCell, LICell, LIBoxCell or snnTorch Leaky, Synaptic (init_hidden or not). The model is
+    rebuilt from a layer list and checked against yours, stepped T times, before it is written.
+    From NIR: LIF, CubaLIF, IF, LI, I, Affine, Linear, Conv1d/2d, Flatten, SumPool2d, AvgPool2d,
+    Scale, Threshold in a chain; --dt and --convention say how to integrate its equations.
+    The import's fidelity (agreement and max logit difference against your module, the NIR
+    equations and the writing framework's reader) is in its metrics. --data names the dataset
+    (default digits; `none` to give --input-shape and --num-classes instead)."""
+    weights = state_dict or source_arg
     if weights is None:
         from edgeprune.errors import UserError
-        raise UserError("give the weights: --state-dict W.pt (or W.pt as the argument)")
+        raise UserError("give the weights (--state-dict W.pt, or W.pt as the argument) or a "
+                        "NIR file")
     art, cached = pipeline.import_model(Store(out_dir), model_def, weights, cfg, data,
                                         allow_pickle, run)
     m = art.metrics
+    diff = m.get("parity_max_abs_diff")
     t = render.columns(f"imported {model_def or weights}" + render.cached_mark(cached),
-                       ["layers", "parameters", "max |Δ| vs your model", "test accuracy",
-                        "spike rate"],
-                       [[str(m["layers"]), f"{m['parameters']:,}",
-                         f"{m['parity_max_abs_diff']:.2e}", render.pct(m.get("test_accuracy")),
+                       ["layers", "parameters", "neurons", "max |Δ| vs your model",
+                        "test accuracy", "spike rate"],
+                       [[str(m["layers"]), f"{m['parameters']:,}", ", ".join(m.get("neurons", [])),
+                         "-" if diff is None else f"{diff:.2e}",
+                         render.pct(m.get("test_accuracy")),
                          f"{m['mean_spike_rate']:.3f}" if "mean_spike_rate" in m else "-"]])
     render.emit(as_json, {"stage": "import", "id": art.id, "cached": cached,
                           "model": str(art.path / "model.pt"), "metrics": m}, t,
-                [f"model: {art.path / 'model.pt'}"])
+                [*fidelity_lines(m), f"model: {art.path / 'model.pt'}"])
+
+
+def fidelity_lines(m: dict) -> list[str]:
+    """How faithful the import is, one line per reference."""
+    out = []
+    for f in m.get("fidelity", []):
+        if "unavailable" in f:
+            out.append(f"fidelity vs {f['reference']}: not measured ({f['unavailable']})")
+            continue
+        acc = f.get("reference_accuracy")
+        out.append(f"fidelity vs {f['reference']}: {f['prediction_agreement']:.2%} same class, "
+                   f"max |Δ logits| {f['max_abs_logit_diff']:.3g} on {f['inputs']} inputs"
+                   + ("" if acc is None else f" (its accuracy {acc:.2%})"))
+    return out

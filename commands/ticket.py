@@ -103,13 +103,14 @@ def compression_table(rows: list[dict], report: dict):
             Group("validate_cfg", "validate", ValidateConfig),
             Group("package_cfg", "package", PackageConfig))
 def compress(
-    model: Optional[Path] = typer.Argument(None, help="Dense model.pt; without it a dense model "
-                                           "is trained first on --data. With --model-def: your "
+    model: Optional[Path] = typer.Argument(None, help="Dense model.pt, or a NIR file "
+                                           "(imported first); without it a dense model is "
+                                           "trained first on --data. With --model-def: your "
                                            "state_dict file."),
     package: bool = typer.Option(False, "--package", help="End with a release bundle."),
-    model_def: Optional[str] = typer.Option(None, "--model-def", help="Your own Norse model: "
-                                            "FILE.py:FUNCTION (its state_dict as MODEL or "
-                                            "--state-dict), imported first as by `edgeprune "
+    model_def: Optional[str] = typer.Option(None, "--model-def", help="Your own Norse or "
+                                            "snnTorch model: FILE.py:FUNCTION (its state_dict "
+                                            "as MODEL or --state-dict), imported first as by `edgeprune "
                                             "import-model`."),
     state_dict: Optional[Path] = typer.Option(None, "--state-dict", help="Weights for "
                                               "--model-def (loaded without unpickling code)."),

@@ -11,6 +11,7 @@ Torch-free on purpose: targets/ reads these on a device without PyTorch.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ RESETS = ("value", "subtract")
 METHODS = ("imp", "et-imp", "eb", "et-eb", "random", "reinit")
 SCOPES = ("lamp", "global", "layer")
 OUTPUTS = ("logits", "all")
+NIR_CONVENTIONS = ("nir", "norse", "snntorch", "edgeprune")
 
 
 def option(default: Any, help: str, *, flags: tuple[str, ...] = (), parse: Callable | None = None,
@@ -122,16 +124,25 @@ class NeuronParams:
     reset: str = option("value", "value (hard reset to v_reset) or subtract (v -= v_th).")
     surrogate: str = option("super", "Surrogate gradient: " + ", ".join(SURROGATES) + ".")
     alpha: float = option(10.0, "Surrogate sharpness (ignored by super).")
+    tau_syn_inv: Optional[float] = option(None, "Synaptic current decay b per step: a "
+                                          "current-based LIF (Norse LIFCell: i += x; "
+                                          "v += a·(i − v); i −= b·i), state (v, i).",
+                                          show="none: no synaptic current")
 
     def __post_init__(self):
         _check(0.0 < self.tau_mem_inv <= 1.0,
                f"tau_mem_inv must be in (0, 1], got {self.tau_mem_inv}")
+        _check(self.tau_syn_inv is None or 0.0 < self.tau_syn_inv <= 1.0,
+               f"tau_syn_inv must be in (0, 1], got {self.tau_syn_inv}")
         _check(self.reset in RESETS, f"unknown reset {self.reset!r}: choose {', '.join(RESETS)}")
         _check(self.surrogate in SURROGATES + ("heaviside",),
                f"unknown surrogate {self.surrogate!r}: choose {', '.join(SURROGATES)}")
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if d["tau_syn_inv"] is None:  # ids of box-LIF models stay what they were
+            del d["tau_syn_inv"]
+        return d
 
 
 @dataclass(frozen=True)
@@ -396,8 +407,21 @@ class ImportConfig:
                                      "(comma-separated).", parse=parse_floats, show="none")
     std: tuple[float, ...] = option((), "Per-channel std your model expects divided by.",
                                     parse=parse_floats, show="none")
+    dt: Optional[float] = option(None, "NIR: the time step the graph's equations are "
+                                 "integrated with (NIR graphs carry none; Norse writes with "
+                                 "1e-3, snnTorch with 1e-4).",
+                                 show="the graph's metadata, else its convention's")
+    convention: Optional[str] = option(None, "NIR: how to read the neurons: nir (forward Euler, "
+                                       "reset in the same step), norse (nir with dt 1e-3), "
+                                       "snntorch (snnTorch's arithmetic and one-step-late "
+                                       "reset, dt 1e-4), edgeprune (exact, from its metadata).",
+                                       show="the graph's metadata, else nir")
 
     def __post_init__(self):
+        _check(self.dt is None or (math.isfinite(self.dt) and self.dt > 0),
+               f"--dt must be a positive number of seconds, got {self.dt}")
+        _check(self.convention is None or self.convention in NIR_CONVENTIONS,
+               f"unknown --convention {self.convention!r}: choose {', '.join(NIR_CONVENTIONS)}")
         _check(self.timesteps >= 1, f"timesteps must be at least 1, got {self.timesteps}")
         _check(self.encoding in ENCODINGS,
                f"unknown encoding {self.encoding!r}: choose {', '.join(ENCODINGS)}")

@@ -15,7 +15,8 @@ from torch import nn
 
 from .config import NeuronParams
 from .errors import UserError
-from .neurons import LI, LIF, LIParams
+from .neurons import (LI, LIF, CubaLIF, CubaParams, DecayLIF, DecayParams, Integrator,
+                      LIParams, Scale, Threshold)
 from .pooling import AvgPool2d
 
 
@@ -60,6 +61,11 @@ KINDS: dict[str, LayerKind] = {k.name: k for k in (
                                   _tup(d["padding"]), _tup(d.get("dilation", 1)),
                                   d.get("groups", 1), bias=d["bias"]),
               _describe_conv),
+    LayerKind("conv1d", nn.Conv1d,
+              lambda d: nn.Conv1d(d["in"], d["out"], _tup(d["kernel"]), _tup(d["stride"]),
+                                  _tup(d["padding"]), _tup(d.get("dilation", 1)),
+                                  d.get("groups", 1), bias=d["bias"]),
+              _describe_conv),
     LayerKind("linear", nn.Linear, lambda d: nn.Linear(d["in"], d["out"], bias=d["bias"]),
               lambda m: {"in": m.in_features, "out": m.out_features, "bias": m.bias is not None}),
     LayerKind("bn1d", nn.BatchNorm1d, _bn(nn.BatchNorm1d), _describe_bn),
@@ -90,6 +96,15 @@ KINDS: dict[str, LayerKind] = {k.name: k for k in (
               lambda m: {"neuron": m.params.to_dict()}, neuron=True),
     LayerKind("li", LI, lambda d: LI(LIParams(d["tau_mem_inv"], d.get("tau_syn_inv", 1.0))),
               lambda m: m.params.to_dict(), neuron=True),
+    LayerKind("cuba_lif", CubaLIF, lambda d: CubaLIF(CubaParams(**d["neuron"])),
+              lambda m: {"neuron": m.params.to_dict()}, neuron=True),
+    LayerKind("decay_lif", DecayLIF, lambda d: DecayLIF(DecayParams(**d["neuron"])),
+              lambda m: {"neuron": m.params.to_dict()}, neuron=True),
+    LayerKind("integrator", Integrator, lambda d: Integrator(), lambda m: {}, neuron=True),
+    LayerKind("threshold", Threshold, lambda d: Threshold(float(d["threshold"])),
+              lambda m: {"threshold": m.threshold}),
+    LayerKind("scale", Scale, lambda d: Scale(tuple(d.get("shape", ()))),
+              lambda m: {"shape": list(m.scale.shape)}),
 )}
 BY_MODULE = {k.module: k for k in KINDS.values()}
 BY_MODULE[nn.AvgPool2d] = KINDS["avgpool2d"]  # a user's plain pooling is ours with a faster backward
@@ -113,7 +128,8 @@ def split_stem(layers) -> int:
     for i, d in enumerate(layers):
         if d.get("type") in KINDS and KINDS[d["type"]].neuron:
             return i
-    raise UserError("a sequential model needs at least one neuron (lif or li) layer")
+    raise UserError("a sequential model needs at least one neuron layer (" +
+                    ", ".join(k.name for k in KINDS.values() if k.neuron) + ")")
 
 
 SUPPORTED = ", ".join(sorted({k.module.__name__ for k in KINDS.values() if not k.neuron}))

@@ -17,7 +17,7 @@ from torch import nn
 from . import layers
 from .config import ENCODINGS, ModelConfig, NeuronParams
 from .errors import UserError
-from .neurons import LIF
+from .neurons import LIF, is_spiking, neuron_layer
 from .pooling import AvgPool2d
 
 
@@ -76,6 +76,9 @@ class SpikingBasicBlock(nn.Module):
 
     def __init__(self, cin: int, cout: int, stride: int, neuron: NeuronParams):
         super().__init__()
+        if neuron.tau_syn_inv is not None:
+            raise UserError("resnet19's residual blocks use the box LIF only: leave "
+                            "--tau-syn-inv unset")
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(cout)
         self.lif1 = LIF(neuron)
@@ -123,7 +126,11 @@ class Normalize(nn.Module):
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
+        if x.dim() == 4:
+            return (x - self.mean) / self.std
+        # other inputs (B, C, ...) (an imported Conv1d or flat model): channel axis 1
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return (x - self.mean.view(shape)) / self.std.view(shape)
 
 
 class SNN(nn.Module):
@@ -189,11 +196,11 @@ def convnet(input_shape, num_classes, neuron, width=1.0, pool="avg", hidden=128)
     (without it the readout sees no spikes for the first epochs)."""
     c1, c2, h = _ch(16, width), _ch(32, width), _ch(hidden, width)
     stem = _stem(input_shape[0], c1)
-    convs = nn.Sequential(LIF(neuron), _pool(pool), nn.Conv2d(c1, c2, 3, 1, 1, bias=False),
-                          nn.BatchNorm2d(c2), LIF(neuron), _pool(pool), nn.Flatten())
+    convs = nn.Sequential(neuron_layer(neuron), _pool(pool), nn.Conv2d(c1, c2, 3, 1, 1, bias=False),
+                          nn.BatchNorm2d(c2), neuron_layer(neuron), _pool(pool), nn.Flatten())
     n = int(torch.tensor(_features(_plain(convs), _features(stem, input_shape))).prod())
-    body = SpikingSequential(*convs, nn.Linear(n, h, bias=False), nn.BatchNorm1d(h), LIF(neuron),
-                             nn.Linear(h, num_classes))
+    body = SpikingSequential(*convs, nn.Linear(n, h, bias=False), nn.BatchNorm1d(h),
+                             neuron_layer(neuron), nn.Linear(h, num_classes))
     return stem, body
 
 
@@ -216,7 +223,7 @@ def vgg16(input_shape, num_classes, neuron, width=1.0, pool="avg") -> tuple:
             stem, first = _stem(cin, c, bias=True), False
         else:
             layers += [nn.Conv2d(cin, c, 3, 1, 1, bias=True), nn.BatchNorm2d(c)]
-        layers.append(LIF(neuron))
+        layers.append(neuron_layer(neuron))
         cin = c
     layers.append(nn.Flatten())
     n = int(torch.tensor(_features(_plain(nn.Sequential(*layers)),
@@ -245,7 +252,7 @@ def resnet19(input_shape, num_classes, neuron, width=1.0, pool="avg") -> tuple:
 
 def _plain(seq: nn.Sequential) -> nn.Sequential:
     """The same layers without neurons, for shape inference only."""
-    return nn.Sequential(*[m for m in seq if not isinstance(m, LIF)])
+    return nn.Sequential(*[m for m in seq if not getattr(m, "stateful", False)])
 
 
 def sequential(input_shape, num_classes, neuron, width=1.0, pool="avg", layers_=()) -> tuple:
@@ -323,6 +330,7 @@ class ModelSpec:
         d = asdict(self)
         d["input_shape"], d["class_names"] = list(self.input_shape), list(self.class_names)
         d["mean"], d["std"] = list(self.mean), list(self.std)
+        d["neuron"] = self.neuron.to_dict()
         if self.layers:
             d["layers"] = [dict(x) for x in self.layers]
         else:  # specs of the built-in archs (and the ids hashed from them) stay as they were
@@ -354,5 +362,6 @@ def prunable(model: nn.Module) -> dict[str, nn.Parameter]:
             if isinstance(m, PRUNABLE)}
 
 
-def spiking_layers(model: nn.Module) -> dict[str, LIF]:
-    return {name: m for name, m in model.named_modules() if isinstance(m, LIF)}
+def spiking_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Every layer whose output is spikes (each neuron kind says so: `spiking`)."""
+    return {name: m for name, m in model.named_modules() if is_spiking(m)}

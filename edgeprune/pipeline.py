@@ -269,17 +269,34 @@ def package(source: Path, cfg: PackageConfig = PackageConfig(), out_dir: Path | 
                          progress=lambda text: report({"event": "message", "text": text}))
 
 
+def is_nir(path: Path | None) -> bool:
+    return path is not None and Path(path).suffix.lower() == ".nir"
+
+
 def import_model(store: Store, model_def: str | None, state_dict: Path, cfg: ImportConfig,
                  data: DataConfig = DataConfig(), allow_pickle: bool = False,
                  run: RunConfig = RunConfig(), report: Report = _quiet) -> tuple[Artifact, bool]:
-    """Bring in a user's Norse model (definition + state_dict) as a self-describing model.pt.
-    `data.name == "none"`: no dataset (then cfg gives input shape and classes)."""
+    """Bring in a model from elsewhere as a self-describing model.pt: a user's Norse or
+    snnTorch model (definition + state_dict), or a NIR file (`state_dict` ending in .nir; read
+    as data, measured against the NIR equations and the writing framework's reader).
+    `data.name == "none"`: no dataset (then cfg, or the NIR graph, gives input shape and
+    classes)."""
     from . import inputs
-    from .importers.stage import import_model as import_stage
+    from .importers.stage import import_model as import_stage, import_nir
 
     name = data.name or DEFAULT_DATA
     ds = None if name == "none" else inputs.load_data(replace(data, name=name))
     _stage(report, "import")
+    if is_nir(state_dict):
+        if model_def:
+            raise UserError("a NIR file describes its model itself: leave out --model-def")
+        from export.nir_reference import references
+
+        return import_nir(store, Path(state_dict), cfg, replace(data, name=name), ds, run.seed,
+                          references)
+    if cfg.dt is not None or cfg.convention is not None:
+        raise UserError("--dt and --convention are for NIR files; a model from code keeps its "
+                        "own time step")
     return import_stage(store, model_def, state_dict, cfg, replace(data, name=name), ds,
                         allow_pickle, run.seed)
 
@@ -334,12 +351,19 @@ def compress(store: Store, plan: Plan, model: Path | None = None, *,
              model_def: str | None = None, state_dict: Path | None = None,
              allow_pickle: bool = False, from_mask: Path | None = None,
              report: Report = _quiet) -> Compressed:
-    """search → retrain → export → validate (→ package) on `model`; a user's Norse model
-    (`model_def` + `state_dict`) is imported first, and with neither a dense model is trained
-    on `plan.data`. A failed gate raises GateFailed after the report is stored."""
+    """search → retrain → export → validate (→ package) on `model`; a user's Norse or snnTorch
+    model (`model_def` + `state_dict`) or a NIR file (`model` ending in .nir) is imported
+    first, and with neither a dense model is trained on `plan.data`. A failed gate raises GateFailed after the report is stored."""
     out = Compressed()
     device(plan.run)
-    if model_def or state_dict:
+    if is_nir(model) and not (model_def or state_dict):
+        model, state_dict = None, model  # a NIR file is imported first, like a model from code
+        if not Path(state_dict).is_file():
+            raise UserError(f"NIR file {state_dict} does not exist")
+        model = out.add("imported", import_model(store, None, state_dict, plan.imports,
+                                                 plan.data, False, plan.run, report)
+                        ).path / "model.pt"
+    elif model_def or state_dict:
         if model is not None or state_dict is None:
             raise UserError("give either MODEL or --model-def FILE.py:FUNCTION with "
                             "--state-dict W.pt")

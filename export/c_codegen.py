@@ -37,6 +37,11 @@ bit for bit except where a membrane potential lands within rounding of the thres
 - LIF (lif_box_feed_forward_step): dv = a*((x + v_leak) - v); vd = v + dv; z = vd - v_th > 0
   (i.e. vd > v_th); v = z ? v_reset : vd ("value") or z ? vd - v_th : vd ("subtract").
 - LI (li_feed_forward_step): ij = i + x; v' = v + a*((v_leak - v) + ij); i' = ij + (-b)*ij.
+- current-based LIF (Norse lif_feed_forward_step): the LI update, then the LIF's spike and reset.
+- decay-form LIF (snnTorch Leaky / Synaptic): r = [mem > th]; (syn' = alpha*syn + x;)
+  m = beta*mem + (syn' or x) - r*th (or its zero/none reset); z = [m > th].
+- integrator: v' = v + x.
+Each neuron kind is one NEURONS entry: its state arrays, whether it spikes, its C function.
 Compile with -ffp-contract=off (c_build does): a fused multiply-add would change the rounding.
 
 All state lives in a caller-allocatable context struct (no malloc, no I/O in model.c; it needs
@@ -47,14 +52,16 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from edgeprune.errors import UserError
 
 GENERATOR = "edgeprune.c_codegen/1"
-KINDS = ("conv2d", "linear", "avgpool2d", "maxpool2d", "flatten", "lif", "li")
+LAYER_KINDS = ("conv2d", "linear", "avgpool2d", "maxpool2d", "flatten")
 FILES = ("model.h", "model.c", "model_weights.c", "runner.c")
 
 
@@ -93,7 +100,7 @@ def output_shape(op: dict, shape: list[int]) -> list[int]:
         return [shape[0], oh, ow]
     if kind == "flatten":
         return [int(np.prod(shape))]
-    if kind in ("lif", "li"):
+    if kind in NEURONS:
         return list(shape)
     raise ValueError(f"unknown op kind {kind!r}")
 
@@ -152,20 +159,20 @@ def plan(program: dict) -> dict:
         _fail("normalize.std holds a zero")
     if not program["body"]:
         _fail("body is empty: nothing to run per timestep")
-    if not any(op.get("kind") in ("lif", "li") for op in program["body"]):
-        _fail("body has no lif or li op")
+    if not any(op.get("kind") in NEURONS for op in program["body"]):
+        _fail("body has no neuron op (" + ", ".join(NEURONS) + ")")
 
     shape, kind = [int(v) for v in shape], "dense"
     out = {}
     for part in ("stem", "body"):
         ops = []
         for n, op in enumerate(program[part]):
-            if not isinstance(op, dict) or op.get("kind") not in KINDS:
+            if not isinstance(op, dict) or op.get("kind") not in LAYER_KINDS + tuple(NEURONS):
                 _fail(f"{part}[{n}]: unknown op {op.get('kind') if isinstance(op, dict) else op!r}")
             op = dict(op)
             name = op.setdefault("name", f"{part}.{n}")
             k = op["kind"]
-            if part == "stem" and k in ("lif", "li"):
+            if part == "stem" and k in NEURONS:
                 _fail(f"{name}: neurons belong to the body, not the stem")
             if k in ("conv2d", "linear"):
                 w = op.get("weight")
@@ -196,28 +203,17 @@ def plan(program: dict) -> dict:
             elif k in ("avgpool2d", "maxpool2d"):
                 op["kernel"] = _pos_pair(op.get("kernel"), f"{name}.kernel", 1)
                 op["stride"] = _pos_pair(op.get("stride"), f"{name}.stride", 1)
-            elif k == "lif":
-                a = float(op.get("tau_mem_inv", -1))
-                if not 0.0 < a <= 1.0:
-                    _fail(f"{name}: tau_mem_inv must be in (0, 1], got {a}")
-                if op.get("reset") not in ("value", "subtract"):
-                    _fail(f"{name}: reset must be 'value' or 'subtract'")
-                for key in ("v_th", "v_reset"):
-                    if not np.isfinite(float(op.get(key, np.nan))):
-                        _fail(f"{name}: {key} must be a finite number")
-            elif k == "li":
-                for key in ("tau_mem_inv", "tau_syn_inv"):
-                    v = float(op.get(key, -1))
-                    if not 0.0 < v <= 1.0:
-                        _fail(f"{name}: {key} must be in (0, 1], got {v}")
+            elif k in NEURONS:
+                for check in NEURONS[k].checks:
+                    check(op, name)
             try:
                 new_shape = output_shape(op, shape)
             except ValueError as e:
                 _fail(str(e))
             op.update(in_shape=shape, out_shape=new_shape, in_kind=kind)
-            if k == "lif":
-                kind = "binary"
-            elif k in ("conv2d", "linear", "li"):
+            if k in NEURONS:
+                kind = "binary" if NEURONS[k].spiking else "dense"
+            elif k in ("conv2d", "linear"):
                 kind = "dense"
             elif k == "avgpool2d" and kind != "dense":
                 kind = "sparse"
@@ -520,6 +516,136 @@ def _li_fn(op: dict, fn: str) -> str:
             f"    }}\n}}\n")
 
 
+def _cuba_fn(op: dict, fn: str) -> str:
+    n = int(np.prod(op["in_shape"]))
+    a, th, vr = _hexf(op["tau_mem_inv"]), _hexf(op["v_th"]), _hexf(op["v_reset"])
+    nb = _hexf(-float(np.float32(op["tau_syn_inv"])))
+    after = "vd - " + th if op["reset"] == "subtract" else vr
+    return (f"/* {_c_comment(op['name'])}: current-based LIF (Norse LIFCell), {n} neurons, "
+            f"tau_mem_inv {op['tau_mem_inv']!r}, tau_syn_inv {op['tau_syn_inv']!r}, v_th "
+            f"{op['v_th']!r}, reset {op['reset']} ({op['v_reset']!r}); returns the spike count. */\n"
+            f"static uint32_t {fn}(const float *restrict x, float *restrict z, float *restrict v, "
+            f"float *restrict cur)\n{{\n    uint32_t spikes = 0;\n    int i;\n"
+            f"    for (i = 0; i < {n}; i++) {{\n"
+            f"        const float ij = cur[i] + x[i];\n"
+            f"        const float dv = {a} * ((0.0f - v[i]) + ij); /* v_leak = 0 */\n"
+            f"        const float vd = v[i] + dv;\n"
+            f"        const float di = {nb} * ij;\n"
+            f"        const int s = vd - {th} > 0.0f;\n"
+            f"        cur[i] = ij + di;\n"
+            f"        z[i] = s ? 1.0f : 0.0f;\n"
+            f"        v[i] = s ? {after} : vd;\n"
+            f"        spikes += (uint32_t)s;\n"
+            f"    }}\n    return spikes;\n}}\n")
+
+
+def _decay_fn(op: dict, fn: str) -> str:
+    """snnTorch's Leaky / Synaptic in its operation order (edgeprune.neurons.DecayLIF); r and
+    z are 0/1 floats multiplied in as snnTorch does, so every product is exact."""
+    n = int(np.prod(op["in_shape"]))
+    beta, th = _hexf(op["beta"]), _hexf(op["threshold"])
+    syn = op.get("alpha_syn") is not None
+    reset = op["reset"]
+    lines = [f"        const float r = mem[i] - {th} > 0.0f ? 1.0f : 0.0f;"]
+    if syn:
+        lines += [f"        const float sy = {_hexf(op['alpha_syn'])} * syn[i] + x[i];",
+                  f"        float m = {beta} * mem[i] + sy;",
+                  "        syn[i] = sy;"]
+        if reset == "subtract":
+            lines.append(f"        m = m - r * {th};")
+        elif reset == "zero":
+            lines.append("        m = m - m * r;")
+    elif reset == "zero":
+        lines.append(f"        float m = {beta} * ((1.0f - r) * mem[i]) + x[i];")
+    else:
+        lines.append(f"        float m = {beta} * mem[i] + x[i];")
+        if reset == "subtract":
+            lines.append(f"        m = m - r * {th};")
+    lines.append(f"        const int s = m - {th} > 0.0f;")
+    lines.append("        const float zs = s ? 1.0f : 0.0f;")
+    if not op["reset_delay"] and reset != "none":
+        lines.append("        const float d = zs - r;")
+        lines.append(f"        m = m - d * {th};" if reset == "subtract" else "        m = m - d * m;")
+    lines += ["        mem[i] = m;", "        z[i] = zs;", "        spikes += (uint32_t)s;"]
+    state = "float *restrict syn, float *restrict mem" if syn else "float *restrict mem"
+    return (f"/* {_c_comment(op['name'])}: decay-form LIF (snnTorch {'Synaptic' if syn else 'Leaky'}), "
+            f"{n} neurons, beta {op['beta']!r}, threshold {op['threshold']!r}, reset {reset}"
+            f"{' one step late' if op['reset_delay'] else ''}; returns the spike count. */\n"
+            f"static uint32_t {fn}(const float *restrict x, float *restrict z, {state})\n{{\n"
+            f"    uint32_t spikes = 0;\n    int i;\n    for (i = 0; i < {n}; i++) {{\n"
+            + "\n".join(lines) + "\n    }\n    return spikes;\n}\n")
+
+
+def _integrator_fn(op: dict, fn: str) -> str:
+    n = int(np.prod(op["in_shape"]))
+    return (f"/* {_c_comment(op['name'])}: integrator, {n} neurons */\n"
+            f"static void {fn}(const float *restrict x, float *restrict y, float *restrict v)\n"
+            f"{{\n    int i;\n    for (i = 0; i < {n}; i++) {{\n"
+            f"        v[i] = v[i] + x[i];\n        y[i] = v[i];\n    }}\n}}\n")
+
+
+def _rate(*keys: str, low: float = 0.0, high: float = 1.0, open_low: bool = True):
+    def check(op: dict, name: str) -> None:
+        for key in keys:
+            v = op.get(key)
+            if v is None and key == "alpha_syn":
+                continue
+            v = float(-1 if v is None else v)
+            if not ((low < v if open_low else low <= v) and v <= high):
+                _fail(f"{name}: {key} must be in {'(' if open_low else '['}{low}, {high}], got {v}")
+    return check
+
+
+def _finite(*keys: str):
+    def check(op: dict, name: str) -> None:
+        for key in keys:
+            if not np.isfinite(float(op.get(key, np.nan))):
+                _fail(f"{name}: {key} must be a finite number")
+    return check
+
+
+def _choice(key: str, choices: tuple):
+    def check(op: dict, name: str) -> None:
+        if op.get(key) not in choices:
+            _fail(f"{name}: {key} must be one of {', '.join(map(repr, choices))}")
+    return check
+
+
+@dataclass(frozen=True)
+class NeuronC:
+    """One neuron kind in C: its state arrays (each one float per neuron, 0 at the start),
+    whether it spikes (0/1 output, counted in ctx->spikes) and its C function
+    `fn(x, y, state...)` (returning the spike count when it spikes)."""
+
+    states: tuple[str, ...]
+    spiking: bool
+    emit: Callable[[dict, str], str]
+    checks: tuple = ()
+
+
+# op kind -> its C form: adding a neuron kind to the C runtime is one entry here (and one in
+# export/c_program.py's NEURON_OPS)
+NEURONS = {
+    "lif": NeuronC(("v",), True, _lif_fn, (_rate("tau_mem_inv"), _finite("v_th", "v_reset"),
+                                          _choice("reset", ("value", "subtract")))),
+    "li": NeuronC(("v", "i"), False, _li_fn, (_rate("tau_mem_inv", "tau_syn_inv"),)),
+    "cuba_lif": NeuronC(("v", "i"), True, _cuba_fn,
+                        (_rate("tau_mem_inv", "tau_syn_inv"), _finite("v_th", "v_reset"),
+                         _choice("reset", ("value", "subtract")))),
+    "decay_lif": NeuronC(("mem",), True, _decay_fn,
+                         (_rate("beta", "alpha_syn", open_low=False), _finite("threshold"),
+                          _choice("reset", ("subtract", "zero", "none")),
+                          _choice("reset_delay", (True, False)))),
+    "integrator": NeuronC(("v",), False, _integrator_fn),
+}
+
+
+def _states(op: dict) -> tuple[str, ...]:
+    if op["kind"] == "decay_lif" and op.get("alpha_syn") is not None:
+        return ("syn", "mem")
+    return NEURONS[op["kind"]].states
+
+
 # -- the files -------------------------------------------------------------------------------------
 
 def _check_prefix(prefix: str) -> str:
@@ -613,22 +739,22 @@ def generate(program: dict, prefix: str = "edgeprune") -> tuple[dict[str, str], 
                 sched.append(f"{fn}({args});")
             elif k == "flatten":
                 sched.append(f"/* {op['name']}: flatten (no data movement) */")
-            elif k == "lif":
-                size = int(np.prod(op["in_shape"]))
-                li = len(lif_names)
-                fns.append(_lif_fn(op, fn))
-                struct_fields.append(f"    float v{n}[{size}]; /* {_c_comment(op['name'])} membrane */")
-                sched.append(f"ctx->spikes[{li}] += {fn}({args}, ctx->v{n});")
-                lif_names.append(op["name"])
-                lif_sizes.append(size)
-                info.update(neurons=size, spike_index=li)
-            elif k == "li":
-                size = int(np.prod(op["in_shape"]))
-                fns.append(_li_fn(op, fn))
-                struct_fields.append(f"    float v{n}[{size}]; /* {_c_comment(op['name'])} membrane */")
-                struct_fields.append(f"    float i{n}[{size}]; /* {_c_comment(op['name'])} current */")
-                sched.append(f"{fn}({args}, ctx->v{n}, ctx->i{n});")
-                info.update(neurons=size)
+            elif k in NEURONS:
+                nc, size = NEURONS[k], int(np.prod(op["in_shape"]))
+                fns.append(nc.emit(op, fn))
+                for st in _states(op):
+                    struct_fields.append(f"    float {st}{n}[{size}]; /* "
+                                         f"{_c_comment(op['name'])} {st} */")
+                state_args = ", ".join(f"ctx->{st}{n}" for st in _states(op))
+                info.update(neurons=size, states=len(_states(op)))
+                if nc.spiking:
+                    li = len(lif_names)
+                    sched.append(f"ctx->spikes[{li}] += {fn}({args}, {state_args});")
+                    lif_names.append(op["name"])
+                    lif_sizes.append(size)
+                    info.update(spike_index=li)
+                else:
+                    sched.append(f"{fn}({args}, {state_args});")
             layers.append(info)
 
     norm_bytes = 8 * C
@@ -636,10 +762,8 @@ def generate(program: dict, prefix: str = "edgeprune") -> tuple[dict[str, str], 
     L = len(lif_names)
     state_resets = []
     for op_n, op in enumerate(p["body"]):
-        if op["kind"] == "lif":
-            state_resets.append(f"v{op_n}")
-        elif op["kind"] == "li":
-            state_resets += [f"v{op_n}", f"i{op_n}"]
+        if op["kind"] in NEURONS:
+            state_resets += [f"{st}{op_n}" for st in _states(op)]
 
     def fmt_list(vals) -> str:
         return ", ".join(str(v) for v in vals)
@@ -744,8 +868,7 @@ int {prefix}_infer(const float *image, float *logits)
     summary = {"generator": GENERATOR, "prefix": prefix, "input_shape": [C, H, W],
                "num_classes": K, "timesteps": T, "weight_bytes": weight_bytes,
                "normalize_bytes": norm_bytes,
-               "state_bytes": 4 * sum(l.get("neurons", 0) * (2 if l["kind"] == "li" else 1)
-                                      for l in layers),
+               "state_bytes": 4 * sum(l.get("neurons", 0) * l.get("states", 0) for l in layers),
                "buffer_bytes": 4 * sum(max(s, 1) for s in sizes) + 4 * max(scratch, 1),
                "spiking_layers": lif_names, "layers": layers}
     return sources, summary

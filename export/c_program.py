@@ -21,6 +21,10 @@ Ops (every op also has "name": the module path in the PyTorch model, e.g. "body.
     {"kind": "flatten"}
     {"kind": "lif", "tau_mem_inv": a, "v_th": th, "v_reset": r, "reset": "value"|"subtract"}
     {"kind": "li", "tau_mem_inv": a, "tau_syn_inv": b}
+    {"kind": "cuba_lif", "tau_mem_inv": a, "tau_syn_inv": b, "v_th", "v_reset", "reset"}
+    {"kind": "decay_lif", "beta", "threshold", "alpha_syn": None | a, "reset":
+     "subtract"|"zero"|"none", "reset_delay": bool}        # snnTorch Leaky / Synaptic
+    {"kind": "integrator"}
 
 The model is first prepared with `export.prepare.for_export` (BatchNorm folded into the
 conv/linear before it, eval mode). Stateless layers at the start of the body (before its first
@@ -36,14 +40,32 @@ from torch import nn
 
 from edgeprune.errors import UserError
 from edgeprune.models import SNN, SpikingBasicBlock
-from edgeprune.neurons import LI, LIF
+from edgeprune.neurons import LI, LIF, CubaLIF, DecayLIF, Integrator
 
-from .c_codegen import output_shape
+from .c_codegen import NEURONS, output_shape
 from .compact import StepBiased
 from .prepare import NORMS, for_export
 
 FORMAT = "edgeprune.c-program/1"
-STATEFUL_KINDS = ("lif", "li")
+STATEFUL_KINDS = tuple(NEURONS)
+
+
+def _neuron(kind: str, *keys: str):
+    """An op of a neuron kind from its module's parameters (`keys`: the ones the C form uses)."""
+    def op(m: nn.Module, name: str) -> dict:
+        p = m.params.to_dict() if m.params is not None else {}
+        return {"kind": kind, "name": name, **{k: p[k] for k in keys}}
+    return op
+
+
+# neuron module class -> its op (the C form of each kind: export/c_codegen.py NEURONS)
+NEURON_OPS = {
+    LIF: _neuron("lif", "tau_mem_inv", "v_th", "v_reset", "reset"),
+    LI: _neuron("li", "tau_mem_inv", "tau_syn_inv"),
+    CubaLIF: _neuron("cuba_lif", "tau_mem_inv", "tau_syn_inv", "v_th", "v_reset", "reset"),
+    DecayLIF: _neuron("decay_lif", "beta", "threshold", "alpha_syn", "reset", "reset_delay"),
+    Integrator: _neuron("integrator"),
+}
 
 
 def _f32(t: torch.Tensor | None) -> np.ndarray | None:
@@ -141,16 +163,11 @@ def _op(m: nn.Module, name: str, shape: tuple[int, ...]) -> dict | None:
             raise UserError(f"layer {name} (Flatten): only start_dim=1, end_dim=-1 is supported "
                             "by the C runtime")
         return {"kind": "flatten", "name": name}
-    if isinstance(m, LIF):
-        p = m.params
-        return {"kind": "lif", "name": name, "tau_mem_inv": float(p.tau_mem_inv),
-                "v_th": float(p.v_th), "v_reset": float(p.v_reset), "reset": p.reset}
-    if isinstance(m, LI):
-        p = m.params
-        return {"kind": "li", "name": name, "tau_mem_inv": float(p.tau_mem_inv),
-                "tau_syn_inv": float(p.tau_syn_inv)}
+    if type(m) in NEURON_OPS:
+        return NEURON_OPS[type(m)](m, name)
     raise UserError(f"layer {name} ({type(m).__name__}) is not supported by the C runtime "
-                    "(conv2d, linear, avg/max pooling, flatten, LIF and LI only)")
+                    "(conv2d, linear, avg/max pooling, flatten and the neurons "
+                    f"{', '.join(c.__name__ for c in NEURON_OPS)} only)")
 
 
 def _leaves(module: nn.Module, prefix: str):
@@ -223,7 +240,7 @@ def program_from_model(model: SNN, timesteps: int, input_shape=None) -> dict:
     except ValueError as e:
         raise UserError(f"the model does not fit an input of shape {input_shape}: {e}") from None
     if not body:
-        raise UserError("the model has no LIF or LI layer: nothing for the C runtime to step")
+        raise UserError("the model has no neuron layer: nothing for the C runtime to step")
     if len(out) != 1:
         raise UserError(f"the model's last layer ({body[-1]['name']}) gives shape {out}; the C "
                         "runtime needs per-class logits (end with a linear or LI layer)")

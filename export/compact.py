@@ -40,13 +40,19 @@ from torch import nn
 
 from edgeprune.errors import UserError
 from edgeprune.models import SNN, over_time, spiking_layers
-from edgeprune.neurons import LI, LIF
+from edgeprune.neurons import is_spiking
 
 from .prepare import for_export
 
 PRODUCERS = (nn.Conv2d, nn.Linear)
-PER_CHANNEL = (LIF, LI, nn.AvgPool2d, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.Flatten,
-               nn.Identity, nn.Dropout)
+PER_CHANNEL = (nn.AvgPool2d, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Identity,
+               nn.Dropout)
+
+
+def per_channel(m: nn.Module) -> bool:
+    """A layer that acts on each channel alone: pooling, flatten, and every neuron kind (their
+    parameters are one value per layer, so removing a unit leaves the others unchanged)."""
+    return isinstance(m, PER_CHANNEL) or getattr(m, "elementwise", False)
 
 
 class StepBiased(nn.Module):
@@ -130,7 +136,7 @@ def not_compactable(model: SNN) -> str | None:
                     return f"layer {name}: grouped, non-zero-padded or 'same' convolution"
             elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
                 return f"layer {name}: a BatchNorm that does not follow a conv/linear"
-            elif not isinstance(m, PER_CHANNEL):
+            elif not per_channel(m):
                 return f"layer {name} ({type(m).__name__}): only conv/linear chains with " \
                        "per-channel layers between them are compacted"
     return None
@@ -212,7 +218,7 @@ def _simulate(segment: list, x: torch.Tensor, record: dict) -> torch.Tensor:
     seq = x.to(torch.float32)
     for name, m in segment:
         seq = over_time(m, seq)
-        if isinstance(m, LIF):
+        if is_spiking(m):
             record[name] = seq.clone()
     return seq
 
@@ -326,7 +332,7 @@ def compact(model: SNN, timesteps: int, input_shape,
         if p.name.startswith("stem.") and sb is not None:
             return None, f"layer {p.name}: a per-step bias in the stem"
         for lname, _m in p.segment:
-            if isinstance(_m, LIF):
+            if is_spiking(_m):
                 kept[lname] = list(p.keep_out)
         layers_info.append({"name": p.name, "kind": p.kind, "shape_before": list(before[p.name]),
                             "shape_after": list(new.weight.shape),

@@ -30,6 +30,17 @@ def sparsity(model: torch.nn.Module) -> dict:
     return {"total": zeros / total if total else 0.0, "layers": layers}
 
 
+def neuron_facts(spec: ModelSpec) -> dict:
+    """The neuron parameters: the model's LIF, and for an imported model every neuron layer's
+    kind and parameters ("layers": the body's neuron layers in order)."""
+    facts = {**spec.neuron.to_dict(), "dt": 1.0, "spike": "v > v_th (Heaviside, no surrogate)"}
+    if spec.arch == "sequential":
+        from edgeprune import layers
+
+        facts["layers"] = [d for d in spec.layers if layers.KINDS[d["type"]].neuron]
+    return facts
+
+
 def build(spec: ModelSpec, model: torch.nn.Module, *, kind: str, timesteps: int,
           artifact_id: str | None, outputs: list[str], states: list[dict] | None = None) -> dict:
     """The metadata of one exported file. `kind` is "unrolled" or "step".
@@ -44,8 +55,7 @@ def build(spec: ModelSpec, model: torch.nn.Module, *, kind: str, timesteps: int,
         "edgeprune.artifact_id": artifact_id or "",
         "edgeprune.timesteps": str(timesteps),
         "edgeprune.encoding": spec.encoding,
-        "edgeprune.neuron": json.dumps({**spec.neuron.to_dict(), "dt": 1.0,
-                                        "spike": "v > v_th (Heaviside, no surrogate)"}),
+        "edgeprune.neuron": json.dumps(neuron_facts(spec)),
         "edgeprune.sparsity": json.dumps(sparsity(model)),
         "edgeprune.class_names": json.dumps(list(spec.class_names)
                                             or [str(i) for i in range(spec.num_classes)]),

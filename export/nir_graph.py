@@ -9,13 +9,24 @@ exactly ours with
     tau = dt / tau_mem_inv  (dt = 1, so tau = 1/0.75 for the paper's leak),  r = 1,  v_leak = 0,
     v_threshold = v_th,  v_reset = v_reset.
 NIR nodes carry no dt: the graph's metadata records dt = 1 and the timestep count; a simulator
-must integrate with that dt. NIR's IF has no leak and CubaLIF adds a synaptic current filter, so
-neither is our neuron. NIR's LIF resets to a value only: a model with `reset = "subtract"` is
+must integrate with that dt. NIR's LIF resets to a value only: a model with `reset = "subtract"` is
 refused. tau is stored in float64 so dt/tau rounds back to exactly tau_mem_inv.
+Every neuron node also carries its exact edgeprune description in its metadata
+("edgeprune.layer"): edgeprune's importer and simulator reproduce it bit for bit from there,
+other readers see the standard node. The other neuron kinds:
+    CubaLIF (Norse LIFCell)      CubaLIF, tau_mem = 1/a, tau_syn = 1/b, r = 1, w_in = 1/b
+                                 (exact under forward Euler, current first)
+    DecayLIF (snnTorch)          LIF / CubaLIF as snnTorch writes them (tau = 1/(1 − beta),
+                                 r = tau, w_in = tau_syn), or IF when beta = 1. NIR's equations
+                                 reset in the same step: the one-step-late subtraction is
+                                 only in the metadata
+    Integrator, Threshold, Scale  Integrator (r = 1), Threshold, Scale
 
 Layer mapping (BatchNorm is folded into the preceding conv/linear first):
     Normalize (direct encoding)  Conv2d 1×1, weight diag(1/std), bias −mean/std (the graph
-                                 takes raw [0,1] pixels, like the ONNX graph)
+                                 takes raw [0,1] pixels, like the ONNX graph); Conv1d 1×1 or
+                                 a diagonal Affine for sequence or flat inputs; no node at all
+                                 when mean 0 and std 1
     Conv2d                       Conv2d (bias zeros when the layer has none)
     Linear                       Affine (Linear when it has no bias)
     AvgPool2d / AdaptiveAvgPool2d  SumPool2d + Scale(1/kernel area)
@@ -42,9 +53,10 @@ import nir
 import torch
 from torch import nn
 
+from edgeprune import layers
 from edgeprune.errors import UserError
 from edgeprune.models import SNN, Normalize, SpikingBasicBlock, is_stateful
-from edgeprune.neurons import LI, LIF
+from edgeprune.neurons import LI, LIF, CubaLIF, DecayLIF, Integrator, Scale, Threshold
 from edgeprune.pooling import AvgPool2d
 
 from .prepare import NORMS, for_export
@@ -82,6 +94,17 @@ def _conv(b: _Builder, name: str, m: nn.Conv2d, x, y, sources):
     return b.add(name, node, sources)
 
 
+def _conv1d(b: _Builder, name: str, m: nn.Conv1d, x, y, sources):
+    if m.padding_mode != "zeros" or isinstance(m.padding, str):
+        raise UserError(f"cannot express layer {name} ({m}) in NIR: only zero padding given "
+                        "as numbers is mapped")
+    bias = _np(m.bias) if m.bias is not None else np.zeros(m.out_channels, np.float32)
+    node = nir.Conv1d(input_shape=int(x.shape[2]), weight=_np(m.weight), stride=int(m.stride[0]),
+                      padding=int(m.padding[0]), dilation=int(m.dilation[0]), groups=m.groups,
+                      bias=bias)
+    return b.add(name, node, sources)
+
+
 def _linear(b: _Builder, name: str, m: nn.Linear, x, y, sources):
     if x.dim() != 2:
         raise UserError(f"cannot express layer {name} in NIR: Linear on a {x.dim() - 1}-d input")
@@ -94,6 +117,15 @@ def _full(shape, v) -> np.ndarray:
     return np.full(tuple(shape), v, dtype=np.float64)
 
 
+def _exact(m: nn.Module) -> dict:
+    """Node metadata with the layer's exact edgeprune description: a reader that knows it (our
+    importer, our simulator) reproduces the neuron bit for bit; other readers see the NIR node.
+    None values are left out (HDF5 stores no None; the defaults restore them)."""
+    def clean(v):
+        return {k: clean(x) for k, x in v.items() if x is not None} if isinstance(v, dict) else v
+    return {"edgeprune.layer": clean(layers.describe(m))}
+
+
 def _lif(b: _Builder, name: str, m: LIF, x, y, sources):
     p, shape = m.params, x.shape[1:]
     if p.reset != "value":
@@ -101,8 +133,63 @@ def _lif(b: _Builder, name: str, m: LIF, x, y, sources):
                         "and NIR's LIF resets to a value")
     node = nir.LIF(tau=_full(shape, DT / p.tau_mem_inv), r=_full(shape, 1.0),
                    v_leak=_full(shape, 0.0), v_threshold=_full(shape, p.v_th),
-                   v_reset=_full(shape, p.v_reset))
+                   v_reset=_full(shape, p.v_reset), metadata=_exact(m))
     return b.add(name, node, sources)
+
+
+def _cuba(b: _Builder, name: str, m: CubaLIF, x, y, sources):
+    """Norse's LIFCell is NIR's CubaLIF integrated current first (see edgeprune.neurons):
+    tau_mem = dt/a, tau_syn = dt/b, and w_in = 1/b so that the input gain r·w_in·dt/tau_syn
+    is 1. NIR resets to a value: a subtracting reset is refused."""
+    p, shape = m.params, x.shape[1:]
+    if p.reset != "value":
+        raise UserError(f"cannot express layer {name} in NIR: its LIF resets by subtraction, "
+                        "and NIR's CubaLIF resets to a value")
+    node = nir.CubaLIF(tau_mem=_full(shape, DT / p.tau_mem_inv),
+                       tau_syn=_full(shape, DT / p.tau_syn_inv), r=_full(shape, 1.0),
+                       v_leak=_full(shape, 0.0), v_threshold=_full(shape, p.v_th),
+                       v_reset=_full(shape, p.v_reset), w_in=_full(shape, 1.0 / p.tau_syn_inv),
+                       metadata=_exact(m))
+    return b.add(name, node, sources)
+
+
+def _decay(b: _Builder, name: str, m: DecayLIF, x, y, sources):
+    """snnTorch's Leaky / Synaptic the way snnTorch maps them (tau = dt/(1 − beta), r = tau/dt,
+    w_in = tau_syn/dt), with dt = 1; beta = 1 (an IF neuron) as NIR's IF. NIR's equations
+    reset in the same step to v_reset; the one-step-late subtraction is in the node's metadata
+    (exact for edgeprune's reader, approximate for others)."""
+    p, shape = m.params, x.shape[1:]
+    if p.beta >= 1.0 and p.alpha_syn is None:
+        node = nir.IF(r=_full(shape, 1.0), v_threshold=_full(shape, p.threshold),
+                      v_reset=_full(shape, 0.0), metadata=_exact(m))
+        return b.add(name, node, sources)
+    if p.beta >= 1.0 or (p.alpha_syn is not None and p.alpha_syn >= 1.0):
+        raise UserError(f"cannot express layer {name} in NIR: a synaptic current without decay")
+    tau = DT / (1.0 - p.beta)
+    if p.alpha_syn is None:
+        node = nir.LIF(tau=_full(shape, tau), r=_full(shape, tau / DT), v_leak=_full(shape, 0.0),
+                       v_threshold=_full(shape, p.threshold), v_reset=_full(shape, 0.0),
+                       metadata=_exact(m))
+    else:
+        ts = DT / (1.0 - p.alpha_syn)
+        node = nir.CubaLIF(tau_mem=_full(shape, tau), tau_syn=_full(shape, ts),
+                           r=_full(shape, tau / DT), v_leak=_full(shape, 0.0),
+                           v_threshold=_full(shape, p.threshold), v_reset=_full(shape, 0.0),
+                           w_in=_full(shape, ts / DT), metadata=_exact(m))
+    return b.add(name, node, sources)
+
+
+def _integrator(b: _Builder, name: str, m: Integrator, x, y, sources):
+    return b.add(name, nir.I(r=_full(x.shape[1:], 1.0), metadata=_exact(m)), sources)
+
+
+def _threshold(b: _Builder, name: str, m: Threshold, x, y, sources):
+    return b.add(name, nir.Threshold(threshold=_full(x.shape[1:], m.threshold)), sources)
+
+
+def _scale(b: _Builder, name: str, m: Scale, x, y, sources):
+    scale = np.broadcast_to(_np(m.scale), tuple(x.shape[1:])).copy()
+    return b.add(name, nir.Scale(scale=scale), sources)
 
 
 def _li(b: _Builder, name: str, m: LI, x, y, sources):
@@ -112,7 +199,7 @@ def _li(b: _Builder, name: str, m: LI, x, y, sources):
                         f"synaptic current (tau_syn_inv·dt = {p.tau_syn_inv}), whose update order "
                         "NIR's CubaLI does not fix; only a current-free LI (Norse LIBoxCell) maps")
     node = nir.LI(tau=_full(shape, DT / p.tau_mem_inv), r=_full(shape, 1.0),
-                  v_leak=_full(shape, 0.0))
+                  v_leak=_full(shape, 0.0), metadata=_exact(m))
     return b.add(name, node, sources)
 
 
@@ -167,7 +254,9 @@ def _refuse(why: str):
 
 # module class -> emitter(builder, name, module, input example, output example, sources)
 EMITTERS = {
-    nn.Conv2d: _conv, nn.Linear: _linear, LIF: _lif, LI: _li, nn.AvgPool2d: _avg_pool,
+    nn.Conv2d: _conv, nn.Conv1d: _conv1d, nn.Linear: _linear, LIF: _lif, LI: _li,
+    CubaLIF: _cuba, DecayLIF: _decay, Integrator: _integrator, Threshold: _threshold,
+    Scale: _scale, nn.AvgPool2d: _avg_pool,
     AvgPool2d: _avg_pool,
     nn.AdaptiveAvgPool2d: _adaptive_avg_pool, nn.Flatten: _flatten, SpikingBasicBlock: _block,
     nn.MaxPool2d: _refuse("NIR 1.0 has no max pooling; train with --pool avg, or export "
@@ -194,14 +283,22 @@ def _layer(b: _Builder, name: str, m: nn.Module, x: torch.Tensor, sources: list[
     return emit(b, name, m, x, y, sources), y
 
 
-def _normalize(b: _Builder, m: Normalize, sources: list[str]):
+def _normalize(m: Normalize, rank: int) -> nn.Module | None:
+    """The per-channel normalization as a 1×1 convolution (images (C,H,W) or sequences (C,L))
+    or a diagonal linear layer (flat inputs); None when it is the identity."""
     std = m.std.view(-1).double()
     mean = m.mean.view(-1).double()
+    if bool((std == 1).all()) and bool((mean == 0).all()):
+        return None
     c = std.numel()
-    weight = torch.diag(1.0 / std).view(c, c, 1, 1)
-    conv = nn.Conv2d(c, c, 1)
-    conv.weight.data, conv.bias.data = weight.float(), (-mean / std).float()
-    return conv, sources
+    if rank == 1:
+        layer = nn.Linear(c, c)
+        layer.weight.data = torch.diag(1.0 / std).float()
+    else:
+        layer = (nn.Conv2d if rank == 3 else nn.Conv1d)(c, c, 1)
+        layer.weight.data = torch.diag(1.0 / std).view(c, c, *([1] * (rank - 1))).float()
+    layer.bias.data = (-mean / std).float()
+    return layer
 
 
 def to_nir(model: SNN, input_shape, timesteps: int) -> nir.NIRGraph:
@@ -210,9 +307,9 @@ def to_nir(model: SNN, input_shape, timesteps: int) -> nir.NIRGraph:
     b = _Builder()
     sources = b.add("input", nir.Input(input_type={"input": np.array(input_shape)}), [])
     x = torch.zeros((1, *input_shape))
-    if m.encoding == "direct":
-        conv, sources = _normalize(b, m.normalize, sources)
-        sources, x = _layer(b, "normalize", conv, x, sources)
+    norm = _normalize(m.normalize, len(input_shape)) if m.encoding == "direct" else None
+    if norm is not None:
+        sources, x = _layer(b, "normalize", norm, x, sources)
     sources, x = _layer(b, "stem", m.stem, x, sources)
     for i, layer in enumerate(m.body):
         sources, x = _layer(b, f"body.{i}", layer, x, sources)

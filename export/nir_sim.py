@@ -9,7 +9,12 @@ NIR backend: it reads only the graph (nodes, edges, metadata). Semantics:
 - LI (leaky integrator, no spikes) the same way: v' = v + (dt/tau)·((v_leak − v) + r·I); its
   output is v';
 - arithmetic is float32, like the PyTorch model, so spikes can be compared exactly.
-Supported nodes: Input, Output, Conv2d, Affine, Linear, SumPool2d, Scale, Flatten, LIF, LI.
+- CubaLIF the same way, the current first: I' = I + (dt/tau_syn)·(w_in·S − I), then the
+  membrane from I'; IF: v' = v + dt·r·I; Integrator: v' = v + dt·r·I, output v';
+- a neuron node whose metadata holds an edgeprune description ("edgeprune.layer", written by
+  export/nir_graph.py) runs that description exactly (EXACT: one entry per neuron kind);
+Supported nodes: Input, Output, Conv1d, Conv2d, Affine, Linear, SumPool2d, AvgPool2d, Scale,
+Flatten, Threshold, LIF, CubaLIF, IF, LI, Integrator.
 """
 from __future__ import annotations
 
@@ -84,30 +89,158 @@ def _li_step(node: nir.LI, inp, v, dt):
     return v, v
 
 
+def _cuba_step(node: nir.CubaLIF, inp, state, dt):
+    """Forward Euler, the current first: I' = I + (dt/tau_syn)·(w_in·S − I);
+    v' = v + (dt/tau_mem)·((v_leak − v) + r·I'); spike and reset in the same step."""
+    i, v = state
+    bs = (dt / node.tau_syn).astype(F32)
+    bm = (dt / node.tau_mem).astype(F32)
+    i = (i + bs * (node.w_in.astype(F32) * inp - i)).astype(F32)
+    vd = v + bm * ((node.v_leak.astype(F32) - v) + node.r.astype(F32) * i)
+    z = vd > node.v_threshold.astype(F32)
+    return z.astype(F32), (i, np.where(z, node.v_reset.astype(F32), vd).astype(F32))
+
+
+def _if_step(node: nir.IF, inp, v, dt):
+    vd = (v + F32(dt) * node.r.astype(F32) * inp).astype(F32)
+    z = vd > node.v_threshold.astype(F32)
+    reset = node.v_reset.astype(F32) if node.v_reset is not None else F32(0)
+    return z.astype(F32), np.where(z, reset, vd).astype(F32)
+
+
+def _integrator_step(node: nir.I, inp, v, dt):
+    v = (v + F32(dt) * node.r.astype(F32) * inp).astype(F32)
+    return v, v
+
+
+def avg_pool(x: np.ndarray, node: nir.AvgPool2d) -> np.ndarray:
+    win = _windows(x, node.kernel_size, node.stride, node.padding)
+    k = np.broadcast_to(np.asarray(node.kernel_size).ravel(), (2,))
+    k = int(k[0]) * int(k[1])  # count_include_pad: every window divides by its full area
+    return (win.sum(axis=(-2, -1), dtype=F32) / F32(k)).astype(F32)
+
+
+def conv1d(x: np.ndarray, node: nir.Conv1d) -> np.ndarray:
+    class _As2d:  # (B, C, L) as (B, C, 1, L) through the 2-d convolution
+        weight = node.weight[:, :, None, :]
+        stride = (1, int(np.ravel(node.stride)[0]))
+        padding = (0, int(np.ravel(node.padding)[0]))
+        dilation = (1, int(np.ravel(node.dilation)[0]))
+        groups = node.groups
+        bias = node.bias
+    return conv2d(x[:, :, None, :], _As2d)[:, :, 0, :]
+
+
 # node class -> f(input, node): nodes without state
 STATELESS = {
     nir.Output: lambda x, node: x,
+    nir.Conv1d: conv1d,
     nir.Conv2d: conv2d,
     nir.Affine: lambda x, node: x @ node.weight.astype(F32).T + node.bias.astype(F32),
     nir.Linear: lambda x, node: x @ node.weight.astype(F32).T,
     nir.SumPool2d: sum_pool,
+    nir.AvgPool2d: avg_pool,
     nir.Scale: lambda x, node: x * node.scale.astype(F32),
     nir.Flatten: flatten,
+    nir.Threshold: lambda x, node: (x > node.threshold.astype(F32)).astype(F32),
 }
-# node class -> (state shape of the node, step(node, input, state, dt) -> (output, state))
+# node class -> (initial state of the node for a batch, step(node, input, state, dt) ->
+# (output, state)): NIR's equations
 STATEFUL = {
-    nir.LIF: (lambda node: node.v_reset.shape, _lif_step),
-    nir.LI: (lambda node: node.tau.shape, _li_step),
+    nir.LIF: (lambda node, b: np.zeros((b, *node.v_reset.shape), F32), _lif_step),
+    nir.LI: (lambda node, b: np.zeros((b, *node.tau.shape), F32), _li_step),
+    nir.CubaLIF: (lambda node, b: (np.zeros((b, *node.tau_mem.shape), F32),) * 2, _cuba_step),
+    nir.IF: (lambda node, b: np.zeros((b, *node.r.shape), F32), _if_step),
+    nir.I: (lambda node, b: np.zeros((b, *node.r.shape), F32), _integrator_step),
 }
-SPIKING = (nir.LIF,)
+SPIKING = (nir.LIF, nir.CubaLIF, nir.IF)
+
+
+# -- edgeprune's exact neurons (a node whose metadata holds "edgeprune.layer") ---------------
+# Each kind in its framework's float32 operation order (edgeprune.neurons), so the simulated
+# spikes are the PyTorch model's bit for bit. kind -> (number of state arrays, step(params,
+# input, state) -> (output, state)); states start at 0.
+
+def _exact_lif(p, x, state):
+    (v,) = state
+    vd = v + F32(p["tau_mem_inv"]) * ((F32(0) - v) + x)
+    z = vd - F32(p["v_th"]) > 0
+    v = np.where(z, vd - F32(p["v_th"]), vd) if p.get("reset") == "subtract" else \
+        np.where(z, F32(p["v_reset"]), vd)
+    return z.astype(F32), (v.astype(F32),)
+
+
+def _exact_cuba(p, x, state):
+    v, i = state
+    i_j = i + x
+    vd = v + F32(p["tau_mem_inv"]) * ((F32(0) - v) + i_j)
+    i_new = i_j + F32(-p["tau_syn_inv"]) * i_j
+    z = (vd - F32(p["v_th"]) > 0).astype(F32)
+    v = vd - z * F32(p["v_th"]) if p.get("reset") == "subtract" else \
+        (F32(1) - z) * vd + z * F32(p.get("v_reset", 0.0))
+    return z, (v.astype(F32), i_new.astype(F32))
+
+
+def _exact_decay(p, x, state):
+    syn, mem = state
+    th, beta = F32(p.get("threshold", 1.0)), F32(p["beta"])
+    reset, synaptic = p.get("reset", "subtract"), p.get("alpha_syn") is not None
+    r = (mem - th > 0).astype(F32)
+    if synaptic:
+        syn = F32(p["alpha_syn"]) * syn + x
+        m = beta * mem + syn
+        m = m - r * th if reset == "subtract" else (m - m * r if reset == "zero" else m)
+    elif reset == "zero":
+        m = beta * ((F32(1) - r) * mem) + x
+    else:
+        m = beta * mem + x
+        if reset == "subtract":
+            m = m - r * th
+    z = (m - th > 0).astype(F32)
+    if not p.get("reset_delay", True) and reset != "none":
+        do = z - r
+        m = m - do * th if reset == "subtract" else m - do * m
+    return z, (syn.astype(F32), m.astype(F32))
+
+
+def _exact_li(p, x, state):
+    v, i = state
+    i_j = i + x
+    v = (v + F32(p["tau_mem_inv"]) * ((F32(0) - v) + i_j)).astype(F32)
+    return v, (v, (i_j + F32(-p.get("tau_syn_inv", 1.0)) * i_j).astype(F32))
+
+
+def _exact_integrator(p, x, state):
+    v = (state[0] + x).astype(F32)
+    return v, (v,)
+
+
+EXACT = {"lif": (1, _exact_lif), "cuba_lif": (2, _exact_cuba), "decay_lif": (2, _exact_decay),
+         "li": (2, _exact_li), "integrator": (1, _exact_integrator)}
+EXACT_SPIKING = ("lif", "cuba_lif", "decay_lif")
+
+
+def _exact_of(node) -> dict | None:
+    meta = getattr(node, "metadata", None)
+    d = meta.get("edgeprune.layer") if isinstance(meta, dict) else None
+    if isinstance(d, dict) and d.get("type") in EXACT:
+        return {k: (v.item() if isinstance(v, np.ndarray) and v.ndim == 0 else v)
+                for k, v in {**d.get("neuron", {}), **{k: v for k, v in d.items()
+                                                       if k not in ("type", "neuron")}}.items()
+                } | {"type": d["type"]}
+    return None
 
 
 def simulate(graph: nir.NIRGraph, x: np.ndarray, timesteps: int, *,
-             input_is_sequence: bool = False) -> dict:
+             input_is_sequence: bool = False, dt: float | None = None,
+             exact: bool = True) -> dict:
     """Run `graph` for `timesteps` steps on a batch. `x`: (B, ...) fed at every step, or
-    (T, B, ...) one slice per step when `input_is_sequence`.
-    Returns {"step_logits": (T,B,K), "logits": (B,K), "spikes.<LIF node>": (B,) counts}."""
-    dt = float(graph.metadata.get("dt", 1.0)) if isinstance(graph.metadata, dict) else 1.0
+    (T, B, ...) one slice per step when `input_is_sequence`. `dt`: the time step (default: the
+    graph's metadata, else 1). `exact`: neurons with an edgeprune description in their metadata
+    run it (bit for bit); False: every node by NIR's equations.
+    Returns {"step_logits": (T,B,K), "logits": (B,K), "spikes.<spiking node>": (B,) counts}."""
+    if dt is None:
+        dt = float(graph.metadata.get("dt", 1.0)) if isinstance(graph.metadata, dict) else 1.0
     order = _order(graph)
     sources = {n: [s for s, d in graph.edges if d == n] for n in graph.nodes}
     inputs = [n for n, v in graph.nodes.items() if isinstance(v, nir.Input)]
@@ -118,10 +251,19 @@ def simulate(graph: nir.NIRGraph, x: np.ndarray, timesteps: int, *,
         if not isinstance(node, (nir.Input, *STATELESS, *STATEFUL)):
             raise ValueError(f"node {n}: {type(node).__name__} is not supported")
     batch = x.shape[1] if input_is_sequence else x.shape[0]
-    state = {n: np.zeros((batch, *STATEFUL[type(node)][0](node)), F32)
-             for n, node in graph.nodes.items() if type(node) in STATEFUL}
+    ex = {n: _exact_of(node) for n, node in graph.nodes.items()} if exact else {}
+    ex = {n: p for n, p in ex.items() if p is not None}
+    state = {}
+    for n, node in graph.nodes.items():
+        if n in ex:
+            init = STATEFUL[type(node)][0](node, batch)
+            shape = (init[0] if isinstance(init, tuple) else init).shape
+            state[n] = tuple(np.zeros(shape, F32)
+                             for _ in range(EXACT[ex[n]["type"]][0]))
+        elif type(node) in STATEFUL:
+            state[n] = STATEFUL[type(node)][0](node, batch)
     counts = {n: np.zeros(batch, np.float64) for n, node in graph.nodes.items()
-              if isinstance(node, SPIKING)}
+              if (ex[n]["type"] in EXACT_SPIKING if n in ex else isinstance(node, SPIKING))}
     steps = []
     for t in range(timesteps):
         val: dict[str, np.ndarray] = {}
@@ -133,7 +275,9 @@ def simulate(graph: nir.NIRGraph, x: np.ndarray, timesteps: int, *,
             inp = val[sources[n][0]]
             for s in sources[n][1:]:
                 inp = inp + val[s]
-            if type(node) in STATEFUL:
+            if n in ex:
+                val[n], state[n] = EXACT[ex[n]["type"]][1](ex[n], inp, state[n])
+            elif type(node) in STATEFUL:
                 val[n], state[n] = STATEFUL[type(node)][1](node, inp, state[n], dt)
             else:
                 val[n] = STATELESS[type(node)](inp, node)

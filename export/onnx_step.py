@@ -7,8 +7,9 @@ Graph interface:
   input   `state_in.<i>`   float32 (batch, *shape): membrane potential of state i before the step
   output  `logits`         (batch, classes): this step's logits (sum them over steps to predict)
   output  `state_out.<i>`  the state after the step; feed it back as `state_in.<i>` next step.
-State i belongs to LIF layer `layer` (module name), or is `<layer>.v` / `<layer>.i` of a leaky
-integrator (LI: membrane potential and synaptic current); initial value 0 for every state. The list
+State i belongs to LIF layer `layer` (module name), or is `<layer>.<part>` of a layer whose state
+is several tensors, named by its `state_names` (LI and current-based LIF: `v`, `i`; snnTorch's
+Synaptic: `syn`, `mem`; a residual block: `lif1`, `lif2`); initial value 0 for every state. The list
 (`input`, `output`, `layer`, `shape` without batch, `init`) goes to the metadata key
 `edgeprune.states`.
 """
@@ -23,7 +24,6 @@ from torch import nn
 
 from edgeprune.errors import UserError
 from edgeprune.models import SNN, is_stateful
-from edgeprune.neurons import LIF
 
 from .prepare import for_export
 
@@ -39,8 +39,12 @@ def state_layout(model: SNN, input_shape) -> list[dict]:
             continue
         if isinstance(s, torch.Tensor):
             parts = [(f"body.{i}", s)]
-        else:  # several tensors, named by the layer (a block's two LIFs, an LI's v and i)
+        elif len(getattr(child, "state_names", ())) == len(s):
+            # several tensors, named by the layer (a block's two LIFs, an LI's v and i)
             parts = [(f"body.{i}.{n}", t) for n, t in zip(child.state_names, s)]
+        else:  # a state that is not one tensor or named parts would be mis-flattened
+            raise UserError(f"cannot export the streaming model: stateful layer "
+                            f"{type(child).__name__} has no known state layout")
         for layer, t in parts:
             k = len(layout)
             layout.append({"input": f"state_in.{k}", "output": f"state_out.{k}",
@@ -80,11 +84,6 @@ class Step(nn.Module):
 def export_step(model: SNN, input_shape, path: Path, *, opset: int = 17) -> dict:
     """Write the one-step graph (no metadata yet). Returns seconds and the state layout."""
     prepared = for_export(model)
-    for m in prepared.body:
-        if is_stateful(m) and not isinstance(m, LIF) and not hasattr(m, "state_names"):
-            # A state that is not one tensor (a LIF's v) or named parts would be mis-flattened.
-            raise UserError(f"cannot export the streaming model: stateful layer "
-                            f"{type(m).__name__} has no known state layout")
     layout = state_layout(prepared, input_shape)
     g = torch.Generator().manual_seed(0)
     # Distinct example tensors for every state: a shared zeros tensor lets an exporter merge the

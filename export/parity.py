@@ -30,6 +30,13 @@ def torch_reference(model: SNN, x: torch.Tensor, timesteps: int, *,
             out[f"step_spikes.{name}"] = z.flatten(2).sum(2).numpy()
             if near_eps is None:
                 return
+            if hasattr(m, "margins"):  # a neuron kind that reports its potentials itself
+                u = m.margins(inp[0])
+                out[f"near.{name}"] = np.array([int((u[t].abs() < near_eps).sum())
+                                                for t in range(u.shape[0])])
+                return
+            if not hasattr(m, "p"):  # stateless spikes (Threshold): nothing to trace
+                return
             seq, p = inp[0], m.p
             v, near = torch.zeros_like(seq[0]), []
             for t in range(seq.shape[0]):  # Norse's update, to see v before the threshold

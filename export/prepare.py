@@ -13,8 +13,6 @@ import copy
 import torch
 from torch import nn
 
-from edgeprune.neurons import LIF
-
 FOLDABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -65,7 +63,7 @@ def for_export(model: nn.Module) -> nn.Module:
     (the surrogate's autograd Function would otherwise appear in the traced graph)."""
     m = fold_batchnorm(model)
     for mod in m.modules():
-        if isinstance(mod, LIF):
+        if hasattr(mod, "spike_exactly"):  # every spiking layer kind
             mod.spike_exactly()
     for p in m.parameters():
         p.requires_grad_(False)

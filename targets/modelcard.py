@@ -32,6 +32,31 @@ def _first(lineage: list[dict], stage: str, *paths: tuple) -> object:
     return None
 
 
+NEURON_NAMES = {"lif": "LIF (Norse LIFBox, no synaptic current)",
+                "cuba_lif": "current-based LIF (Norse LIFCell)",
+                "decay_lif": "decay-form LIF (snnTorch Leaky/Synaptic)",
+                "li": "leaky integrator readout", "integrator": "integrator"}
+
+
+def _neuron_model(neuron) -> str | None:
+    if not isinstance(neuron, dict):
+        return None
+    if neuron.get("layers"):  # an imported model: each neuron layer's kind and parameters
+        parts = []
+        for d in neuron["layers"]:
+            p = d.get("neuron", {k: v for k, v in d.items() if k != "type"})
+            parts.append(f"{NEURON_NAMES.get(d.get('type'), d.get('type'))}: " + ", ".join(
+                f"{k}={v}" for k, v in p.items() if k not in ("surrogate", "alpha")))
+        return "; ".join(parts)
+    if neuron.get("tau_syn_inv") is not None:
+        return (f"{NEURON_NAMES['cuba_lif']}: " + ", ".join(
+            f"{k}={neuron[k]}" for k in ("tau_mem_inv", "tau_syn_inv", "v_th", "v_reset",
+                                         "surrogate") if k in neuron))
+    return (f"{NEURON_NAMES['lif']}: " + ", ".join(
+        f"{k}={neuron[k]}" for k in ("tau_mem_inv", "v_th", "v_reset", "surrogate")
+        if k in neuron))
+
+
 def facts(lineage: list[dict], meta: dict, validations: list[dict]) -> dict:
     """The SNN fields of the card, each a value or "n/a"."""
     model_cfg = _first(lineage, "train", ("model",)) or {}
@@ -52,9 +77,7 @@ def facts(lineage: list[dict], meta: dict, validations: list[dict]) -> dict:
             tolerances[e["target"]] = e["profile"]["parity"]
     f = {
         "timesteps": meta.get("timesteps") or model_cfg.get("timesteps"),
-        "neuron_model": (f"LIF (Norse LIFBox, no synaptic current): " + ", ".join(
-            f"{k}={neuron[k]}" for k in ("tau_mem_inv", "v_th", "v_reset", "surrogate")
-            if k in neuron)) if isinstance(neuron, dict) else None,
+        "neuron_model": _neuron_model(neuron),
         "reset": neuron.get("reset") if isinstance(neuron, dict) else None,
         "encoding": meta.get("encoding") or model_cfg.get("encoding"),
         "architecture": model_cfg.get("arch"),

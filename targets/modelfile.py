@@ -66,7 +66,10 @@ def inspect(path: Path) -> ModelInfo:
     if len(inputs) != 1:
         raise UserError(f"{path} has {len(inputs)} inputs; validate expects one image input "
                         "(the unrolled model.onnx, not model.step.onnx)")
-    meta = sess.get_modelmeta().custom_metadata_map
+    try:
+        meta = sess.get_modelmeta().custom_metadata_map
+    except UnicodeDecodeError:  # ONNX Runtime loads the graph but cannot decode its metadata
+        raise UserError(f"{path}: its metadata is not valid UTF-8 (a damaged file)") from None
     return ModelInfo(path=path, sha256=file_sha256(path), bytes=path.stat().st_size,
                      metadata={k[len(PREFIX):]: _decode(v) for k, v in sorted(meta.items())
                                if k.startswith(PREFIX)},

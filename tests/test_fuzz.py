@@ -364,3 +364,178 @@ def test_manifest_reader(tmp_path, manifest):
     art = _refused_or_read(open_artifact, folder)
     if art is not None:
         _refused_or_read(art.file, "model.pt")
+
+
+# -- NIR files given to import-model / compress ---------------------------------------------------
+
+NIR_TYPES = ["Affine", "Linear", "Conv1d", "Conv2d", "Flatten", "SumPool2d", "AvgPool2d", "Scale",
+             "Threshold", "LIF", "CubaLIF", "IF", "LI", "I", "Identity", "Delay", "NIRGraph",
+             "Input", "Output", "Nonsense"]
+NIR_KEYS = ["weight", "bias", "tau", "tau_mem", "tau_syn", "r", "v_leak", "v_threshold", "v_reset",
+            "w_in", "threshold", "scale", "stride", "padding", "dilation", "groups", "kernel_size",
+            "start_dim", "end_dim", "input_shape", "shape", "input_type", "delay"]
+
+
+def _small_values(draw):
+    """Plausible (so that readers get deep) or hostile values of a NIR node's field."""
+    return draw(st.one_of(
+        arrays(max_dims=4),
+        st.floats(allow_nan=True, allow_infinity=True).map(np.float64),
+        st.integers(-5, 70).map(np.int64),
+        st.lists(st.integers(0, 9), min_size=1, max_size=4).map(lambda v: np.array(v, np.int64)),
+        st.text(max_size=5)))
+
+
+def _valid_chain(image: bool) -> list[tuple[str, dict]]:
+    """A chain of valid nodes for input (1, 8, 8) (image) or (64,), every parameter kind used."""
+    f = np.float64
+    if image:
+        return [("c", {"type": "Conv2d", "weight": np.ones((2, 1, 3, 3), np.float32),
+                       "bias": np.zeros(2, np.float32), "stride": np.array([1, 1]),
+                       "padding": np.array([1, 1]), "dilation": np.array([1, 1]),
+                       "groups": np.int64(1)}),
+                ("l", {"type": "CubaLIF", "tau_mem": np.full((2, 8, 8), 2e-3),
+                       "tau_syn": np.full((2, 8, 8), 4e-3), "r": np.ones((2, 8, 8)),
+                       "w_in": np.ones((2, 8, 8)), "v_leak": np.zeros((2, 8, 8)),
+                       "v_threshold": np.ones((2, 8, 8)), "v_reset": np.zeros((2, 8, 8))}),
+                ("p", {"type": "SumPool2d", "kernel_size": np.array([2, 2]),
+                       "stride": np.array([2, 2]), "padding": np.array([0, 0])}),
+                ("s", {"type": "Scale", "scale": np.full((2, 4, 4), 0.25, np.float32)}),
+                ("f", {"type": "Flatten", "start_dim": np.int64(0), "end_dim": np.int64(-1)}),
+                ("a", {"type": "Affine", "weight": np.ones((10, 32), np.float32),
+                       "bias": np.zeros(10, np.float32)}),
+                ("i", {"type": "IF", "r": np.ones(10), "v_threshold": np.ones(10)})]
+    return [("a", {"type": "Linear", "weight": np.ones((10, 64), np.float32)}),
+            ("t", {"type": "Threshold", "threshold": f(0.5)}),
+            ("b", {"type": "Affine", "weight": np.ones((10, 10), np.float32),
+                   "bias": np.zeros(10, np.float32)}),
+            ("l", {"type": "LIF", "tau": f(2e-3), "r": f(1.0), "v_leak": f(0.0),
+                   "v_threshold": f(1.0), "v_reset": f(0.0)}),
+            ("q", {"type": "LI", "tau": np.full(10, 2e-3), "r": np.ones(10),
+                   "v_leak": np.zeros(10)}),
+            ("n", {"type": "I", "r": np.ones(10)})]
+
+
+@st.composite
+def nir_mutants(draw):
+    """A valid graph with a few fields replaced, removed or added."""
+    image = draw(st.booleans())
+    chain = _valid_chain(image)
+    nodes = {"input": {"type": "Input", "shape": np.array([1, 8, 8] if image else [64])},
+             **dict(chain), "output": {"type": "Output", "shape": np.array([10])}}
+    for _ in range(draw(st.integers(0, 3))):
+        name = draw(st.sampled_from(sorted(nodes)))
+        node = nodes[name]
+        how = draw(st.sampled_from(["set", "drop", "add"]))
+        key = draw(st.sampled_from(sorted(node) if how != "add" else NIR_KEYS))
+        if how == "drop" and key != "type":
+            node.pop(key)
+        elif key != "type" or draw(st.booleans()):
+            node[key] = _small_values(draw) if key != "type" else draw(st.sampled_from(NIR_TYPES))
+    order = ["input", *[n for n, _ in chain], "output"]
+    return {"type": "NIRGraph", "nodes": nodes,
+            "edges": np.array(list(zip(order, order[1:])), dtype=object),
+            "metadata": {"dt": np.float64(1e-3)}}
+
+
+@st.composite
+def nir_trees(draw):
+    """The "node" group of a NIR file: a graph of random nodes and edges, often a chain that
+    starts from a valid Input so that a reader gets past the first checks."""
+    n = draw(st.integers(0, 5))
+    names = [f"n{i}" for i in range(n)]
+    nodes = {"input": {"type": "Input",
+                       "shape": draw(st.sampled_from([np.array([1, 8, 8]), np.array([64]),
+                                                      np.array([4]), np.array([0]),
+                                                      np.array([3, 4])]))},
+             "output": {"type": "Output", "shape": np.array([10])}}
+    for name in names:
+        node = {"type": draw(st.sampled_from(NIR_TYPES))}
+        for key in draw(st.lists(st.sampled_from(NIR_KEYS), max_size=6, unique=True)):
+            node[key] = _small_values(draw)
+        if draw(st.booleans()):
+            node["metadata"] = {"edgeprune.layer": {"type": draw(st.sampled_from(
+                ["lif", "cuba_lif", "decay_lif", "li", "conv2d", "nope"])),
+                "neuron": {"beta": _small_values(draw)}}}
+        nodes[name] = node
+    chain = ["input", *names, "output"]
+    edges = [(a, b) for a, b in zip(chain, chain[1:])]
+    if draw(st.booleans()):
+        edges += draw(st.lists(st.tuples(st.sampled_from(chain + ["ghost"]),
+                                         st.sampled_from(chain)), max_size=2))
+    tree = {"type": draw(st.sampled_from(["NIRGraph", "NIRGraph", "Affine"])), "nodes": nodes,
+            "edges": np.array(edges, dtype=object) if edges else np.zeros((0, 2), object),
+            "metadata": draw(st.sampled_from([{}, {"dt": np.float64(1e-3)},
+                                              {"producer": "snntorch"}, {"dt": "x"},
+                                              {"convention": "edgeprune", "dt": np.float64(1.0)}]))}
+    if draw(st.integers(0, 9)) == 0:
+        del tree[draw(st.sampled_from(["nodes", "edges", "type"]))]
+    return tree
+
+
+def _write_h5(group, tree: dict) -> None:
+    import h5py
+
+    for key, v in tree.items():
+        if isinstance(v, dict):
+            _write_h5(group.create_group(key), v)
+        elif isinstance(v, str):
+            group[key] = v.replace("\x00", "")  # HDF5 strings hold no NUL
+        elif isinstance(v, np.ndarray) and v.dtype == object:
+            group.create_dataset(key, data=np.array([str(x).encode() for x in v.ravel()],
+                                                    dtype="S").reshape(v.shape)
+                                 if v.size else np.zeros((0, 2), "S1"))
+        else:
+            arr = np.asarray(v)
+            if arr.dtype.kind == "U":  # HDF5 stores bytes: UTF-8, as h5py writes str
+                arr = np.array([x.replace("\x00", "").encode("utf-8") for x in arr.ravel()],
+                               dtype=object).reshape(
+                    arr.shape) if arr.size else np.zeros(arr.shape, "S1")
+            if arr.dtype.kind == "c":
+                arr = arr.real
+            if arr.dtype == object:
+                group.create_dataset(key, data=arr, dtype=h5py.string_dtype())
+            else:
+                group.create_dataset(key, data=arr)
+
+
+@settings(max_examples=60 * SCALE, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(st.one_of(nir_trees(), nir_mutants()), st.sampled_from([None, 1e-3, 1e-4, 1.0]),
+       st.sampled_from([None, "nir", "snntorch", "edgeprune"]))
+def test_nir_reader(tmp_path, tree, dt, convention):
+    """A hostile .nir file: read (and then built and run) or refused with one line."""
+    import h5py
+
+    from edgeprune import pipeline
+    from edgeprune.artifacts import Store
+    from edgeprune.config import DataConfig, ImportConfig
+
+    path = tmp_path / "m.nir"
+    with h5py.File(path, "w") as f:
+        _write_h5(f.create_group("node"), tree)
+    cfg = ImportConfig(timesteps=2, dt=dt, convention=convention)
+    _refused_or_read(pipeline.import_model, Store(tmp_path / "runs"), None, path, cfg,
+                     DataConfig("none"))
+    assert not list((tmp_path / "runs").glob("*.tmp*"))  # nothing half-written
+
+
+@FUZZ
+@given(st.binary(max_size=600), st.booleans())
+def test_nir_reader_on_random_and_damaged_bytes(tmp_path, blob, damage_a_real_file):
+    from edgeprune.importers import nirfile
+
+    path = tmp_path / "m.nir"
+    if damage_a_real_file:
+        import h5py
+
+        with h5py.File(path, "w") as f:
+            _write_h5(f.create_group("node"), {"type": "NIRGraph", "nodes": {
+                "input": {"type": "Input", "shape": np.array([4])}}})
+        raw = bytearray(path.read_bytes())
+        for i, b in enumerate(blob[:64]):
+            raw[(i * 97 + b) % len(raw)] ^= b or 1
+        path.write_bytes(bytes(raw))
+    else:
+        path.write_bytes(blob)
+    _refused_or_read(nirfile.load, path, 1e-3)

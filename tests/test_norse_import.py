@@ -149,7 +149,7 @@ def test_spec_of_builtin_archs_is_unchanged():
 
 @pytest.mark.parametrize("func, words", [
     ("unsupported", ["layer 1", "ReLU"]),
-    ("lif_with_current", ["layer 2", "LIFCell"]),
+    ("lif_with_leak", ["layer 2", "LIFCell", "v_leak"]),
     ("plain_torch", ["no spiking layer"]),
     ("not_a_module", ["int", "nn.Module"]),
     ("missing_function", ["no function"]),

@@ -2,6 +2,10 @@
 edgeprune.layers) so every later stage runs without the user's code.
 
 - usercode.py  load a user's definition (FILE.py:FUNCTION) and weights safely
-- norse.py     a Norse SequentialState / nn.Sequential -> layer list, and the user's own run
-- stage.py     the import stage: rebuild, prove equal to the user's module, store model.pt
+- code.py      a Python model (nn.Sequential / Norse SequentialState) -> layer list, and the
+               user's module run the way its framework runs it; one table per framework:
+- norse.py     Norse cells (LIFBoxCell, LIFCell, LICell, LIBoxCell)
+- snntorch.py  snnTorch neurons (Leaky, Synaptic)
+- nirfile.py   a NIR file read as data -> layer list (dt, conventions, shapes inferred)
+- stage.py     the import stage: rebuild, prove equal / measure fidelity, store model.pt
 """

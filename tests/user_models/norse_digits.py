@@ -48,5 +48,29 @@ def box_readout():
         norse.LIBoxCell(LIBoxParameters(tau_mem_inv=torch.as_tensor(250.0)), dt=DT))
 
 
-def lif_with_current():
-    return norse.SequentialState(nn.Flatten(), nn.Linear(64, 10), norse.LIFCell())
+def lif_with_leak():
+    from norse.torch.functional.lif import LIFParameters
+
+    return norse.SequentialState(nn.Flatten(), nn.Linear(64, 10),
+                                 norse.LIFCell(LIFParameters(v_leak=torch.as_tensor(0.1))))
+
+
+def lif_cell():
+    """Norse's default neuron (LIFCell: a current-based LIF) in a conv net, with BatchNorm and
+    an LICell readout, as Norse's tutorials build one."""
+    from norse.torch.functional.lif import LIFParameters
+
+    p = LIFParameters(tau_mem_inv=torch.as_tensor(400.0), tau_syn_inv=torch.as_tensor(600.0))
+    return norse.SequentialState(
+        nn.Conv2d(1, 8, 3, padding=1, bias=False),
+        nn.BatchNorm2d(8),
+        norse.LIFCell(p, dt=DT),
+        nn.AvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(8 * 4 * 4, 64, bias=False),
+        nn.BatchNorm1d(64),
+        norse.LIFCell(p, dt=DT),
+        nn.Linear(64, 10),
+        norse.LICell(LIParameters(tau_syn_inv=torch.as_tensor(500.0),
+                                  tau_mem_inv=torch.as_tensor(500.0)), dt=DT),
+    )
