@@ -6,13 +6,13 @@ dt = 1 so that tau_mem_inv is the fraction of the input taken per step:
     z[t] = H(v[t] - v_th);  v[t] <- v_reset where z[t] = 1         (hard reset, or subtract)
 State is an explicit tensor that goes in and comes out; modules hold parameters only.
 
-Training runs the whole recurrence over T as one autograd function (`lif_sequence`): the same
-float operations forward, and backpropagation through time written out, so autograd records
-one node per layer instead of a dozen per timestep. `step` and inference keep Norse's function.
+Training runs the whole recurrence over T as one autograd function (edgeprune.fused_lif): the
+same float operations forward, and backpropagation through time written out, so autograd
+records one node per layer instead of a dozen per timestep. `step` and inference keep Norse's
+function.
 """
 from __future__ import annotations
 
-import warnings
 from dataclasses import asdict, dataclass
 from typing import Optional
 
@@ -27,6 +27,7 @@ from torch import nn
 
 from .config import SURROGATES, NeuronParams
 from .errors import UserError
+from .fused_lif import lif_sequence
 
 RESET_FUNCTIONS = {"value": reset_value, "subtract": reset_subtract}
 SURROGATES_ALL = SURROGATES + ("heaviside",)
@@ -46,142 +47,6 @@ def lif_step(x: torch.Tensor, v: torch.Tensor, p: LIFBoxParameters) -> tuple[tor
     """One timestep: input current and membrane potential in, spikes and new potential out."""
     z, state = lif_box_feed_forward_step(x, LIFBoxFeedForwardState(v=v), p, dt=1.0)
     return z, state.v
-
-
-# Surrogate derivatives dH/du at u = v - v_th, exactly as Norse's threshold functions define them
-# (SuperSpike's ignores alpha; HeaviTanh's omits the k factor).
-SURROGATE_GRADS = {
-    "super": lambda u, k: 1.0 / (u.abs() + 1.0).pow(2),
-    "triangle": lambda u, k: k * torch.relu(1 - u.abs()),
-    "tanh": lambda u, k: 1 - (u * k).tanh().pow(2),
-    "circ": lambda u, k: (-(u.pow(2) / (2 * (k ** 2 + u.pow(2)).pow(1.5)))
-                          + 1 / (2 * (k ** 2 + u.pow(2)).sqrt())) * 2 * k,
-    "heavi_erfc": lambda u, k: (2 * torch.exp(-(k * u).pow(2))) / (torch.pi ** 0.5),
-}
-
-
-def _forward_step(x, v, spikes_out, decayed_out, a: float, th: float, r: float,
-                  subtract: bool):
-    """One LIF step on flat tensors, into the output buffers; returns the new potential.
-    Norse's arithmetic, so spikes are bit-identical to its step function: vd = v + a·(x - v)
-    (Norse adds v_leak = 0 first, which changes only the sign of a zero), z = vd > v_th (the
-    same as vd - v_th > 0 in IEEE floats), and the reset as a select (Norse's
-    (1 - z)·vd + z·r with z in {0, 1})."""
-    vd = v + (x - v) * a
-    fired = vd > th
-    decayed_out.copy_(vd)
-    spikes_out.copy_(fired)
-    return torch.where(fired, vd - th, vd) if subtract else torch.where(fired, r, vd)
-
-
-def _backward_step(gz, gv, vd, z, grad_out, a: float, th: float, r: float, subtract: bool,
-                   surrogate: str, alpha: float, accumulate: bool):
-    """One step of backpropagation through time; returns dL/dv for the step before. The reset
-    depends on the spike (autograd differentiates Norse's reset the same way). `accumulate`:
-    the input is the same at every step, so its gradient sums over the steps."""
-    s = SURROGATE_GRADS[surrogate](vd - th, alpha)
-    dv_dvd = 1 - th * s if subtract else (1 - z) + (r - vd) * s
-    gvd = gz * s + gv * dv_dvd
-    grad_out.copy_(grad_out + gvd * a if accumulate else gvd * a)
-    return gvd * (1 - a)
-
-
-# Above this many neurons per step the two steps run as compiled kernels (torch.compile: one
-# pass over memory instead of a dozen); below, a compiled call costs more than it saves.
-KERNEL_MIN_ELEMENTS = 1 << 18
-_compiled: dict = {}
-
-
-def _steps(n: int):
-    """The (forward, backward) step functions for `n` neurons: compiled when it pays and a
-    compiler is at hand (compiled once, for any size), else the same functions eagerly."""
-    if n < KERNEL_MIN_ELEMENTS or _compiled.get("failed"):
-        return _forward_step, _backward_step
-    if "fwd" not in _compiled:
-        _compiled["fwd"] = torch.compile(_forward_step, dynamic=True, fullgraph=True)
-        _compiled["bwd"] = torch.compile(_backward_step, dynamic=True, fullgraph=True)
-    return _compiled["fwd"], _compiled["bwd"]
-
-
-def _run_step(kind: int, n: int, *args):
-    """Call a step, falling back to eager for good if compiling fails (no C++ compiler)."""
-    fn = _steps(n)[kind]
-    try:
-        return fn(*args)
-    except Exception as e:
-        if fn in (_forward_step, _backward_step):
-            raise
-        _compiled["failed"] = True
-        warnings.warn(f"LIF kernels could not be compiled ({type(e).__name__}); training "
-                      "continues with eager operations (slower, same results)")
-        return (_forward_step, _backward_step)[kind](*args)
-
-
-def _flat(t: torch.Tensor) -> torch.Tensor:
-    """A 1-D view of a dense tensor in memory order: elementwise work ignores the layout, so a
-    channels-last tensor needs no copy."""
-    order = sorted(range(t.dim()), key=lambda d: (t.stride(d), t.shape[d]), reverse=True)
-    return t.permute(order).reshape(-1)
-
-
-def _buffer(like: torch.Tensor, steps: int) -> torch.Tensor:
-    """(steps, *like.shape) with each step laid out as `like` (dense)."""
-    return torch.empty_strided((steps, *like.shape), (like.numel(), *like.stride()),
-                               dtype=like.dtype, device=like.device)
-
-
-def _dense(t: torch.Tensor) -> bool:
-    return t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last))
-
-
-class _LIFSequence(torch.autograd.Function):
-    """T steps of the LIF update in one autograd node: `_forward_step` T times, and BPTT
-    written out as `_backward_step` T times backwards. `steps`: the input is one tensor fed at
-    every one of `steps` timesteps (direct encoding), so no (T, ...) copy of it or of its
-    gradient is ever made."""
-
-    @staticmethod
-    def forward(ctx, seq: torch.Tensor, p: NeuronParams, steps: int | None) -> torch.Tensor:
-        first = seq if steps else seq[0]
-        if not _dense(first):
-            seq = seq.contiguous()
-            first = seq if steps else seq[0]
-        T, n = steps or seq.shape[0], first.numel()
-        spikes, decayed = _buffer(first, T), _buffer(first, T)
-        v = _flat(torch.zeros_like(first))
-        subtract = p.reset == "subtract"
-        for t in range(T):
-            v = _run_step(0, n, _flat(seq if steps else seq[t]), v, _flat(spikes[t]),
-                          _flat(decayed[t]), p.tau_mem_inv, p.v_th, p.v_reset, subtract)
-        ctx.save_for_backward(spikes, decayed)
-        ctx.p, ctx.static = p, bool(steps)
-        return spikes
-
-    @staticmethod
-    def backward(ctx, grad_z: torch.Tensor):
-        spikes, decayed = ctx.saved_tensors
-        p = ctx.p
-        if grad_z.stride() != decayed.stride():  # match the saved layout element for element
-            grad_z = _buffer(decayed[0], decayed.shape[0]).copy_(grad_z)
-        T, n = decayed.shape[0], decayed[0].numel()
-        grad_x = torch.zeros_like(decayed[0]) if ctx.static else _buffer(decayed[0], T)
-        gv = torch.zeros(n, dtype=decayed.dtype, device=decayed.device)
-        for t in range(T - 1, -1, -1):
-            gv = _run_step(1, n, _flat(grad_z[t]), gv, _flat(decayed[t]), _flat(spikes[t]),
-                           _flat(grad_x if ctx.static else grad_x[t]), p.tau_mem_inv, p.v_th,
-                           p.v_reset, p.reset == "subtract", p.surrogate, p.alpha, ctx.static)
-        return grad_x, None, None
-
-
-def lif_sequence(seq: torch.Tensor, p: NeuronParams) -> torch.Tensor:
-    """Spikes (T, B, ...) of a LIF layer from a zero state, as one autograd node. A sequence
-    that is one tensor expanded over T (direct encoding's stem output) is run from that tensor,
-    so its gradient is summed over the steps in place instead of through a (T, ...) copy."""
-    base = seq._base
-    if seq.stride(0) == 0 and base is not None and base.shape == seq.shape[1:] and \
-            base.requires_grad:
-        return _LIFSequence.apply(base, p, seq.shape[0])
-    return _LIFSequence.apply(seq, p, None)
 
 
 class LIF(nn.Module):
@@ -219,65 +84,6 @@ class LIF(nn.Module):
         for t in range(seq.shape[0]):
             z, v = lif_step(seq[t], v, self.p)
             out.append(z)
-        return torch.stack(out)
-
-    def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v}" for k, v in self.params.to_dict().items())
-
-
-# -- leaky integrator readout (imported Norse models) ----------------------------------------
-
-@dataclass(frozen=True)
-class LIParams:
-    """Norse's leaky integrator with dt = 1 (both rates are Norse's dt × tau_*_inv):
-        i_jump = i + x;  v' = v + tau_mem_inv·(−v + i_jump);  i' = (1 − tau_syn_inv)·i_jump
-    tau_syn_inv = 1 is a leaky integrator without synaptic current (Norse's LIBoxCell)."""
-
-    tau_mem_inv: float = 0.1
-    tau_syn_inv: float = 1.0
-
-    def __post_init__(self):
-        for name in ("tau_mem_inv", "tau_syn_inv"):
-            v = getattr(self, name)
-            if not 0.0 < v <= 1.0:
-                raise UserError(f"leaky integrator {name} (times dt) must be in (0, 1], got {v}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def norse(self) -> LIParameters:
-        return LIParameters(tau_syn_inv=torch.as_tensor(self.tau_syn_inv),
-                            tau_mem_inv=torch.as_tensor(self.tau_mem_inv),
-                            v_leak=torch.as_tensor(0.0))
-
-
-class LI(nn.Module):
-    """A layer of leaky integrators (no spikes): the membrane potential is the output, typically
-    a readout's per-step logits. State (v, i) is explicit; both start at 0."""
-
-    stateful = True
-    elementwise = True
-    state_names = ("v", "i")  # the exporters flatten the state in this order
-
-    def __init__(self, params: LIParams = LIParams()):
-        super().__init__()
-        self.params = params
-        self.p = params.norse()
-
-    def initial_state(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.zeros_like(x), torch.zeros_like(x)
-
-    def step(self, x: torch.Tensor, state) -> tuple[torch.Tensor, tuple]:
-        v, s = li_feed_forward_step(x, LIState(*state), self.p, dt=1.0)
-        return v, (s.v, s.i)
-
-    def forward(self, seq: torch.Tensor) -> torch.Tensor:
-        if seq.dtype in (torch.float16, torch.bfloat16):  # autocast: the readout stays fp32
-            seq = seq.float()
-        state, out = self.initial_state(seq[0]), []
-        for t in range(seq.shape[0]):
-            y, state = self.step(seq[t], state)
-            out.append(y)
         return torch.stack(out)
 
     def extra_repr(self) -> str:
@@ -350,6 +156,52 @@ class _StepLoop(nn.Module):
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.params.to_dict().items())
+
+
+# -- leaky integrator readout (imported Norse models) ----------------------------------------
+
+@dataclass(frozen=True)
+class LIParams:
+    """Norse's leaky integrator with dt = 1 (both rates are Norse's dt × tau_*_inv):
+        i_jump = i + x;  v' = v + tau_mem_inv·(−v + i_jump);  i' = (1 − tau_syn_inv)·i_jump
+    tau_syn_inv = 1 is a leaky integrator without synaptic current (Norse's LIBoxCell)."""
+
+    tau_mem_inv: float = 0.1
+    tau_syn_inv: float = 1.0
+
+    def __post_init__(self):
+        for name in ("tau_mem_inv", "tau_syn_inv"):
+            v = getattr(self, name)
+            if not 0.0 < v <= 1.0:
+                raise UserError(f"leaky integrator {name} (times dt) must be in (0, 1], got {v}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def norse(self) -> LIParameters:
+        return LIParameters(tau_syn_inv=torch.as_tensor(self.tau_syn_inv),
+                            tau_mem_inv=torch.as_tensor(self.tau_mem_inv),
+                            v_leak=torch.as_tensor(0.0))
+
+
+class LI(_StepLoop):
+    """A layer of leaky integrators (no spikes): the membrane potential is the output, typically
+    a readout's per-step logits. State (v, i) is explicit; both start at 0."""
+
+    spiking = False
+    state_names = ("v", "i")  # the exporters flatten the state in this order
+
+    def __init__(self, params: LIParams = LIParams()):
+        super().__init__()
+        self.params = params
+        self.p = params.norse()
+
+    def initial_state(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.zeros_like(x), torch.zeros_like(x)
+
+    def step(self, x: torch.Tensor, state) -> tuple[torch.Tensor, tuple]:
+        v, s = li_feed_forward_step(x, LIState(*state), self.p, dt=1.0)
+        return v, (s.v, s.i)
 
 
 @dataclass(frozen=True)
