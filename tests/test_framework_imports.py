@@ -54,21 +54,7 @@ def _out(r):
 def norse_lifcell(digits, tmp_path_factory):
     """Norse's LIFCell network trained the Norse way: SequentialState stepped T times."""
     torch.manual_seed(0)
-    model = norse_digits.lif_cell()
-    opt = torch.optim.Adam(model.parameters(), 1e-2)
-    for _epoch in range(3):
-        model.train()
-        perm = torch.randperm(len(digits.y_train))
-        for i in range(0, len(perm), 64):
-            x, y = digits.x_train[perm[i:i + 64]].float(), digits.y_train[perm[i:i + 64]]
-            state, total = None, 0.0
-            for _t in range(T):
-                out, state = model(x, state)
-                total = total + out
-            loss = nn.functional.cross_entropy(total / T, y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+    model = norse_digits.train_the_norse_way(norse_digits.lif_cell(), digits, T)
     path = tmp_path_factory.mktemp("norse") / "w.pt"
     torch.save(model.state_dict(), path)
     return path, model.eval()

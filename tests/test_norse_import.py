@@ -40,24 +40,10 @@ def _user_module(name):
 @pytest.fixture(scope="module")
 def trained_weights(tmp_path_factory):
     """The user's model trained the Norse way: SequentialState stepped T times per batch."""
+    from tests.user_models.norse_digits import train_the_norse_way
+
     torch.manual_seed(0)
-    ds = datalib.load("digits")
-    model = _user_module("model")
-    opt = torch.optim.Adam(model.parameters(), 1e-2)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(3):
-        model.train()
-        perm = torch.randperm(len(ds.y_train), generator=g)[:640]
-        for i in range(0, len(perm), 64):
-            x, y = ds.x_train[perm[i:i + 64]].float(), ds.y_train[perm[i:i + 64]]
-            state, total = None, 0.0
-            for _t in range(T):
-                out, state = model(x, state)
-                total = total + out
-            loss = nn.functional.cross_entropy(total / T, y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+    model = train_the_norse_way(_user_module("model"), datalib.load("digits"), T, images=640)
     path = tmp_path_factory.mktemp("user") / "weights.pt"
     torch.save(model.state_dict(), path)
     return path, model.eval()

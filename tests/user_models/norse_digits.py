@@ -74,3 +74,28 @@ def lif_cell():
         norse.LICell(LIParameters(tau_syn_inv=torch.as_tensor(500.0),
                                   tau_mem_inv=torch.as_tensor(500.0)), dt=DT),
     )
+
+
+def train_the_norse_way(model, ds, timesteps, epochs=3, images=None, seed=0):
+    """The user's own training loop: Adam, the SequentialState stepped T times per batch, the
+    loss on the mean output. `images`: a seeded subset per epoch (default: all)."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        model.train()
+        perm = torch.randperm(len(ds.y_train), generator=g)[:images]
+        for i in range(0, len(perm), 64):
+            x, y = ds.x_train[perm[i:i + 64]].float(), ds.y_train[perm[i:i + 64]]
+            state, total = None, 0.0
+            for _t in range(timesteps):
+                out, state = model(x, state)
+                total = total + out
+            loss = nn.functional.cross_entropy(total / timesteps, y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model.eval()
