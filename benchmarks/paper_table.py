@@ -59,6 +59,11 @@ def log(msg: str) -> None:
     print(time.strftime("%H:%M:%S"), msg, flush=True)
 
 
+def _experiment(cfg: dict) -> dict:
+    """The config without what only selects cells (methods, levels, seeds)."""
+    return {k: v for k, v in cfg.items() if k not in ("methods", "methods_run", "levels", "seeds")}
+
+
 class Results:
     """results.json, rewritten after every cell (atomically), and the report re-rendered."""
 
@@ -68,7 +73,9 @@ class Results:
         self.data = {"meta": meta, "status": "running", "dense": [], "cells": []}
         if self.path.exists():  # resume: keep earlier cells of the same config
             old = json.loads(self.path.read_text())
-            if old.get("meta", {}).get("config") == meta["config"]:
+            # cells are keyed by (seed, level, method): a rerun that asks for other methods,
+            # levels or seeds of the same experiment keeps the cells already measured
+            if _experiment(old.get("meta", {}).get("config", {})) == _experiment(meta["config"]):
                 self.data["dense"], self.data["cells"] = old["dense"], old["cells"]
                 self.data["meta"]["previous_runs"] = (old["meta"].get("previous_runs", [])
                                                       + [old["meta"].get("run")])

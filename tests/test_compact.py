@@ -193,9 +193,12 @@ def test_aligned_compaction_keeps_conv_channels_a_multiple_and_stays_exact(prune
     aligned, _ = compact(model, T, spec.input_shape, align=16)
     shapes = {l["name"]: l["shape_after"] for l in aligned.layers}
     free = {l["name"]: l["shape_after"] for l in compacted.layers}
+    before = {l["name"]: l["shape_before"] for l in compacted.layers}
     for name in ("stem.0", "body.2"):
-        assert shapes[name][0] % 16 == 0 and shapes[name][0] >= free[name][0]
-    assert free["body.2"][0] % 16 != 0  # unaligned, it removes more
+        # a multiple of 16 that still holds every channel the unaligned compaction keeps
+        # (how many more it keeps depends on the trained ticket, so no exact count here)
+        assert shapes[name][0] % 16 == 0
+        assert free[name][0] <= shapes[name][0] <= before[name][0]
     assert shapes["body.7"][0] == free["body.7"][0]  # linear layers are not aligned
     x, _ = _test_images()
     proof = check(model, aligned, x)
