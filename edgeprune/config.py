@@ -215,7 +215,8 @@ class SearchConfig(Schedule):
     prune_rate: float = option(0.25, "IMP: fraction of the remaining weights pruned per round.")
     rewind_epoch: Optional[int] = option(None, "Rewind to the dense run's weights after this many "
                                          "epochs (0 = initialization).",
-                                         show="the dense run's late-rewinding point")
+                                         show="the dense run's late-rewinding point; an "
+                                         "imported model's own weights")
     round_epochs: int = option(10, "IMP: epochs per round; EB: epoch budget.")
     scope: str = option("lamp", "Ranking: lamp (magnitudes normalized per layer, ranked "
                         "globally; Lee et al. 2021), global (plain magnitude, the paper's), or "

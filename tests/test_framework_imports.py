@@ -26,7 +26,6 @@ from tests.conftest import run_cli
 
 pytest.importorskip("snntorch")
 import snntorch  # noqa: E402
-from snntorch import functional as SF, utils as snn_utils  # noqa: E402
 
 USERS = Path(__file__).parent / "user_models"
 sys.path.insert(0, str(USERS))
@@ -101,40 +100,13 @@ def test_norse_lifcell_compresses_and_the_onnx_matches_the_users_module(norse_li
 
 # -- snnTorch ---------------------------------------------------------------------------------
 
-def _train_snntorch(net, digits, epochs=2):
-    """snnTorch's own tutorial loop: utils.reset, T forward calls, rate-coded cross-entropy."""
-    torch.manual_seed(0)
-    opt = torch.optim.Adam(net.parameters(), 5e-3)
-    loss_fn = SF.ce_rate_loss()
-    for _epoch in range(epochs):
-        perm = torch.randperm(len(digits.y_train))
-        for i in range(0, len(perm), 64):
-            x, y = digits.x_train[perm[i:i + 64]].float(), digits.y_train[perm[i:i + 64]]
-            snn_utils.reset(net)
-            spk = torch.stack([net(x)[0] for _ in range(T)])
-            loss = loss_fn(spk, y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return net.eval()
-
-
-def _snntorch_accuracy(net, digits) -> float:
-    """snnTorch's own evaluation: spike counts of the output layer, SF.accuracy_rate."""
-    with torch.no_grad():
-        snn_utils.reset(net)
-        x = digits.x_test.float()
-        spk = torch.stack([net(x)[0] for _ in range(T)])
-        return float(SF.accuracy_rate(spk, digits.y_test))
-
-
 @pytest.fixture(scope="module")
 def snn_convnet(digits, tmp_path_factory):
-    net = _train_snntorch(snntorch_digits.convnet(), digits)
+    net = snntorch_digits.train_the_snntorch_way(snntorch_digits.convnet(), digits, T)
     folder = tmp_path_factory.mktemp("snn")
     torch.save(net.state_dict(), folder / "w.pt")
     snntorch_nir.write(net, (1, 8, 8), folder / "model.nir")
-    return folder, net, _snntorch_accuracy(net, digits)
+    return folder, net, snntorch_digits.snntorch_accuracy(net, digits, T)
 
 
 def test_snntorch_convnet_imports_exactly_from_code_and_from_nir(snn_convnet, tmp_path):

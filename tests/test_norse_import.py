@@ -3,6 +3,7 @@ the user's own plain PyTorch loop, goes through import -> search -> retrain -> e
 import json
 import sys
 from argparse import Namespace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from edgeprune import data as datalib
+from edgeprune import data as datalib, tensorfile
 from edgeprune.artifacts import Store
 from edgeprune.errors import UserError
 from edgeprune.models import ModelSpec
@@ -95,8 +96,17 @@ def test_search_retrain_export_chain_gives_a_validated_onnx(imported):
                        et_epochs=0, et_batch=64)
     ticket, _ = search(store, dense, dcfg, ds, cfg)
     assert abs(ticket.metrics["sparsity"] - 0.5) < 0.01
-    # No early snapshots come with an import, so the ticket restarts from a fresh init: two
-    # epochs must bring it to life, or the export check below would compare a silent network.
+    # No early snapshots come with an import: the ticket restarts from the imported
+    # (pre-trained) weights themselves; --rewind-epoch 0 asks for a fresh initialization.
+    assert ticket.metrics["rewind_epoch"] == "given"
+    rewind = tensorfile.load(ticket.file("rewind.safetensors"))
+    own = dense.model.state_dict()
+    assert rewind.keys() == own.keys() and all(torch.equal(rewind[k], own[k]) for k in own)
+    fresh, _ = search(store, dense, dcfg, ds, replace(cfg, method="imp", rewind_epoch=0))
+    assert fresh.metrics["rewind_epoch"] == 0
+    first = next(k for k in own if k.endswith("weight"))
+    assert not torch.equal(tensorfile.load(fresh.file("rewind.safetensors"))[first], own[first])
+    # two epochs must keep it alive, or the export check below would compare a silent network
     out, _ = retrain(store, dense, ticket, dcfg, ds, RetrainConfig(epochs=2))
     assert out.metrics["sparsity"] >= 0.49 and out.metrics["test_accuracy"] > 0.5
     assert min(out.metrics["spike_rate"].values()) > 0.01
@@ -216,7 +226,7 @@ def test_compress_takes_a_model_def_to_a_validated_onnx(trained_weights, tmp_pat
     r = run_cli("compress", "--model-def", f"{USER}:model", "--state-dict", trained_weights[0],
                 "-T", str(T), "--data", "digits", "--sparsity", "0.5", "--round-epochs", "1",
                 "--retrain-epochs", "2", "--latency-budget-ms", "10000", "--out", tmp_path,
-                # two retraining epochs from a fresh init: the gates are tested elsewhere
+                # one round and two retraining epochs: the gates are tested elsewhere
                 "--max-accuracy-drop", "100", "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)

@@ -24,6 +24,8 @@ from . import earlytime
 from .earlybird import EarlyBird
 from .imp import round_sparsities
 
+GIVEN = "given"  # the rewind point of a model with no recorded early weights: its own weights
+
 
 @dataclass
 class SearchRun:
@@ -36,7 +38,9 @@ class SearchRun:
     cfg: SearchConfig
     run: RunConfig  # the seed, the device and how to train
     report: Report
-    rewind_epoch: int | str  # the dense run's epoch a ticket restarts from ("fresh-init": reinit)
+    # the dense run's epoch a ticket restarts from; "given": the model's own (pre-trained)
+    # weights, for a model with no recorded early weights
+    rewind_epoch: int | str
     keep_dense: tuple[str, ...]  # layers kept whole
     trunk: Artifact | None = None  # the imp ticket a branch method starts from
     timesteps: int = 0  # T the search trains at (T' for Early-Time)
@@ -51,8 +55,11 @@ class SearchRun:
         return self.run.device
 
     def rewind_weights(self) -> dict[str, torch.Tensor]:
-        """The weights a ticket restarts from: the dense run's snapshot at the rewind epoch, or
-        a fresh initialization when the model kept none."""
+        """The weights a ticket restarts from: the dense run's snapshot at the rewind epoch, the
+        model's own weights ("given"), or a fresh initialization (epoch 0 of a model that kept
+        no snapshots)."""
+        if self.rewind_epoch == GIVEN:
+            return {k: v.detach().clone() for k, v in self.dense.model.state_dict().items()}
         return self.dense.snapshot(self.rewind_epoch) or fresh_init(self.dense, self.seed)
 
     def model_from(self, state: dict[str, torch.Tensor]) -> torch.nn.Module:

@@ -93,16 +93,20 @@ def _check_connected(dense: ModelInput, mask: masklib.Masks, sparsity: float) ->
                         "dense (--keep-first/--keep-last)")
 
 
-def _rewind_epoch(dense: ModelInput, cfg: SearchConfig) -> int:
+def _rewind_epoch(dense: ModelInput, cfg: SearchConfig) -> int | str:
     """Which of the dense run's epochs a ticket restarts from (late rewinding). A model with
-    no recorded snapshots rewinds to a fresh initialization (epoch 0)."""
+    no recorded snapshots (an imported, pre-trained one) rewinds to its own weights, as
+    lottery tickets of pre-trained networks do (Chen et al., 2020): a fresh initialization
+    left a 90% ticket of a two-conv-layer snnTorch net at chance, its own weights kept it
+    within points of the dense one (benchmarks/results/framework_compress.md).
+    `--rewind-epoch 0` still asks for a fresh initialization."""
     epoch = cfg.rewind_epoch if cfg.rewind_epoch is not None else dense.rewind_epoch
     if not dense.snapshot_epochs:
         if cfg.rewind_epoch not in (None, 0):
             raise UserError(f"{dense.path} has no recorded early weights to rewind to; use "
-                            "--rewind-epoch 0 (a fresh initialization) or a model trained by "
-                            "edgeprune train")
-        return 0
+                            "--rewind-epoch 0 (a fresh initialization), leave it unset (its own "
+                            "weights), or a model trained by edgeprune train")
+        return 0 if cfg.rewind_epoch == 0 else methods.GIVEN
     if epoch not in dense.snapshot_epochs:
         raise UserError(f"--rewind-epoch {epoch} is not available: the dense run kept the "
                         f"weights of epochs {dense.snapshot_epochs}")
