@@ -4,6 +4,7 @@ and sparsity level, with plots.
     python benchmarks/paper_table.py --quick      # digits, a few minutes per seed
     python benchmarks/paper_table.py              # Fashion-MNIST
     python benchmarks/paper_table.py --report-only --out benchmarks/results/quick   # re-render
+    python benchmarks/paper_table.py --merge RUN_A RUN_B --out DIR   # cells of parallel runs
 
 For each seed: train the dense SNN, then for each level s_r = 1 - 0.75^r (r in --levels, in
 increasing order so IMP rounds are shared) and each method search a ticket and retrain it at the
@@ -59,9 +60,43 @@ def log(msg: str) -> None:
     print(time.strftime("%H:%M:%S"), msg, flush=True)
 
 
+SELECTS = ("methods", "methods_run", "levels", "seeds")  # config keys that only pick cells
+RUN_DEFAULT = {"device": "cpu", "precision": "fp32", "compile": False}  # runs before "run" existed
+
+
 def _experiment(cfg: dict) -> dict:
     """The config without what only selects cells (methods, levels, seeds)."""
-    return {k: v for k, v in cfg.items() if k not in ("methods", "methods_run", "levels", "seeds")}
+    return {"run": RUN_DEFAULT, **{k: v for k, v in cfg.items() if k not in SELECTS}}
+
+
+def merge(sources: list[Path], out: Path) -> dict:
+    """One results.json from runs of the same experiment that measured different cells
+    (seeds in parallel processes, methods added later): dense rows by seed, cells by
+    (seed, level, method), the later source winning; the config's selections become the
+    union, so the report counts every cell still missing."""
+    runs = [json.loads((d / "results.json").read_text()) for d in sources]
+    base = runs[0]
+    for d, r in zip(sources[1:], runs[1:]):
+        if _experiment(r["meta"]["config"]) != _experiment(base["meta"]["config"]):
+            raise SystemExit(f"{d}: another experiment (config differs beyond {SELECTS})")
+    dense = {row["seed"]: row for r in runs for row in r["dense"]}
+    cells = {(c["seed"], c["level"], c["method"]): c for r in runs for c in r["cells"]}
+    cfg = dict(base["meta"]["config"])
+    for k in ("seeds", "levels"):
+        cfg[k] = sorted({v for r in runs for v in r["meta"]["config"][k]})
+    for k in ("methods", "methods_run"):
+        cfg[k] = [m for m in METHODS if any(m in r["meta"]["config"][k] for r in runs)]
+    meta = {**base["meta"], "config": cfg,
+            "merged_from": [{"dir": str(d), "run": r["meta"]["run"], "status": r["status"]}
+                            for d, r in zip(sources, runs)]}
+    n_expected = len(cfg["seeds"]) * len(cfg["levels"]) * len(cfg["methods"])
+    data = {"meta": meta, "status": "complete" if len(cells) >= n_expected else "incomplete",
+            "dense": [dense[k] for k in sorted(dense)],
+            "cells": [cells[k] for k in sorted(cells, key=lambda k: (k[0], k[1],
+                                                                     METHODS.index(k[2])))]}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(data, indent=1, default=str) + "\n")
+    return data
 
 
 class Results:
@@ -271,11 +306,19 @@ def render(data: dict, out: Path) -> None:
         status_line = f"complete: {len(data['cells'])} of {n_expected} cells."
     L = [f"# Lottery tickets in SNNs, Table-1 style: {cfg['arch']} on {cfg['data']} ({meta['mode']})",
          "", status_line, "",
-         f"Command: `{run['command']}`  ",
-         f"Started {run['started']}, wall time of this run so far "
-         f"{run.get('wall_seconds', 0) / 60:.1f} min"
-         + (f" (plus {len(meta['previous_runs'])} earlier interrupted run(s) of the same config, "
-            "whose cells are kept)" if meta.get("previous_runs") else "") + ".", "",
+         *(["Merged from these runs (cells by seed, level and method; a later run's cell "
+             "replaces an earlier one):", "",
+             *(f"- `{m['run']['command']}` (started {m['run']['started']}, "
+               f"{m['run'].get('wall_seconds', 0) / 60:.0f} min, "
+               f"{'unfinished' if m['status'] == 'running' else m['status']})"
+               for m in meta["merged_from"])]
+           if meta.get("merged_from") else
+           [f"Command: `{run['command']}`  ",
+            f"Started {run['started']}, wall time of this run so far "
+            f"{run.get('wall_seconds', 0) / 60:.1f} min"
+            + (f" (plus {len(meta['previous_runs'])} earlier interrupted run(s) of the same "
+               "config, whose cells are kept)" if meta.get("previous_runs") else "") + "."]),
+         "",
          f"Machine: {mach['cpu']}, {mach['cores']} cores, torch threads {mach['torch_threads']}, "
          f"load average at start {', '.join(f'{v:.1f}' for v in mach['load_average_at_start'])} "
          "(**shared machine**: other jobs were running; compare time *ratios* within this run, "
@@ -596,13 +639,17 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="torch.compile the training step")
     ap.add_argument("--report-only", action="store_true",
                     help="re-render report.md and plots from --out/results.json")
+    ap.add_argument("--merge", type=Path, nargs="+", metavar="DIR",
+                    help="merge these runs' results.json (same experiment, other cells) into "
+                         "--out and render the report")
     args = ap.parse_args()
 
     mode = "quick" if args.quick else "full"
     if args.out is None:
         args.out = ROOT / "benchmarks" / "results" / mode
-    if args.report_only:
-        data = json.loads((args.out / "results.json").read_text())
+    if args.report_only or args.merge:
+        data = (merge(args.merge, args.out) if args.merge
+                else json.loads((args.out / "results.json").read_text()))
         render(data, args.out)
         print((args.out / "report.md").read_text())
         return
