@@ -13,6 +13,7 @@ same target. Ratios against the dense model's fp32 ONNX on ONNX Runtime, batch 1
 - parity: share of test images with the same class as PyTorch (goal 100%)
 
     python benchmarks/deploy_ratios.py [--store DIR] [--phase models|all] [--only convnet|vgg16]
+                                       [--scope global|lamp] [--out DIR]
     python benchmarks/deploy_ratios.py --report-only     # re-render report.md from results.json
 
 Writes benchmarks/results/deploy_ratios/{results.json,report.md}.
@@ -20,6 +21,7 @@ Writes benchmarks/results/deploy_ratios/{results.json,report.md}.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -63,7 +65,7 @@ def log(text: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
 
-def build_models(store: Store, name: str) -> dict:
+def build_models(store: Store, name: str, scope: str) -> dict:
     """Dense model and retrained 97% ticket of `name` (cached in the store)."""
     cfg = MODELS[name]
 
@@ -74,7 +76,8 @@ def build_models(store: Store, name: str) -> dict:
     t0 = time.perf_counter()
     dense, c1 = pipeline.train(store, cfg["data"], cfg["model"], cfg["train"], report=report)
     t1 = time.perf_counter()
-    mask, c2 = pipeline.search(store, dense.path / "model.pt", cfg["search"], cfg["data"],
+    mask, c2 = pipeline.search(store, dense.path / "model.pt",
+                               dataclasses.replace(cfg["search"], scope=scope), cfg["data"],
                                report=report)
     t2 = time.perf_counter()
     ticket, c3 = pipeline.retrain(store, dense.path / "model.pt", mask.path, cfg["retrain"],
@@ -90,17 +93,21 @@ def main() -> None:
     ap.add_argument("--store", type=Path, default=Path("/tmp/edgeprune-deploy-ratios"))
     ap.add_argument("--phase", choices=("models", "all"), default="all")
     ap.add_argument("--only", choices=tuple(MODELS), default=None)
+    ap.add_argument("--scope", default="global", help="the search's ranking: global (the "
+                    "committed report) or lamp (today's default)")
+    ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--report-only", action="store_true",
                     help="re-render report.md from results.json")
     args = ap.parse_args()
     if args.report_only:
-        (OUT / "report.md").write_text(markdown(json.loads((OUT / "results.json").read_text())))
+        (args.out / "report.md").write_text(
+            markdown(json.loads((args.out / "results.json").read_text())))
         return
     store = Store(args.store)
     names = [args.only] if args.only else list(MODELS)
     built = {}
     for name in names:
-        built[name] = build_models(store, name)
+        built[name] = build_models(store, name, args.scope)
         m = built[name]["ticket"].metrics
         log(f"{name}: dense {m.get('dense_test_accuracy')}, ticket {m['test_accuracy']} at "
             f"{m['sparsity']:.4f}")
@@ -117,11 +124,14 @@ def main() -> None:
         rows.append(row)
     out = {"machine": describe(), "seconds": time.perf_counter() - t0, "models": rows,
            "command": "python benchmarks/deploy_ratios.py" + (f" --only {args.only}"
-                                                             if args.only else "")}
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "results.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
-    (OUT / "report.md").write_text(markdown(out))
-    log(f"wrote {OUT / 'report.md'}")
+                                                             if args.only else "")
+           + (f" --scope {args.scope}" if args.scope != "global" else "")
+           + (f" --out {args.out}" if args.out != OUT else ""),
+           "scope": args.scope}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
+    (args.out / "report.md").write_text(markdown(out))
+    log(f"wrote {args.out / 'report.md'}")
 
 
 TARGETS = ("x86_64", "c-x86_64")
@@ -290,7 +300,11 @@ def dense_rows_sweep(model, spec, images, dense_onnx_bytes: int) -> list[dict]:
     return out
 
 
-def why(r: dict) -> list[str]:
+SCOPE_NAME = {"global": "global magnitude pruning", "lamp": "LAMP pruning (magnitudes "
+              "normalized per layer)"}
+
+
+def why(r: dict, scope: str) -> list[str]:
     """The reasons behind the missed goals of one model, from its measured numbers."""
     q, c = r["ratios"], r["compaction"]
     removed = sum(l["removed_dead_outputs"] + l["removed_unused_outputs"]
@@ -302,7 +316,7 @@ def why(r: dict) -> list[str]:
     out = [f"- **{r['model']}**: compaction removed {removed} unit(s) "
            f"({c.get('weights_before', 0):,} → {c_after:,} weight slots in C, "
            f"{c.get('weights_after', 0):,} in ONNX with conv channels kept a multiple of 16): "
-           "global magnitude pruning at 97% left almost every channel and neuron with inputs "
+           f"{SCOPE_NAME[scope]} at 97% left almost every channel and neuron with inputs "
            "and outputs, so the compacted ONNX runs nearly the dense model's GEMMs and ONNX "
            "Runtime, which computes zeros at full cost, cannot be faster "
            f"({q['onnx_latency_vs_dense_ort']:.2f}x; the 0.7x goal needs whole units removed)."]
@@ -454,11 +468,12 @@ def markdown(out: dict) -> str:
                                             r["dense_spike_rate"].items()) + "."]
     lines += ["", "## Why goals are missed", ""]
     for r in out["models"]:
-        lines += why(r)
+        lines += why(r, out.get("scope", "global"))
     lines += ["What would change it: structured pruning (whole channels: compaction then "
               "removes them and both ONNX Runtime and C get smaller GEMMs), or layer-wise "
               "sparsity targets that thin the first convolutions, which global magnitude "
-              "pruning leaves 40-85% dense because their few weights are large.", ""]
+              "pruning leaves 40-85% dense because their few weights are large (LAMP leaves "
+              "them denser still: it spares small layers).", ""]
     return "\n".join(lines) + "\n"
 
 
