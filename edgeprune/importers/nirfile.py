@@ -397,6 +397,15 @@ def _exact(r: Reader, name: str, node: dict) -> bool:
     return True
 
 
+def _exact_or(reader):
+    """A neuron node's reader: an edgeprune-written node's exact description when it has one,
+    else `reader`'s mapping of NIR's parameters."""
+    def read(r: Reader, name: str, node: dict):
+        if not _exact(r, name, node):
+            reader(r, name, node)
+    return read
+
+
 def _plain(v):
     """Metadata read from HDF5 (numpy scalars) as plain JSON-able Python values."""
     if isinstance(v, dict):
@@ -416,8 +425,6 @@ def _no_leak(node: dict, name: str, shape: tuple) -> None:
 
 
 def _lif(r: Reader, name: str, node: dict):
-    if _exact(r, name, node):
-        return
     shape = r.shape
     dt = r.need_dt(name)
     tau = _uniform(node, "tau", name, shape)
@@ -437,8 +444,6 @@ def _lif(r: Reader, name: str, node: dict):
 
 
 def _cuba(r: Reader, name: str, node: dict):
-    if _exact(r, name, node):
-        return
     shape = r.shape
     dt = r.need_dt(name)
     tm = _uniform(node, "tau_mem", name, shape)
@@ -461,8 +466,6 @@ def _cuba(r: Reader, name: str, node: dict):
 
 
 def _if(r: Reader, name: str, node: dict):
-    if _exact(r, name, node):
-        return
     shape = r.shape
     dt = r.need_dt(name)
     res = _uniform(node, "r", name, shape, 1.0)
@@ -476,8 +479,6 @@ def _if(r: Reader, name: str, node: dict):
 
 
 def _li(r: Reader, name: str, node: dict):
-    if _exact(r, name, node):
-        return
     shape = r.shape
     dt = r.need_dt(name)
     tau = _uniform(node, "tau", name, shape)
@@ -489,8 +490,6 @@ def _li(r: Reader, name: str, node: dict):
 
 
 def _integrator(r: Reader, name: str, node: dict):
-    if _exact(r, name, node):
-        return
     dt = r.need_dt(name)
     r.gain(name, dt * _uniform(node, "r", name, r.shape, 1.0))
     r.add(name, {"type": "integrator"})
@@ -510,12 +509,12 @@ NODES = {
     "Flatten": _flatten,
     "Scale": _scale,
     "Threshold": _threshold,
-    "LIF": _lif,
-    "CubaLIF": _cuba,
-    "IF": _if,
-    "LI": _li,
-    "I": _integrator,  # NIR's integrator node
-    "Integrator": _integrator,
+    "LIF": _exact_or(_lif),
+    "CubaLIF": _exact_or(_cuba),
+    "IF": _exact_or(_if),
+    "LI": _exact_or(_li),
+    "I": _exact_or(_integrator),  # NIR's integrator node
+    "Integrator": _exact_or(_integrator),
     "Identity": lambda r, n, d: None,
 }
 POOLS = {"SumPool2d": "sum", "AvgPool2d": "avg"}
