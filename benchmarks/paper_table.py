@@ -69,6 +69,15 @@ def _experiment(cfg: dict) -> dict:
     return {"run": RUN_DEFAULT, **{k: v for k, v in cfg.items() if k not in SELECTS}}
 
 
+def expected_cells(cfg: dict) -> int:
+    return len(cfg["seeds"]) * len(cfg["levels"]) * len(cfg["methods"])
+
+
+def finished(data: dict) -> str:
+    return "complete" if len(data["cells"]) >= expected_cells(data["meta"]["config"]) \
+        else "incomplete"
+
+
 def merge(sources: list[Path], out: Path) -> dict:
     """One results.json from runs of the same experiment that measured different cells
     (seeds in parallel processes, methods added later): dense rows by seed, cells by
@@ -89,11 +98,10 @@ def merge(sources: list[Path], out: Path) -> dict:
     meta = {**base["meta"], "config": cfg,
             "merged_from": [{"dir": str(d), "run": r["meta"]["run"], "status": r["status"]}
                             for d, r in zip(sources, runs)]}
-    n_expected = len(cfg["seeds"]) * len(cfg["levels"]) * len(cfg["methods"])
-    data = {"meta": meta, "status": "complete" if len(cells) >= n_expected else "incomplete",
-            "dense": [dense[k] for k in sorted(dense)],
+    data = {"meta": meta, "dense": [dense[k] for k in sorted(dense)],
             "cells": [cells[k] for k in sorted(cells, key=lambda k: (k[0], k[1],
                                                                      METHODS.index(k[2])))]}
+    data["status"] = finished(data)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(data, indent=1, default=str) + "\n")
     return data
@@ -297,7 +305,7 @@ def render(data: dict, out: Path) -> None:
     dense = _mean_std([d["test_accuracy"] for d in data["dense"]])
     run = meta["run"]
     mach = meta["machine"]
-    n_expected = len(cfg["seeds"]) * len(levels) * len(methods)
+    n_expected = expected_cells(cfg)
     status = data["status"]
     if status != "complete":
         status_line = (f"**PARTIAL** ({status}): {len(data['cells'])} of {n_expected} cells "
@@ -704,8 +712,7 @@ def main() -> None:
         res.data["error"] = repr(e)
         res.save("failed")
         raise
-    n_expected = len(cfg["seeds"]) * len(cfg["levels"]) * len(methods)
-    res.save("complete" if len(res.data["cells"]) >= n_expected else "incomplete")
+    res.save(finished(res.data))
     log(f"done in {res.data['meta']['run']['wall_seconds'] / 60:.1f} min: {args.out}/report.md")
 
 
