@@ -33,7 +33,7 @@ def run_dir(tmp_path_factory):
 def exported(run_dir, digits_model):
     """A real lineage through the library: the suite's dense digits SNN, an imp ticket at 50%,
     retrained and exported. Returns (retrain artifact, export artifact)."""
-    from edgeprune import pipeline
+    import pipeline
     from edgeprune.artifacts import Store
     from edgeprune.config import RetrainConfig, SearchConfig
 
