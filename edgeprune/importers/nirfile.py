@@ -53,7 +53,7 @@ import numpy as np
 from .. import layers
 from ..config import NIR_CONVENTIONS, NeuronParams
 from ..errors import UserError
-from ..neurons import CubaParams, DecayParams, LIParams
+from ..neuron_kinds import CubaParams, DecayParams, LIParams
 
 CONVENTIONS = NIR_CONVENTIONS
 DEFAULT_DT = {"norse": 1e-3, "snntorch": 1e-4}
