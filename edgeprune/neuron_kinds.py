@@ -24,7 +24,7 @@ kind: one record here, one entry per backend.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Callable, Optional
 
 from .config import (NeuronParams, check_choice, check_finite, check_rate, check_surrogate)
@@ -234,7 +234,3 @@ KINDS: dict[str, NeuronKind] = {k.key: k for k in (
     NeuronKind("integrator", "integrator", IntegratorParams, integrator_step, _fixed("v"),
                spiking=False, nested=False),
 )}
-
-
-def field_names(kind: NeuronKind) -> tuple[str, ...]:
-    return tuple(f.name for f in fields(kind.params))
