@@ -27,13 +27,16 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Callable, Optional
 
-from .config import (NeuronParams, check_choice, check_finite, check_rate, check_surrogate)
+import numpy as np
+
+from .config import NeuronParams, check_choice, check_finite, check_rate, check_surrogate
 
 
 def heaviside(u):
     """1 where u > 0, else 0, in u's float type, without a gradient (numpy or torch)."""
     fired = u > 0
-    return fired.astype(u.dtype) if hasattr(fired, "astype") else fired.to(u.dtype)
+    return fired.astype(u.dtype) if isinstance(fired, (np.ndarray, np.generic)) else \
+        fired.to(u.dtype)
 
 
 # -- parameters (the box LIF's are the train stage's NeuronParams, edgeprune.config) ----------

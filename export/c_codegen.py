@@ -57,13 +57,12 @@ import numpy as np
 from edgeprune.errors import UserError
 
 from .c_ops import EMITTERS, Emitted, Site
-from .c_plan import output_shape, plan
+from .c_plan import plan
 from .c_runner import runner_c
 from .c_text import array, comment, hexf
 
 GENERATOR = "edgeprune.c_codegen/1"
 FILES = ("model.h", "model.c", "model_weights.c", "runner.c")
-__all__ = ["generate", "write_c", "output_shape", "plan"]
 
 
 def _check_prefix(prefix: str) -> str:

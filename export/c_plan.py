@@ -9,9 +9,6 @@ from edgeprune.neuron_kinds import KINDS
 
 from .c_neurons import C_NEURONS
 
-LAYER_KINDS = ("conv2d", "linear", "avgpool2d", "maxpool2d", "flatten")
-
-
 # -- shapes -------------------------------------------------------------------------------------
 
 def output_shape(op: dict, shape: list[int]) -> list[int]:
@@ -86,11 +83,60 @@ def _neuron_params(op: dict, name: str):
         _fail(f"{name}: {e}")
 
 
-def plan(program: dict) -> dict:
-    """Check `program` and annotate every op with its input/output shape and what its input
-    holds: "dense", "binary" (0/1 spikes) or "sparse" (pooled spikes: few non-zeros).
-    Returns {"stem": [...], "body": [...], "out_shape": [...]}, each op a dict copy with
-    "in_shape", "out_shape", "in_kind", "out_kind" added (and a neuron's "params")."""
+def _check_weighted(op: dict, name: str, part: str, shape: list[int], T: int) -> None:
+    k = op["kind"]
+    w = op.get("weight")
+    if not isinstance(w, np.ndarray) or w.ndim != (4 if k == "conv2d" else 2):
+        _fail(f"{name}: weight must be a {'4' if k == 'conv2d' else '2'}-d array")
+    op["weight"] = _check_array(w, w.shape, f"{name}.weight")
+    nout = w.shape[0]
+    op["bias"] = None if op.get("bias") is None else \
+        _check_array(op["bias"], (nout,), f"{name}.bias")
+    if k == "conv2d":
+        op["stride"] = _pos_pair(op.get("stride"), f"{name}.stride", 1)
+        op["padding"] = _pos_pair(op.get("padding"), f"{name}.padding", 0)
+        if op["padding"][0] >= w.shape[2] or op["padding"][1] >= w.shape[3]:
+            _fail(f"{name}: padding must be smaller than the kernel")
+    sb = op.get("step_bias")
+    if sb is not None:
+        if part == "stem":
+            _fail(f"{name}: step_bias is only allowed on body ops (the stem runs once)")
+        # (T, O), or for a conv (T, O, OH, OW): per output position (exact compaction of a
+        # padded conv reading constant inputs, export/compact.py)
+        want = (T, nout) if not (k == "conv2d" and getattr(sb, "ndim", 0) == 4) \
+            else (T, nout, *output_shape(op, shape)[1:])
+        sb = _check_array(sb, want, f"{name}.step_bias")
+    op["step_bias"] = sb
+
+
+def _check_pool(op: dict, name: str, part: str, shape: list[int], T: int) -> None:
+    op["kernel"] = _pos_pair(op.get("kernel"), f"{name}.kernel", 1)
+    op["stride"] = _pos_pair(op.get("stride"), f"{name}.stride", 1)
+
+
+def _check_neuron(op: dict, name: str, part: str, shape: list[int], T: int) -> None:
+    if part == "stem":
+        _fail(f"{name}: neurons belong to the body, not the stem")
+    op["params"] = _neuron_params(op, name)
+
+
+# op kind -> check(op copy, name, part, input shape, T): validates and normalizes the op
+CHECKS = {"conv2d": _check_weighted, "linear": _check_weighted, "avgpool2d": _check_pool,
+          "maxpool2d": _check_pool, "flatten": lambda *args: None,
+          **{k: _check_neuron for k in C_NEURONS}}
+
+
+def _out_kind(k: str, in_kind: str) -> str:
+    """What an op's output holds, given what its input holds."""
+    if k in C_NEURONS:
+        return "binary" if KINDS[k].spiking else "dense"
+    if k in ("conv2d", "linear"):
+        return "dense"
+    return "sparse" if k == "avgpool2d" and in_kind != "dense" else in_kind
+
+
+def _check_program(program: dict) -> None:
+    """The program's own fields (not its ops)."""
     if not isinstance(program, dict):
         _fail("must be a dict")
     for key in ("input_shape", "timesteps", "normalize", "stem", "body"):
@@ -120,61 +166,30 @@ def plan(program: dict) -> dict:
     if not any(op.get("kind") in C_NEURONS for op in program["body"]):
         _fail("body has no neuron op (" + ", ".join(C_NEURONS) + ")")
 
-    shape, kind = [int(v) for v in shape], "dense"
+
+def plan(program: dict) -> dict:
+    """Check `program` and annotate every op with its input/output shape and what its input
+    holds: "dense", "binary" (0/1 spikes) or "sparse" (pooled spikes: few non-zeros).
+    Returns {"stem": [...], "body": [...], "out_shape": [...]}, each op a dict copy with
+    "in_shape", "out_shape", "in_kind", "out_kind" added (and a neuron's "params")."""
+    _check_program(program)
+    T = program["timesteps"]
+    shape, kind = [int(v) for v in program["input_shape"]], "dense"
     out = {}
     for part in ("stem", "body"):
         ops = []
         for n, op in enumerate(program[part]):
-            if not isinstance(op, dict) or op.get("kind") not in LAYER_KINDS + tuple(C_NEURONS):
+            if not isinstance(op, dict) or op.get("kind") not in CHECKS:
                 _fail(f"{part}[{n}]: unknown op {op.get('kind') if isinstance(op, dict) else op!r}")
             op = dict(op)
             name = op.setdefault("name", f"{part}.{n}")
-            k = op["kind"]
-            if part == "stem" and k in C_NEURONS:
-                _fail(f"{name}: neurons belong to the body, not the stem")
-            if k in ("conv2d", "linear"):
-                w = op.get("weight")
-                if not isinstance(w, np.ndarray) or w.ndim != (4 if k == "conv2d" else 2):
-                    _fail(f"{name}: weight must be a {'4' if k == 'conv2d' else '2'}-d array")
-                op["weight"] = _check_array(w, w.shape, f"{name}.weight")
-                nout = w.shape[0]
-                if op.get("bias") is not None:
-                    op["bias"] = _check_array(op["bias"], (nout,), f"{name}.bias")
-                else:
-                    op["bias"] = None
-                if op.get("step_bias") is not None:
-                    if part == "stem":
-                        _fail(f"{name}: step_bias is only allowed on body ops (the stem runs once)")
-                    sb = op["step_bias"]
-                    # (T, O), or for a conv (T, O, OH, OW): per output position (exact
-                    # compaction of a padded conv reading constant inputs, export/compact.py)
-                    want = (T, nout) if not (k == "conv2d" and getattr(sb, "ndim", 0) == 4) \
-                        else (T, nout, *output_shape(op, shape)[1:])
-                    op["step_bias"] = _check_array(sb, want, f"{name}.step_bias")
-                else:
-                    op["step_bias"] = None
-                if k == "conv2d":
-                    op["stride"] = _pos_pair(op.get("stride"), f"{name}.stride", 1)
-                    op["padding"] = _pos_pair(op.get("padding"), f"{name}.padding", 0)
-                    if op["padding"][0] >= w.shape[2] or op["padding"][1] >= w.shape[3]:
-                        _fail(f"{name}: padding must be smaller than the kernel")
-            elif k in ("avgpool2d", "maxpool2d"):
-                op["kernel"] = _pos_pair(op.get("kernel"), f"{name}.kernel", 1)
-                op["stride"] = _pos_pair(op.get("stride"), f"{name}.stride", 1)
-            elif k in C_NEURONS:
-                op["params"] = _neuron_params(op, name)
+            CHECKS[op["kind"]](op, name, part, shape, T)
             try:
                 new_shape = output_shape(op, shape)
             except ValueError as e:
                 _fail(str(e))
             op.update(in_shape=shape, out_shape=new_shape, in_kind=kind)
-            if k in C_NEURONS:
-                kind = "binary" if KINDS[k].spiking else "dense"
-            elif k in ("conv2d", "linear"):
-                kind = "dense"
-            elif k == "avgpool2d" and kind != "dense":
-                kind = "sparse"
-            op["out_kind"] = kind
+            kind = op["out_kind"] = _out_kind(op["kind"], kind)
             shape = new_shape
             ops.append(op)
         out[part] = ops
