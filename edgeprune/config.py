@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import types
 import typing
 from dataclasses import dataclass, field
@@ -44,6 +45,42 @@ def option(default: Any, help: str, *, flags: tuple[str, ...] = (), parse: Calla
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise UserError(message)
+
+
+def _number(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def check_rate(what: str, v, *, closed_low: bool = False) -> None:
+    """A neuron's per-step rate: v in (0, 1] ([0, 1] with `closed_low`)."""
+    _check(_number(v) and (0.0 <= v if closed_low else 0.0 < v) and v <= 1.0,
+           f"{what} must be in {'[' if closed_low else '('}0, 1], got {v!r}")
+
+
+def check_finite(what: str, v) -> None:
+    _check(_number(v) and math.isfinite(v), f"{what} must be a finite number, got {v!r}")
+
+
+def check_choice(what: str, v, choices: tuple) -> None:
+    try:
+        ok = bool(v in choices)
+    except (TypeError, ValueError):  # an array, or a value that does not compare
+        ok = False
+    _check(ok, f"unknown {what} {v!r}: choose {', '.join(map(str, choices))}")
+
+
+def check_surrogate(surrogate) -> None:
+    check_choice("surrogate", surrogate, SURROGATES + ("heaviside",))
+
+
+def check_model(arch: str, arch_names, width, pool: str, timesteps: int, encoding: str) -> None:
+    """The model fields a train config and a model's spec share (a spec's width is resolved)."""
+    _check(arch in arch_names,
+           f"unknown architecture {arch!r}: choose {', '.join(arch_names)}")
+    _check(width is None or width > 0, f"width must be positive, got {width}")
+    _check(pool in POOLS, f"unknown pooling {pool!r}: choose avg or max")
+    _check(timesteps >= 1, f"timesteps must be at least 1, got {timesteps}")
+    _check(encoding in ENCODINGS, f"unknown encoding {encoding!r}: choose {', '.join(ENCODINGS)}")
 
 
 def parse_ints(text) -> tuple[int, ...]:
@@ -130,13 +167,13 @@ class NeuronParams:
                                           show="none: no synaptic current")
 
     def __post_init__(self):
-        _check(0.0 < self.tau_mem_inv <= 1.0,
-               f"tau_mem_inv must be in (0, 1], got {self.tau_mem_inv}")
-        _check(self.tau_syn_inv is None or 0.0 < self.tau_syn_inv <= 1.0,
-               f"tau_syn_inv must be in (0, 1], got {self.tau_syn_inv}")
-        _check(self.reset in RESETS, f"unknown reset {self.reset!r}: choose {', '.join(RESETS)}")
-        _check(self.surrogate in SURROGATES + ("heaviside",),
-               f"unknown surrogate {self.surrogate!r}: choose {', '.join(SURROGATES)}")
+        check_rate("tau_mem_inv", self.tau_mem_inv)
+        if self.tau_syn_inv is not None:
+            check_rate("tau_syn_inv", self.tau_syn_inv)
+        check_finite("v_th", self.v_th)
+        check_finite("v_reset", self.v_reset)
+        check_choice("reset", self.reset, RESETS)
+        check_surrogate(self.surrogate)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -157,13 +194,7 @@ class ModelConfig:
     neuron: NeuronParams = field(default_factory=NeuronParams)
 
     def __post_init__(self):
-        _check(self.arch in ARCH_NAMES,
-               f"unknown architecture {self.arch!r}: choose {', '.join(ARCH_NAMES)}")
-        _check(self.width is None or self.width > 0, f"width must be positive, got {self.width}")
-        _check(self.pool in POOLS, f"unknown pooling {self.pool!r}: choose avg or max")
-        _check(self.timesteps >= 1, f"timesteps must be at least 1, got {self.timesteps}")
-        _check(self.encoding in ENCODINGS,
-               f"unknown encoding {self.encoding!r}: choose {', '.join(ENCODINGS)}")
+        check_model(self.arch, ARCH_NAMES, self.width, self.pool, self.timesteps, self.encoding)
 
 
 @dataclass(frozen=True)

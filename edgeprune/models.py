@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from . import layers
-from .config import ENCODINGS, ModelConfig, NeuronParams
+from .config import ENCODINGS, ModelConfig, NeuronParams, check_model
 from .errors import UserError
 from .neurons import LIF, is_spiking, neuron_layer
 from .pooling import AvgPool2d
@@ -305,16 +305,7 @@ class ModelSpec:
     layers: tuple = ()  # "sequential" only: the layer list (dicts) the network is rebuilt from
 
     def __post_init__(self):
-        if self.arch not in ARCHS:
-            raise UserError(f"unknown architecture {self.arch!r}: choose {', '.join(ARCHS)}")
-        if self.timesteps < 1:
-            raise UserError(f"timesteps must be at least 1, got {self.timesteps}")
-        if self.width <= 0:
-            raise UserError(f"width must be positive, got {self.width}")
-        if self.pool not in ("avg", "max"):
-            raise UserError(f"unknown pooling {self.pool!r}: choose avg or max")
-        if self.encoding not in ENCODINGS:
-            raise UserError(f"unknown encoding {self.encoding!r}: choose {', '.join(ENCODINGS)}")
+        check_model(self.arch, tuple(ARCHS), self.width, self.pool, self.timesteps, self.encoding)
 
     @classmethod
     def for_data(cls, cfg: ModelConfig, ds) -> "ModelSpec":

@@ -53,7 +53,7 @@ import numpy as np
 from .. import layers
 from ..config import NIR_CONVENTIONS, NeuronParams
 from ..errors import UserError
-from ..neurons import CubaParams, DecayParams, LIParams
+from ..neuron_kinds import CubaParams, DecayParams, LIParams
 
 CONVENTIONS = NIR_CONVENTIONS
 DEFAULT_DT = {"norse": 1e-3, "snntorch": 1e-4}
@@ -500,6 +500,17 @@ def _threshold(r: Reader, name: str, node: dict):
                  "threshold": _f32(_uniform(node, "threshold", name, r.shape))})
 
 
+# the NIR-read backend of the neuron kinds: NIR neuron node type -> (the edgeprune kinds it
+# becomes, its reader of NIR's parameters). An edgeprune-written node reads as its exact
+# description instead, whatever its kind (_exact_or).
+NEURON_READERS = {
+    "LIF": (("lif", "decay_lif"), _lif),
+    "CubaLIF": (("cuba_lif", "decay_lif"), _cuba),
+    "IF": (("decay_lif",), _if),
+    "LI": (("li",), _li),
+    "I": (("integrator",), _integrator),  # NIR's integrator node
+    "Integrator": (("integrator",), _integrator),
+}
 # NIR node type -> reader(reader, node name, node dict); pooling and Scale also see the next node
 NODES = {
     "Affine": lambda r, n, d: _affine(r, n, d, True),
@@ -509,12 +520,7 @@ NODES = {
     "Flatten": _flatten,
     "Scale": _scale,
     "Threshold": _threshold,
-    "LIF": _exact_or(_lif),
-    "CubaLIF": _exact_or(_cuba),
-    "IF": _exact_or(_if),
-    "LI": _exact_or(_li),
-    "I": _exact_or(_integrator),  # NIR's integrator node
-    "Integrator": _exact_or(_integrator),
+    **{t: _exact_or(reader) for t, (_, reader) in NEURON_READERS.items()},
     "Identity": lambda r, n, d: None,
 }
 POOLS = {"SumPool2d": "sum", "AvgPool2d": "avg"}
