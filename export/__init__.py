@@ -15,6 +15,8 @@
 - c_program.py     the SNN as a torch-free program (dicts + float32 arrays) for the sparse C runtime
 - c_codegen.py     that program as dependency-free C99 (model.h/.c, const sparse weights, runner.c);
                    torch-free, event-driven after spiking layers
-- stage.py         the `export` stage: writes an `export-<id>/` artifact
+- passes.py        the export as a declared list of passes (prepare, compact, ONNX unrolled and
+                   step, sparse storage, int8, C, NIR), each checking itself
+- stage.py         the `export` stage: runs the passes into an `export-<id>/` artifact
 """
 

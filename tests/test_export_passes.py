@@ -10,10 +10,11 @@ import torch
 from edgeprune import checkpoint
 from edgeprune.artifacts import Store
 from edgeprune.config import ExportConfig
-from edgeprune.models import ModelSpec
 from export import passes
 from export.onnx_files import STEP, UNROLLED
 from export.stage import export
+
+from .test_export import _spiky_random
 
 # what reports, the README and the validation stage read from an export's metrics
 METRIC_KEYS = {"compaction", "int8", "c_runtime", "c", "timesteps", "encoding", "opset",
@@ -27,15 +28,7 @@ METRIC_KEYS = {"compaction", "int8", "c_runtime", "c", "timesteps", "encoding", 
 def source(tmp_path_factory):
     """A small random convnet whose BatchNorm statistics make every layer spike, stored as a
     model artifact (no data named: the probe is seeded noise)."""
-    torch.manual_seed(0)
-    spec = ModelSpec(width=0.5, timesteps=3)
-    model = spec.build().eval()
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.2, 0.2)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(1.0, 3.0)
-            m.bias.data.uniform_(0.0, 1.0)
+    spec, model = _spiky_random("convnet", 0.5, (1, 8, 8))
     store = Store(tmp_path_factory.mktemp("runs"))
 
     def write(job):
@@ -95,7 +88,7 @@ def test_a_file_that_computes_something_else_fails_its_pass(source, tmp_path):
     def onnx_pass(deploy) -> bool:
         folder = tmp_path / str(id(deploy))
         folder.mkdir()
-        ex = passes.Export(spec, model, 3, folder, art)
+        ex = passes.Export(spec, model, spec.timesteps, folder, art)
         passes.prepare(ex, passes.Declared(cfg, ("probe",), "prepare"))
         ex.deploy = deploy
         return passes.onnx_unrolled(ex, passes.Declared(cfg, ("outputs", "opset"), "onnx"))[

@@ -7,7 +7,7 @@ from hypothesis import given, settings, strategies as st
 from edgeprune import inputs, masks as masklib, pipeline, tensorfile
 from edgeprune.artifacts import Store
 from edgeprune.config import (DataConfig, EarlyBirdSettings, ImpSettings, ModelConfig,
-                              RetrainConfig, SearchConfig, TrainConfig)
+                              RetrainConfig, SearchConfig, TrainConfig, build)
 from edgeprune.errors import UserError
 from edgeprune.models import ModelSpec, prunable
 from edgeprune.retrain import retrain
@@ -95,6 +95,34 @@ def test_round_schedule_lands_on_target():
     assert s[3] == pytest.approx(1 - 0.75 ** 4) and s[7] == pytest.approx(1 - 0.75 ** 8)
     assert round_sparsities(0.97, 0.25)[-1] == 0.97 and len(round_sparsities(0.97, 0.25)) == 13
     assert round_sparsities(0.1, 0.25) == [0.1]
+
+
+# -- the method registry ----------------------------------------------------------------------
+
+def test_method_names_and_their_code_come_from_the_registry():
+    from edgeprune.search import methods
+
+    assert methods.NAMES == ("imp", "et-imp", "eb", "et-eb", "random", "reinit")
+    for name in methods.NAMES:
+        m = methods.base(name)
+        assert SearchConfig(method=name).base == m.name and callable(m.finder())
+        assert m.plotter() is None or callable(m.plotter())
+    with pytest.raises(UserError, match="unknown method 'x': choose imp, et-imp, eb"):
+        SearchConfig(method="x")
+
+
+def test_each_method_s_settings_nest_but_options_and_ids_stay_flat():
+    cfg = build(SearchConfig, {"prune_rate": 0.5, "eb_q": 3, "et_lambda": 0.4,
+                               "et_candidates": (2, 3)})
+    assert (cfg.imp.prune_rate, cfg.eb.q, cfg.et.lam, cfg.et.candidates) == (0.5, 3, 0.4, (2, 3))
+    # the dict hashed into a search's id: the keys of the flat schema before the nesting
+    assert list(cfg.to_dict()) == [
+        "batch_size", "lr", "momentum", "weight_decay", "warmup_epochs", "method", "sparsity",
+        "rewind_epoch", "round_epochs", "scope", "keep_first", "keep_last", "prune_rate", "eb_q",
+        "eb_tau", "et_epochs", "et_lambda", "et_candidates", "et_batch"]
+    assert cfg.to_dict()["et_candidates"] == [2, 3]
+    with pytest.raises(UserError, match="eb-q must be at least 2"):
+        build(SearchConfig, {"eb_q": 1})
 
 
 # -- Early-Bird and Early-Time on constructed cases ------------------------------------------
