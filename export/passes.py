@@ -93,7 +93,7 @@ class Declared:
         return getattr(self._cfg, name)
 
 
-# -- prepare: the probe batch and the references ---------------------------------------------------
+# -- prepare: the probe batch and the references --------------------------------------------------
 
 def probe_batch(model_artifact: Artifact, spec: ModelSpec, timesteps: int,
                 size: int) -> tuple[torch.Tensor, str]:
@@ -130,10 +130,11 @@ def prepare(ex: Export, cfg) -> dict:
     ex.near = parity.near_threshold(ex.ref)
     ex.deploy = ex.step_model = ex.c_model = ex.model
     return {"probe": source, "near_threshold": ex.near, "timesteps": ex.timesteps,
-            "encoding": ex.spec.encoding, "sparsity": metadata.sparsity(ex.model)["total"], "passed": None}
+            "encoding": ex.spec.encoding, "sparsity": metadata.sparsity(ex.model)["total"],
+            "passed": None}
 
 
-# -- compact ----------------------------------------------------------------------------------------
+# -- compact --------------------------------------------------------------------------------------
 
 def compaction(ex: Export, cfg) -> dict:
     """Exact compaction (export/compact.py), proved on the probe. Two forms from the same ticket:
@@ -245,7 +246,7 @@ def int8(ex: Export, cfg) -> dict:
             "passed": None}
 
 
-# -- C, NIR -----------------------------------------------------------------------------------------
+# -- C, NIR ---------------------------------------------------------------------------------------
 
 def c_runtime(ex: Export, cfg) -> dict:
     """The event-driven sparse C runtime's sources, when it can express the model (required

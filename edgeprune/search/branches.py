@@ -19,4 +19,5 @@ def random_mask(run: SearchRun) -> Found:
 
 def fresh_weights(run: SearchRun) -> Found:
     """The trunk ticket's mask with a fresh random initialization."""
-    return Found(load_mask(run.trunk), fresh_init(run.dense, run.seed + 1))
+    return Found(load_mask(run.trunk), fresh_init(run.dense, run.seed + 1),
+                 metrics={"rewind_epoch": "fresh-init"})

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 ET = "et-"  # the prefix of an Early-Time variant
+TRUNK = "imp"  # the method whose ticket a branch starts from
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,8 @@ def search(store: Store, dense: ModelInput, data: DataConfig, ds: Dataset, cfg: 
     method = methods.base(cfg.method)
     if method.trunk:
         if trunk is None:
-            trunk, _ = search(store, dense, data, ds, replace(cfg, method="imp"), run, report)
+            trunk, _ = search(store, dense, data, ds, replace(cfg, method=methods.TRUNK), run,
+                              report)
         elif dense.id not in trunk.manifest["inputs"]:
             raise UserError(f"--from-mask {trunk.path} was searched on another model, not on "
                             f"{dense.path}")
@@ -61,7 +62,7 @@ def search(store: Store, dense: ModelInput, data: DataConfig, ds: Dataset, cfg: 
                    "sparsity": masklib.sparsity(found.mask),
                    "per_layer": masklib.per_layer(found.mask), "timesteps": T,
                    "timesteps_search": state.timesteps,
-                   "rewind_epoch": "fresh-init" if cfg.base == "reinit" else rewind_epoch,
+                   "rewind_epoch": rewind_epoch,
                    "search_seconds": seconds, "dense_test_accuracy": dense.test_accuracy,
                    "early_time": et_info, "trunk": trunk.id if trunk else None, **found.metrics}
         report({"event": "search-done", **metrics})
