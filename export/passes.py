@@ -238,10 +238,7 @@ def int8(ex: Export, cfg) -> dict:
     info = quantize_weights(onnx.load_from_string(ex.dense_unrolled), ex.folder / INT8,
                             sparse=cfg.sparse_initializers)
     ex.files[INT8] = {"seconds": time.perf_counter() - t0, "nodes": None, **info}
-    ex.runs[INT8] = parity.run_unrolled(parity.session(ex.folder / INT8), ex.x.numpy())
-    ex.checks[INT8] = {**parity.compare(ex.ref, ex.runs[INT8], ex.near),
-                       "spike_mismatches_vs_folded":
-                           parity.compare(ex.folded, ex.runs[INT8])["spike_mismatches"]}
+    _parity(ex, INT8, _run_file(ex, INT8))  # recorded, not judged here
     return {"int8": {**info, "parity": ex.checks[INT8], "asked": bool(cfg.int8)},
             "passed": None}
 
