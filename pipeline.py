@@ -69,11 +69,10 @@ def search(store: Store, model: Path, cfg: SearchConfig, data: DataConfig = Data
            report: Report = _quiet) -> tuple[Artifact, bool]:
     """Search a ticket of the dense model at `model` (a model.pt or its artifact folder)."""
     from edgeprune import inputs
-    from edgeprune.retrain import open_search
     from edgeprune.search.stage import search as search_stage
 
     run = replace(run, device=device(run))
-    trunk = open_search(from_mask) if from_mask else None
+    trunk = inputs.open_search(from_mask) if from_mask else None
     dense = inputs.open_model(model, run.device)
     data, ds = inputs.dataset_for(dense, data)
     _stage(report, "search", method=cfg.method)
@@ -85,10 +84,10 @@ def retrain(store: Store, model: Path, mask: Path, cfg: RetrainConfig,
             report: Report = _quiet) -> tuple[Artifact, bool]:
     """Retrain the ticket of search artifact `mask` at the dense model's full T."""
     from edgeprune import inputs
-    from edgeprune.retrain import open_search, retrain as retrain_stage
+    from edgeprune.retrain import retrain as retrain_stage
 
     run = replace(run, device=device(run))
-    ticket = open_search(mask)
+    ticket = inputs.open_search(mask)
     dense = inputs.open_model(model, run.device)
     data, ds = inputs.dataset_for(dense, data)
     _stage(report, "retrain", epochs=cfg.train_config(dense.train_epochs).epochs)

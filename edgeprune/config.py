@@ -18,15 +18,15 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+from . import criteria
 from .errors import UserError
+from .search import methods as search_methods
 
 ARCH_NAMES = ("convnet", "vgg16", "resnet19")
 ENCODINGS = ("direct", "poisson")
 POOLS = ("avg", "max")
 SURROGATES = ("super", "triangle", "tanh", "circ", "heavi_erfc")
 RESETS = ("value", "subtract")
-METHODS = ("imp", "et-imp", "eb", "et-eb", "random", "reinit")
-SCOPES = ("lamp", "global", "layer")
 OUTPUTS = ("logits", "all")
 NIR_CONVENTIONS = ("nir", "norse", "snntorch", "edgeprune")
 
@@ -237,65 +237,104 @@ class TrainConfig(Schedule):
 # -- search -----------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class SearchConfig(Schedule):
-    """A ticket search: a method and every knob, with the paper's defaults."""
+class ImpSettings:
+    """Iterative magnitude pruning (methods imp, et-imp)."""
 
-    method: str = option("et-imp", "imp, et-imp, eb, et-eb, random or reinit (random/reinit "
-                         "branch off an imp ticket: --from-mask, or one searched first).")
-    sparsity: float = option(0.97, "Target fraction of conv/linear weights set to zero.")
     prune_rate: float = option(0.25, "IMP: fraction of the remaining weights pruned per round.")
+
+    def __post_init__(self):
+        _check(0.0 < self.prune_rate < 1.0, f"prune rate must be in (0, 1), got {self.prune_rate}")
+
+
+@dataclass(frozen=True)
+class EarlyBirdSettings:
+    """Early-Bird's stop rule (methods eb, et-eb)."""
+
+    q: int = option(5, "Early-Bird: masks in the comparison window.", flags=("--eb-q",))
+    tau: float = option(0.02, "Early-Bird: stop when all mask distances are below this.",
+                        flags=("--eb-tau",))
+
+    def __post_init__(self):
+        _check(self.q >= 2, f"eb-q must be at least 2, got {self.q}")
+        _check(0.0 < self.tau < 1.0, f"eb-tau must be in (0, 1), got {self.tau}")
+
+
+@dataclass(frozen=True)
+class EarlyTimeSettings:
+    """How Early-Time picks the timesteps T' a method searches at (the et-* methods)."""
+
+    epochs: int = option(2, "Early-Time: epochs at full T before scoring timesteps.",
+                         flags=("--et-epochs",))
+    lam: float = option(0.6, "Early-Time: normalized-KL threshold for picking T'.",
+                        flags=("--et-lambda",))
+    candidates: tuple[int, ...] = option((), "Early-Time: candidate T' list, e.g. 2,3,4 (the "
+                                         "paper's).", flags=("--et-candidates",),
+                                         parse=parse_ints, show="1..T-1")
+    batch: int = option(256, "Early-Time: training images in the scoring batch.",
+                        flags=("--et-batch",))
+
+    def __post_init__(self):
+        _check(self.epochs >= 0, f"et-epochs must be >= 0, got {self.epochs}")
+        _check(self.lam > 0, f"et-lambda must be positive, got {self.lam}")
+        _check(all(t >= 1 for t in self.candidates),
+               f"et-candidates must be positive timesteps, got {self.candidates}")
+        _check(self.batch >= 1, f"et-batch must be at least 1, got {self.batch}")
+
+
+@dataclass(frozen=True)
+class SearchConfig(Schedule):
+    """A ticket search: a method (edgeprune/search/methods.py), a ranking criterion
+    (edgeprune/criteria.py), what every method shares, and each method's own settings as a
+    nested table. Options and recipe keys are the leaf names (--prune-rate, --eb-q, ...)."""
+
+    method: str = option("et-imp", search_methods.help_text())
+    sparsity: float = option(0.97, "Target fraction of conv/linear weights set to zero.")
     rewind_epoch: Optional[int] = option(None, "Rewind to the dense run's weights after this many "
                                          "epochs (0 = initialization).",
                                          show="the dense run's late-rewinding point; an "
                                          "imported model's own weights")
     round_epochs: int = option(10, "IMP: epochs per round; EB: epoch budget.")
-    scope: str = option("lamp", "Ranking: lamp (magnitudes normalized per layer, ranked "
-                        "globally; Lee et al. 2021), global (plain magnitude, the paper's), or "
-                        "layer (every layer pruned alike).")
+    scope: str = option("lamp", criteria.help_text())
     keep_first: bool = option(False, "Keep the first conv layer dense.")
     keep_last: bool = option(False, "Keep the classifier layer dense.")
-    eb_q: int = option(5, "Early-Bird: masks in the comparison window.")
-    eb_tau: float = option(0.02, "Early-Bird: stop when all mask distances are below this.")
-    et_epochs: int = option(2, "Early-Time: epochs at full T before scoring timesteps.")
-    et_lambda: float = option(0.6, "Early-Time: normalized-KL threshold for picking T'.")
-    et_candidates: tuple[int, ...] = option((), "Early-Time: candidate T' list, e.g. 2,3,4 (the "
-                                            "paper's).", parse=parse_ints, show="1..T-1")
-    et_batch: int = option(256, "Early-Time: training images in the scoring batch.")
+    imp: ImpSettings = field(default_factory=ImpSettings)
+    eb: EarlyBirdSettings = field(default_factory=EarlyBirdSettings)
+    et: EarlyTimeSettings = field(default_factory=EarlyTimeSettings)
 
     def __post_init__(self):
         super().__post_init__()
-        _check(self.method in METHODS,
-               f"unknown method {self.method!r}: choose {', '.join(METHODS)}")
+        _check(self.method in search_methods.NAMES,
+               f"unknown method {self.method!r}: choose {', '.join(search_methods.NAMES)}")
         _check(0.0 < self.sparsity < 1.0, f"sparsity must be in (0, 1), got {self.sparsity}")
-        _check(0.0 < self.prune_rate < 1.0, f"prune rate must be in (0, 1), got {self.prune_rate}")
         _check(self.round_epochs >= 1, f"round epochs must be at least 1, got {self.round_epochs}")
         _check(self.rewind_epoch is None or self.rewind_epoch >= 0,
                f"rewind epoch must be >= 0, got {self.rewind_epoch}")
-        _check(self.scope in SCOPES, f"unknown scope {self.scope!r}: choose {', '.join(SCOPES)}")
-        _check(self.eb_q >= 2, f"eb-q must be at least 2, got {self.eb_q}")
-        _check(0.0 < self.eb_tau < 1.0, f"eb-tau must be in (0, 1), got {self.eb_tau}")
-        _check(self.et_epochs >= 0, f"et-epochs must be >= 0, got {self.et_epochs}")
-        _check(self.et_lambda > 0, f"et-lambda must be positive, got {self.et_lambda}")
-        _check(all(t >= 1 for t in self.et_candidates),
-               f"et-candidates must be positive timesteps, got {self.et_candidates}")
-        _check(self.et_batch >= 1, f"et-batch must be at least 1, got {self.et_batch}")
+        _check(self.scope in criteria.NAMES,
+               f"unknown scope {self.scope!r}: choose {', '.join(criteria.NAMES)}")
 
     @property
     def early_time(self) -> bool:
-        return self.method.startswith("et-")
+        return self.method.startswith(search_methods.ET)
 
     @property
     def base(self) -> str:
         """The mask search proper: imp, eb, random or reinit."""
-        return self.method.removeprefix("et-")
+        return search_methods.base(self.method).name
 
     def train_config(self, epochs: int) -> TrainConfig:
         return TrainConfig(epochs=epochs, **self.schedule())
 
     def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["et_candidates"] = list(self.et_candidates)
-        return d
+        """{option name: value}, flat: the settings tables are read by their leaf names, and
+        artifact ids (which hash this) stay those of the flat schema before them."""
+        return {f.name: list(v) if isinstance(v := _at(self, f.path), tuple) else v
+                for f in fields_of(SearchConfig)}
+
+
+def _at(obj, path: tuple[str, ...]):
+    for part in path:
+        obj = getattr(obj, part)
+    return obj
 
 
 # -- retrain ----------------------------------------------------------------------------------

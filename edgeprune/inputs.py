@@ -1,5 +1,5 @@
-"""What the model-taking stages take in: a model.pt (from an artifact or a loose file) and the
-data it goes with."""
+"""What the model-taking stages take in, read from the run directory: a model.pt (from an
+artifact or a loose file), the data it goes with, and a search artifact's ticket (its mask)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint, data as datalib, tensorfile
+from . import checkpoint, data as datalib, masks as masklib, tensorfile
 from .artifacts import Artifact, MANIFEST, open_artifact
 from .config import DataConfig
 from .errors import UserError
@@ -76,6 +76,18 @@ def open_model(path: Path, device: str = "cpu") -> ModelInput:
         mid = "file-" + file_sha256(path)[:12]
     spec, model = checkpoint.load(path, device)
     return ModelInput(path, spec, model, mid, artifact)
+
+
+def open_search(path: Path) -> Artifact:
+    art = open_artifact(path)
+    if art.stage != "search":
+        raise UserError(f"{art.path} is a {art.stage} artifact, not a search (mask) artifact")
+    return art
+
+
+def load_mask(ticket: Artifact) -> masklib.Masks:
+    """The mask of a search (or IMP round) artifact."""
+    return {k: v.bool() for k, v in tensorfile.load(ticket.file("mask.safetensors")).items()}
 
 
 def load_data(cfg: DataConfig) -> datalib.Dataset:

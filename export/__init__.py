@@ -17,6 +17,8 @@
                    torch-free, event-driven after spiking layers. Its parts: c_plan.py (checks and
                    shapes), c_ops.py (one emitter per op kind), c_neurons.py (per neuron kind),
                    c_layout.py (sparse weight storage), c_text.py (C literals), c_runner.py
-- stage.py         the `export` stage: writes an `export-<id>/` artifact
+- passes.py        the export as a declared list of passes (prepare, compact, ONNX unrolled and
+                   step, sparse storage, int8, C, NIR), each checking itself
+- stage.py         the `export` stage: runs the passes into an `export-<id>/` artifact
 """
 
