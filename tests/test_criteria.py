@@ -137,7 +137,7 @@ def test_a_norse_lifcell_net_at_90_percent_is_searched_with_lamp_as_the_guard_al
     ns: dict = {}
     exec(compile(NORSE_NET, "net.py", "exec"), ns)
     torch.save(ns["net"]().state_dict(), tmp_path / "w.pt")
-    from edgeprune import pipeline
+    import pipeline
 
     store = Store(tmp_path / "runs")
     art, _ = pipeline.import_model(store, f"{tmp_path / 'net.py'}:net", tmp_path / "w.pt",
