@@ -156,10 +156,11 @@ def test_npz_header_declaring_more_than_its_member_holds_is_refused(tmp_path):
 
 
 def test_unused_npz_member_is_never_read(tmp_path):
-    """A 512 MiB member the dataset does not use was inflated anyway: now a whole `train` runs
-    under CAP with it there (reading it would pass CAP)."""
+    """A member the dataset does not use (512 MiB in the issue) was inflated anyway: with one
+    of 1.5 GiB, more than CAP by itself, a whole `train` now runs under CAP."""
+    zeros = 3 * GiB // 2
     _write_zip(tmp_path / "extra.npz", _digits_members() + [
-        _bomb_member("unused.npy", _npy_header((512 * MiB,)), 512 * MiB)])
+        _bomb_member("unused.npy", _npy_header((zeros,)), zeros)])
     out = tmp_path / "runs"
     r = _capped("train", "--data", tmp_path / "extra.npz", "--epochs", "1", "--train-subset",
                 "64", "--out", out)
