@@ -55,12 +55,13 @@ class Budget:
 
     def take(self, where: str, nbytes: int, elements: int | None = None) -> None:
         """Count `nbytes` (and `elements`) declared by `where`, or refuse them with one line."""
-        before = f" (on top of {size_text(self.bytes)} before it)" if self.bytes else ""
         if self.bytes + nbytes > self.max_bytes:
+            before = f" (on top of {size_text(self.bytes)} before it)" if self.bytes else ""
             raise UserError(f"{where} declares {size_text(nbytes)}{before}, over the "
                             f"{size_text(self.max_bytes)} budget for {self.what}: refused")
         if elements is not None and self.max_elements is not None \
                 and self.elements + elements > self.max_elements:
+            before = f" (on top of {self.elements:,} before them)" if self.elements else ""
             raise UserError(f"{where} declares {elements:,} numbers{before}, over the "
                             f"{self.max_elements:,}-number budget for {self.what}: refused")
         self.bytes += nbytes

@@ -343,7 +343,8 @@ def test_nir_fixed_length_string_is_budgeted_by_bytes(tmp_path):
     assert path.stat().st_size < 1 * MiB
     out = tmp_path / "runs"
     r = _capped("import-model", path, "--dt", "1e-3", "--data", "digits", "--out", out)
-    _refused(r, out, "node/bomb declares 1 GiB, over the 512 MiB budget for a NIR file")
+    _refused(r, out, f"{path}: node/bomb declares 1 GiB",
+             "over the 512 MiB budget for a NIR file")
 
 
 # -- validation references ----------------------------------------------------------------------
@@ -362,3 +363,68 @@ def test_reference_npz_bomb_is_refused(tmp_path):
     r = _capped("validate", tmp_path / "model.onnx", "--reference", tmp_path / "ref.npz",
                 "--out", out)
     _refused(r, out, "inputs.npy", "declares 2 GiB, over the 1 GiB budget for a reference file")
+
+
+# -- the other budgets, in process --------------------------------------------------------------
+
+def test_zip_directory_over_its_budget_is_refused_before_it_is_parsed(tmp_path):
+    """zipfile builds an object per member of the directory (~10x its size in memory)."""
+    from edgeprune import data
+    from edgeprune.bounded_read import ZIP_DIRECTORY_BYTES
+
+    long_names = [_stored("n" * 60000 + f"{i}.npy", b"") for i in range(80)]
+    _write_zip(tmp_path / "wide.npz", _digits_members() + long_names)
+    assert ZIP_DIRECTORY_BYTES < 80 * 60000
+    with pytest.raises(UserError, match=r"declares a zip directory of 4.\d+ MiB, over the 4 MiB "
+                                        "budget"):
+        data.load(str(tmp_path / "wide.npz"))
+
+
+def test_npz_numbers_have_a_budget_as_well_as_bytes(tmp_path):
+    """621M uint8 pixels fit the 2 GiB byte budget but would be 2.3 GiB as float32."""
+    from edgeprune import data
+
+    zeros = 592 * MiB
+    members = _digits_members()
+    members[0] = _bomb_member("x_train.npy", _npy_header((zeros // 64, 8, 8)), zeros)
+    _write_zip(tmp_path / "many.npz", members)
+    with pytest.raises(UserError, match=f"'x_train' declares {zeros:,} numbers, over the "
+                                        f"{data.DATASET_NUMBERS:,}-number budget"):
+        data.load(str(tmp_path / "many.npz"))
+
+
+def test_model_pt_pickled_part_has_its_own_budget(tmp_path):
+    """torch unpickles data.pkl in Python: 17 MiB of it is refused before torch reads it."""
+    import torch
+
+    from edgeprune import checkpoint
+
+    path = _model_pt(tmp_path / "model.pt")
+    blob = torch.load(path, weights_only=True)
+    blob["notes"] = "x" * (17 * MiB)
+    torch.save(blob, path)
+    with pytest.raises(UserError, match="data.pkl' declares 17 MiB, over the 16 MiB budget for "
+                                        "the pickled part of a model.pt"):
+        checkpoint.load(path)
+
+
+def test_protocol_2_cifar_batch_still_loads(tmp_path):
+    """CIFAR-10's own files are protocol-2 pickles (bytes through _codecs.encode, arrays through
+    _reconstruct): the restricted unpickler still reads them."""
+    from edgeprune import data
+
+    rng = np.random.default_rng(0)
+    for name in ("data_batch_1", "test_batch"):
+        batch = {b"data": rng.integers(0, 256, (10, 3072), dtype=np.uint8),
+                 b"labels": list(range(10)), b"batch_label": b"batch", b"filenames": [b""] * 10}
+        (tmp_path / name).write_bytes(pickle.dumps(batch, protocol=2))
+    d = data.load(f"cifar10:{tmp_path}")
+    assert d.x_train.shape == (10, 3, 32, 32) and d.y_test.tolist() == list(range(10))
+
+
+def test_tensor_file_that_is_a_symlink_to_a_device_is_refused(tmp_path):
+    from edgeprune import tensorfile
+
+    (tmp_path / "w.safetensors").symlink_to("/dev/zero")
+    with pytest.raises(UserError, match="is a character device, not a regular file"):
+        tensorfile.load(tmp_path / "w.safetensors")

@@ -143,18 +143,15 @@ def read_file(path: Path) -> dict:
         with f:
             if "node" not in f:
                 raise UserError(f"{path} is not a NIR file (no 'node' group)")
-            budget = Budget("a NIR file", MAX_BYTES, MAX_ELEMENTS)
-            return _read_group(f["node"], "node", 0, budget) if hasattr(f["node"], "keys") \
-                else _bad(f"{path}: 'node' is not a group")
+            if not hasattr(f["node"], "keys"):
+                raise UserError(f"{path}: 'node' is not a group")
+            return _read_group(f["node"], f"{path}: node", 0,
+                               Budget("a NIR file", MAX_BYTES, MAX_ELEMENTS))
     except UserError:
         raise
     except Exception as e:  # h5py/HDF5 errors on a damaged file
         raise UserError(f"{path} could not be read as a NIR file ({type(e).__name__}: "
                         f"{' '.join(str(e).split())[:120]})") from None
-
-
-def _bad(message: str):
-    raise UserError(message)
 
 
 # -- node parameters ---------------------------------------------------------------------------
