@@ -9,6 +9,7 @@ import torch
 
 from . import checkpoint, data as datalib, masks as masklib, tensorfile
 from .artifacts import Artifact, MANIFEST, open_artifact
+from .bounded_read import regular_size
 from .config import DataConfig
 from .errors import UserError
 from .hashing import file_sha256
@@ -65,8 +66,7 @@ def open_model(path: Path, device: str = "cpu") -> ModelInput:
     path = Path(path)
     if path.is_dir():
         path = path / "model.pt"
-    if not path.exists():
-        raise UserError(f"model file {path} does not exist")
+    regular_size(path, "model file")  # before it is hashed: a FIFO would hang that read
     artifact = None
     if (path.parent / MANIFEST).exists():
         artifact = open_artifact(path.parent)

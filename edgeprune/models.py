@@ -8,6 +8,7 @@ weights therefore run at any T: what the Early-Time search and the exporters rel
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
@@ -198,7 +199,7 @@ def convnet(input_shape, num_classes, neuron, width=1.0, pool="avg", hidden=128)
     stem = _stem(input_shape[0], c1)
     convs = nn.Sequential(neuron_layer(neuron), _pool(pool), nn.Conv2d(c1, c2, 3, 1, 1, bias=False),
                           nn.BatchNorm2d(c2), neuron_layer(neuron), _pool(pool), nn.Flatten())
-    n = int(torch.tensor(_features(_plain(convs), _features(stem, input_shape))).prod())
+    n = math.prod(_features(_plain(convs), _features(stem, input_shape)))
     body = SpikingSequential(*convs, nn.Linear(n, h, bias=False), nn.BatchNorm1d(h),
                              neuron_layer(neuron), nn.Linear(h, num_classes))
     return stem, body
@@ -226,8 +227,7 @@ def vgg16(input_shape, num_classes, neuron, width=1.0, pool="avg") -> tuple:
         layers.append(neuron_layer(neuron))
         cin = c
     layers.append(nn.Flatten())
-    n = int(torch.tensor(_features(_plain(nn.Sequential(*layers)),
-                                   _features(stem, input_shape))).prod())
+    n = math.prod(_features(_plain(nn.Sequential(*layers)), _features(stem, input_shape)))
     return stem, SpikingSequential(*layers, nn.Linear(n, num_classes))
 
 
