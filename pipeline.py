@@ -50,14 +50,14 @@ def train(store: Store, data: DataConfig, model: ModelConfig, optim: TrainConfig
 
 
 def _dense_data(data: DataConfig):
-    from edgeprune import inputs
+    from edgeprune import stage_inputs
 
     data = data if data.name else replace(data, name=DEFAULT_DATA)
-    return data, inputs.load_data(data)
+    return data, stage_inputs.load_data(data)
 
 
 def _train(store, data, ds, model, optim, run, report) -> tuple[Artifact, bool]:
-    from edgeprune.train import train as train_stage
+    from edgeprune.train_stage import train as train_stage
 
     run = replace(run, device=device(run))
     _stage(report, "train", epochs=optim.epochs)
@@ -68,13 +68,13 @@ def search(store: Store, model: Path, cfg: SearchConfig, data: DataConfig = Data
            run: RunConfig = RunConfig(), from_mask: Path | None = None,
            report: Report = _quiet) -> tuple[Artifact, bool]:
     """Search a ticket of the dense model at `model` (a model.pt or its artifact folder)."""
-    from edgeprune import inputs
-    from edgeprune.search.stage import search as search_stage
+    from edgeprune import stage_inputs
+    from edgeprune.search.search_stage import search as search_stage
 
     run = replace(run, device=device(run))
-    trunk = inputs.open_search(from_mask) if from_mask else None
-    dense = inputs.open_model(model, run.device)
-    data, ds = inputs.dataset_for(dense, data)
+    trunk = stage_inputs.open_search(from_mask) if from_mask else None
+    dense = stage_inputs.open_model(model, run.device)
+    data, ds = stage_inputs.dataset_for(dense, data)
     _stage(report, "search", method=cfg.method)
     return search_stage(store, dense, data, ds, cfg, run, report, trunk)
 
@@ -83,13 +83,13 @@ def retrain(store: Store, model: Path, mask: Path, cfg: RetrainConfig,
             data: DataConfig = DataConfig(), run: RunConfig = RunConfig(),
             report: Report = _quiet) -> tuple[Artifact, bool]:
     """Retrain the ticket of search artifact `mask` at the dense model's full T."""
-    from edgeprune import inputs
-    from edgeprune.retrain import retrain as retrain_stage
+    from edgeprune import stage_inputs
+    from edgeprune.retrain_stage import retrain as retrain_stage
 
     run = replace(run, device=device(run))
-    ticket = inputs.open_search(mask)
-    dense = inputs.open_model(model, run.device)
-    data, ds = inputs.dataset_for(dense, data)
+    ticket = stage_inputs.open_search(mask)
+    dense = stage_inputs.open_model(model, run.device)
+    data, ds = stage_inputs.dataset_for(dense, data)
     _stage(report, "retrain", epochs=cfg.train_config(dense.train_epochs).epochs)
     return retrain_stage(store, dense, ticket, data, ds, cfg, run, report)
 
@@ -97,7 +97,7 @@ def retrain(store: Store, model: Path, mask: Path, cfg: RetrainConfig,
 def export(store: Store, model: Path, cfg: ExportConfig = ExportConfig(),
            report: Report = _quiet) -> tuple[Artifact, bool]:
     """Export the model.pt inside a train/retrain/import artifact folder."""
-    from export.stage import export as export_stage
+    from export.export_stage import export as export_stage
 
     model = Path(model)
     if not model.exists():
@@ -118,10 +118,10 @@ def validate(store: Store, model: Path, cfg: ValidateConfig = ValidateConfig(), 
     `against` (the model.pt it was exported from, run here with PyTorch) or a stored
     `reference` npz. Raises UserError on bad input before any work, and GateFailed (with
     `.artifact`) after storing a report whose gates failed."""
-    from edgeprune import inputs
+    from edgeprune import stage_inputs
     import numpy as np
 
-    from targets import modelfile, profiles as profiles_mod, stage
+    from targets import modelfile, profiles as profiles_mod, validate_stage
     from targets.validation import take
 
     profs = profiles_mod.load_many(cfg.target)
@@ -132,7 +132,7 @@ def validate(store: Store, model: Path, cfg: ValidateConfig = ValidateConfig(), 
     if against is not None and reference is not None:
         raise UserError("give --against (PyTorch reference) or --reference (npz), not both")
     model = Path(model)
-    source = stage.source_artifact(model)  # a damaged export artifact is refused before any work
+    source = validate_stage.source_artifact(model)  # a damaged export artifact is refused before any work
     info = modelfile.inspect(model)
     if cfg.dense and dense is None:
         dense = dense_export(store, source, profs, report)
@@ -140,14 +140,14 @@ def validate(store: Store, model: Path, cfg: ValidateConfig = ValidateConfig(), 
     ref = ref_source = None
     extra: list[str] = []
     if reference is not None:
-        feed, ref, labels, ref_source = stage.load_reference(Path(reference))
+        feed, ref, labels, ref_source = validate_stage.load_reference(Path(reference))
         data_name = f"reference:{Path(reference).name}"
         if cfg.limit:
             feed, ref = take(feed, cfg.limit), ref[:cfg.limit]
             labels = labels[:cfg.limit] if labels is not None else None
     else:
         name = data.name or _trained_on(against) or DEFAULT_DATA
-        ds = inputs.load_data(replace(data, name=name, train_subset=None))
+        ds = stage_inputs.load_data(replace(data, name=name, train_subset=None))
         x, labels = ds.x_test.numpy(), ds.y_test.numpy()
         if cfg.limit:
             x, labels = x[:cfg.limit], labels[:cfg.limit]
@@ -158,7 +158,7 @@ def validate(store: Store, model: Path, cfg: ValidateConfig = ValidateConfig(), 
                       + " (BatchNorm folded, as exported)")
         extra = [model_id] if model_id else []
     _stage(report, "validate", targets=[p.name for p in profs])
-    return stage.run_validate(store, model, profs, feed, labels, data_name=data_name,
+    return validate_stage.run_validate(store, model, profs, feed, labels, data_name=data_name,
                               reference=ref, reference_source=ref_source,
                               extra_inputs=tuple(extra), info=info,
                               progress=lambda text: report({"event": "message", "text": text}),
@@ -232,7 +232,7 @@ def dense_export(store: Store, source: Artifact | None, profs: list,
                        compact=False, int8=False, nir=False,
                        c_runtime=None if any(p.kind == "c" for p in profs) else False,
                        timesteps=c.get("timesteps"), probe=c.get("probe", 256))
-    from export.stage import export as export_stage
+    from export.export_stage import export as export_stage
 
     _stage(report, "export (dense)")
     return DenseExport(*export_stage(store, dense, cfg, report))
@@ -261,9 +261,9 @@ def _validation_extras(source: Artifact | None, cfg: ValidateConfig, dense: Dens
 
 def _reference_logits(model_pt: Path, feed, info) -> tuple:
     from export.parity import reference_logits
-    from edgeprune import inputs
+    from edgeprune import stage_inputs
 
-    m = inputs.open_model(model_pt)
+    m = stage_inputs.open_model(model_pt)
     if info.timesteps is not None and info.timesteps != m.spec.timesteps:
         raise UserError(f"{model_pt} runs T={m.spec.timesteps} but the ONNX model was exported "
                         f"with T={info.timesteps}: --against must be the model it was exported "
@@ -303,11 +303,11 @@ def import_model(store: Store, model_def: str | None, state_dict: Path, cfg: Imp
     as data, measured against the NIR equations and the writing framework's reader).
     `data.name == "none"`: no dataset (then cfg, or the NIR graph, gives input shape and
     classes)."""
-    from edgeprune import inputs
-    from edgeprune.importers.stage import import_model as import_stage, import_nir
+    from edgeprune import stage_inputs
+    from edgeprune.importers.import_stage import import_model as import_stage, import_nir
 
     name = data.name or DEFAULT_DATA
-    ds = None if name == "none" else inputs.load_data(replace(data, name=name))
+    ds = None if name == "none" else stage_inputs.load_data(replace(data, name=name))
     _stage(report, "import")
     if is_nir(state_dict):
         if model_def:

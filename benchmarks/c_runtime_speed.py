@@ -44,7 +44,7 @@ import torch  # noqa: E402
 from edgeprune import checkpoint, data as datalib, masks as masklib  # noqa: E402
 from edgeprune.models import ModelSpec, prunable  # noqa: E402
 from edgeprune.config import TrainConfig  # noqa: E402
-from edgeprune.trainer import Trainer, evaluate  # noqa: E402
+from edgeprune.training import Trainer, evaluate  # noqa: E402
 from export.c_codegen import write_c  # noqa: E402
 from export.c_program import program_from_model  # noqa: E402
 from export.onnx_files import UNROLLED, write_onnx  # noqa: E402

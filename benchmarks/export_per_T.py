@@ -26,7 +26,9 @@ import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 
-from edgeprune import checkpoint, data as datalib, pipeline  # noqa: E402
+from edgeprune import checkpoint, data as datalib  # noqa: E402
+
+import pipeline  # noqa: E402
 from edgeprune.artifacts import Store, open_artifact  # noqa: E402
 from edgeprune.config import DataConfig, ModelConfig, TrainConfig  # noqa: E402
 from export import metadata, parity  # noqa: E402

@@ -27,7 +27,9 @@ sys.path.insert(0, str(ROOT))
 import edgeprune  # noqa: E402,F401  (quiets Norse's import warnings)
 import torch  # noqa: E402
 
-from edgeprune import inputs, pipeline  # noqa: E402
+from edgeprune import stage_inputs  # noqa: E402
+
+import pipeline  # noqa: E402
 from edgeprune.artifacts import Store  # noqa: E402
 from edgeprune.config import (DataConfig, EarlyTimeSettings, ModelConfig,  # noqa: E402
                               RetrainConfig, RunConfig,
@@ -150,7 +152,7 @@ def run(args, res: Results) -> None:
     cfg = res.data["meta"]["config"]
     store = Store(Path(args.store))
     data_cfg = DataConfig(cfg["data"], cfg["train_subset"], cfg["test_subset"])
-    ds = inputs.load_data(data_cfg)
+    ds = stage_inputs.load_data(data_cfg)
     log(f"data {cfg['data']}: {len(ds.y_train)} train, {len(ds.y_test)} test images")
     bs, lr = cfg["batch_size"], cfg["lr"]
     cpu_cum: dict = {}

@@ -81,7 +81,7 @@ def _one(name: str, args) -> dict:
     from edgeprune.models import ModelSpec
     from edgeprune.neurons import LIF
     from edgeprune.pooling import AvgPool2d
-    from edgeprune.trainer import loss_fn
+    from edgeprune.training import loss_fn
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -33,13 +33,15 @@ sys.path.insert(0, str(ROOT))
 import edgeprune  # noqa: E402,F401  (quiets Norse's import warnings)
 import torch  # noqa: E402
 
-from edgeprune import inputs, pipeline  # noqa: E402
+from edgeprune import stage_inputs  # noqa: E402
+
+import pipeline  # noqa: E402
 from edgeprune.artifacts import Store  # noqa: E402
 from edgeprune.config import (DataConfig, EarlyTimeSettings, ImpSettings, ModelConfig,  # noqa: E402
                               RetrainConfig, RunConfig,
                               SearchConfig, TrainConfig)
 from edgeprune.errors import UserError  # noqa: E402
-from edgeprune.trainer import evaluate  # noqa: E402
+from edgeprune.training import evaluate  # noqa: E402
 from machine import describe  # noqa: E402
 
 # The README job's defaults (what `compress --data digits` ran before this benchmark).
@@ -196,14 +198,14 @@ def _jsonable(cfg: dict) -> dict:
 
 def run_cell(store: Store, name: str, cfg: dict, seed: int) -> dict:
     data_cfg = DataConfig(cfg["data"], cfg["train_subset"], val_fraction=cfg["val_fraction"])
-    ds = inputs.load_data(data_cfg)
+    ds = stage_inputs.load_data(data_cfg)
     run = RunConfig(seed=seed, channels_last=False)  # the NCHW path these results were made on
     t0 = time.perf_counter()
     art, dcached = pipeline.train(store, data_cfg, ModelConfig(width=cfg["width"]),
                                   TrainConfig(epochs=cfg["epochs"]), run)
     t_dense = time.perf_counter() - t0
     model_pt = art.path / "model.pt"
-    dense = inputs.open_model(model_pt)
+    dense = stage_inputs.open_model(model_pt)
     sc = SearchConfig(method=cfg["method"], sparsity=cfg["sparsity"],
                       imp=ImpSettings(cfg["prune_rate"]), rewind_epoch=cfg["rewind_epoch"],
                       round_epochs=cfg["round_epochs"], scope=cfg["scope"],
@@ -220,7 +222,7 @@ def run_cell(store: Store, name: str, cfg: dict, seed: int) -> dict:
     dm, sm, rm = art.metrics, sart.metrics, rart.metrics
     # validation loss: a finer signal than accuracy on 142 images (cheap: two evaluations)
     dense_val_loss = evaluate(dense.model, ds.x_val, ds.y_val, 5)["loss"]
-    ticket_val_loss = evaluate(inputs.open_model(rart.path).model, ds.x_val, ds.y_val, 5)["loss"]
+    ticket_val_loss = evaluate(stage_inputs.open_model(rart.path).model, ds.x_val, ds.y_val, 5)["loss"]
     hist = [json.loads(line) for line in rart.file("history.jsonl").read_text().splitlines()]
     rounds = [json.loads(line) for line in sart.file("log.jsonl").read_text().splitlines()]
     return {

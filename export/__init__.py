@@ -19,6 +19,6 @@
                    c_layout.py (sparse weight storage), c_text.py (C literals), c_runner.py
 - passes.py        the export as a declared list of passes (prepare, compact, ONNX unrolled and
                    step, sparse storage, int8, C, NIR), each checking itself
-- stage.py         the `export` stage: runs the passes into an `export-<id>/` artifact
+- export_stage.py  the `export` stage: runs the passes into an `export-<id>/` artifact
 """
 

@@ -1,4 +1,4 @@
-"""The reference simulations a NIR import is measured against (edgeprune.importers.stage):
+"""The reference simulations a NIR import is measured against (edgeprune.importers.import_stage):
 what "how faithful is the import" compares with.
 
 - the NIR equations (export/nir_sim.py, numpy): every node by NIR's equations, forward Euler

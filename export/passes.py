@@ -5,7 +5,7 @@ Each pass declares the ExportConfig fields it reads (it is handed only those), s
 applies, writes its files into the artifact folder, checks itself where it can (the file run on
 the probe batch against the PyTorch model) and returns its metrics plus `passed`: True or False
 for its own check, None where it has none here (the C sources are compiled and checked by
-validation; int8 is kept or dropped by validation's gates). stage.py runs `PASSES` and records
+validation; int8 is kept or dropped by validation's gates). export_stage.py runs `PASSES` and records
 each pass, in order, in metrics["passes"]; `summary` assembles the metrics that reports read.
 """
 from __future__ import annotations

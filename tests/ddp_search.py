@@ -6,7 +6,8 @@ import sys
 from pathlib import Path
 
 import edgeprune  # noqa: F401
-from edgeprune import distributed, pipeline, tensorfile
+from edgeprune import distributed, tensorfile
+import pipeline
 from edgeprune.artifacts import Store
 from edgeprune.config import (DataConfig, ImpSettings, ModelConfig, RetrainConfig, RunConfig,
                               SearchConfig, TrainConfig)

@@ -7,7 +7,9 @@ import time
 import pytest
 import torch
 
-from edgeprune import checkpoint, pipeline
+from edgeprune import checkpoint
+
+import pipeline
 from edgeprune.artifacts import Store, artifact_id, open_artifact
 from edgeprune.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from edgeprune.errors import UserError

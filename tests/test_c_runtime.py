@@ -49,7 +49,7 @@ def ticket(digits_model):
     from edgeprune import checkpoint, masks
     from edgeprune.models import prunable
     from edgeprune.config import TrainConfig
-    from edgeprune.trainer import Trainer
+    from edgeprune.training import Trainer
 
     spec, model = checkpoint.load(digits_model.file("model.pt"))
     mask = masks.prune(prunable(model), SPARSITY, "global")

@@ -13,10 +13,10 @@ from edgeprune.artifacts import Store
 from edgeprune.config import DataConfig, ImportConfig, RunConfig, SearchConfig
 from edgeprune.criteria import CRITERIA, NAMES
 from edgeprune.errors import UserError
-from edgeprune.inputs import ModelInput
+from edgeprune.stage_inputs import ModelInput
 from edgeprune.models import ModelSpec
 from edgeprune.search.run import SearchRun, weights
-from edgeprune.search.stage import check_reachable
+from edgeprune.search.search_stage import check_reachable
 
 from .conftest import run_cli
 

@@ -118,11 +118,11 @@ def test_augment_shifts_within_bounds():
 
 
 def test_validation_split_is_fixed_stratified_and_disjoint():
-    from edgeprune import inputs
+    from edgeprune import stage_inputs
     from edgeprune.config import DataConfig
 
     full = data.load("digits")
-    d = inputs.load_data(DataConfig("digits", val_fraction=0.1))
+    d = stage_inputs.load_data(DataConfig("digits", val_fraction=0.1))
     assert len(d.y_train) + len(d.y_val) == len(full.y_train)
     assert torch.equal(d.x_test, full.x_test)  # the test set is untouched
     for c in range(10):  # round(10%) of every class
@@ -135,10 +135,10 @@ def test_validation_split_is_fixed_stratified_and_disjoint():
     # train + validation is the original training set, each image exactly once
     assert rows(torch.cat([d.x_train, d.x_val]), torch.cat([d.y_train, d.y_val])) == \
         rows(full.x_train, full.y_train)
-    again = inputs.load_data(DataConfig("digits", val_fraction=0.1))
+    again = stage_inputs.load_data(DataConfig("digits", val_fraction=0.1))
     assert torch.equal(again.x_val, d.x_val) and torch.equal(again.y_train, d.y_train)
-    assert inputs.load_data(DataConfig("digits")).x_val is None
-    assert data.fingerprint(inputs.load_data(DataConfig("digits"))) == data.fingerprint(full)
+    assert stage_inputs.load_data(DataConfig("digits")).x_val is None
+    assert data.fingerprint(stage_inputs.load_data(DataConfig("digits"))) == data.fingerprint(full)
     assert data.fingerprint(d) != data.fingerprint(full)
 
 

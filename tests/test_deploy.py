@@ -129,7 +129,9 @@ def test_destroyed_ticket_fails_the_default_dense_gate(run_dir, digits_model):
     limit, naming both accuracies; the dense model is found through the lineage."""
     import torch
 
-    from edgeprune import checkpoint, pipeline
+    from edgeprune import checkpoint
+
+    import pipeline
     from edgeprune.artifacts import Store
 
     store = Store(run_dir)

@@ -20,7 +20,7 @@ from export.nir_graph import to_nir, write_nir
 from export.nir_sim import simulate
 from export.onnx_files import STEP, UNROLLED, write_onnx
 from export.prepare import for_export
-from export.stage import export
+from export.export_stage import export
 
 from .conftest import run_cli
 

@@ -12,7 +12,7 @@ from edgeprune.artifacts import Store
 from edgeprune.config import ExportConfig
 from export import passes
 from export.onnx_files import STEP, UNROLLED
-from export.stage import export
+from export.export_stage import export
 
 from .test_export import _spiky_random
 

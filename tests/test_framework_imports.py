@@ -11,14 +11,16 @@ import pytest
 import torch
 from torch import nn
 
-from edgeprune import data as datalib, pipeline
+from edgeprune import data as datalib
+
+import pipeline
 from edgeprune.artifacts import Store
 from edgeprune.config import DataConfig, ExportConfig, ImportConfig, NeuronParams
 from edgeprune.errors import UserError
 from edgeprune.importers import nirfile
 from edgeprune.importers.code import user_steps
-from edgeprune.importers.stage import name_map
-from edgeprune.inputs import open_model
+from edgeprune.importers.import_stage import name_map
+from edgeprune.stage_inputs import open_model
 from edgeprune.layers import split_stem
 from edgeprune.models import ModelSpec
 from export.nir_graph import write_nir

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import cli
-from edgeprune import masks, pipeline
+from edgeprune import masks
+import pipeline
 from edgeprune.artifacts import Store
 from edgeprune.config import DataConfig, ModelConfig, TrainConfig
 from edgeprune.errors import UserError

@@ -41,5 +41,5 @@ def test_imports_point_one_way(package):
 def test_the_check_sees_function_level_imports(tmp_path):
     """The walk must find an import buried in a function (as the old pipeline's were)."""
     src = tmp_path / "m.py"
-    src.write_text("def f():\n    if True:\n        from export.stage import export\n")
-    assert [n for _, n in _imports(src)] == ["export.stage"]
+    src.write_text("def f():\n    if True:\n        from export.export_stage import export\n")
+    assert [n for _, n in _imports(src)] == ["export.export_stage"]

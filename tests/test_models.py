@@ -4,7 +4,7 @@ import torch
 from edgeprune.models import ModelSpec, prunable
 from edgeprune.config import NeuronParams, TrainConfig
 from edgeprune.neurons import LIF
-from edgeprune.trainer import Trainer
+from edgeprune.training import Trainer
 from edgeprune.data import Dataset
 
 

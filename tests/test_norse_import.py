@@ -19,10 +19,10 @@ import pipeline
 from edgeprune.config import (DataConfig, ExportConfig, ImportConfig, RetrainConfig,
                               EarlyTimeSettings, ImpSettings, SearchConfig, TrainConfig)
 from edgeprune.importers.norse import user_steps
-from edgeprune.inputs import dataset_for, open_model
-from edgeprune.retrain import retrain
-from edgeprune.search.stage import search
-from export.stage import export
+from edgeprune.stage_inputs import dataset_for, open_model
+from edgeprune.retrain_stage import retrain
+from edgeprune.search.search_stage import search
+from export.export_stage import export
 from tests.conftest import run_cli
 
 USER = Path(__file__).parent / "user_models" / "norse_digits.py"

@@ -4,18 +4,20 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from edgeprune import inputs, masks as masklib, pipeline, tensorfile
+from edgeprune import stage_inputs, masks as masklib, tensorfile
+
+import pipeline
 from edgeprune.artifacts import Store
 from edgeprune.config import (DataConfig, EarlyBirdSettings, ImpSettings, ModelConfig,
                               RetrainConfig, SearchConfig, TrainConfig, build)
 from edgeprune.errors import UserError
 from edgeprune.models import ModelSpec, prunable
-from edgeprune.retrain import retrain
+from edgeprune.retrain_stage import retrain
 from edgeprune.search import earlytime
 from edgeprune.search.earlybird import EarlyBird
 from edgeprune.search.imp import round_sparsities
-from edgeprune.search.stage import search
-from edgeprune.trainer import Trainer
+from edgeprune.search.search_stage import search
+from edgeprune.training import Trainer
 
 from .conftest import run_cli
 
@@ -177,8 +179,8 @@ def dense_small(tmp_path_factory):
     store = Store(tmp_path_factory.mktemp("search"))
     art, _ = pipeline.train(store, DataConfig("digits", 400), ModelConfig(width=0.5, timesteps=4),
                             TrainConfig(epochs=6))
-    dense = inputs.open_model(art.path)
-    cfg, ds = inputs.dataset_for(dense, DataConfig())
+    dense = stage_inputs.open_model(art.path)
+    cfg, ds = stage_inputs.dataset_for(dense, DataConfig())
     return store, dense, cfg, ds
 
 
@@ -278,7 +280,7 @@ def test_branch_without_a_trunk_searches_the_imp_ticket_first(dense_small):
     other, _ = pipeline.train(store, DataConfig("digits", 100), ModelConfig(width=0.5, timesteps=4),
                               TrainConfig(epochs=1))
     with pytest.raises(UserError, match="searched on another model"):
-        search(store, inputs.open_model(other.path), dcfg, ds, cfg, trunk=trunk)
+        search(store, stage_inputs.open_model(other.path), dcfg, ds, cfg, trunk=trunk)
 
 
 def test_lamp_scores_are_layer_scale_free_and_never_empty_a_layer():
@@ -303,15 +305,15 @@ def test_lamp_scores_are_layer_scale_free_and_never_empty_a_layer():
 def test_retrain_selects_on_validation_and_rewinds_the_learning_rate(tmp_path):
     from edgeprune import checkpoint
     from edgeprune.data import Dataset
-    from edgeprune.trainer import evaluate
+    from edgeprune.training import evaluate
 
     store = Store(tmp_path)
     dcfg = DataConfig("digits", 400, val_fraction=0.2)
     art, _ = pipeline.train(store, dcfg, ModelConfig(width=0.5, timesteps=3), TrainConfig(epochs=3))
     assert "val_accuracy" in art.metrics
-    dense = inputs.open_model(art.path)
+    dense = stage_inputs.open_model(art.path)
     assert dense.data_config == dcfg
-    _, ds = inputs.dataset_for(dense, DataConfig())
+    _, ds = stage_inputs.dataset_for(dense, DataConfig())
     assert ds.x_val is not None and len(ds.y_val) == 80
     s_art, _ = search(store, dense, dcfg, ds, SearchConfig(method="imp", sparsity=0.5,
                                                            round_epochs=1, rewind_epoch=1))

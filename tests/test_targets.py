@@ -143,11 +143,11 @@ def test_targets_never_imports_torch(exported, tmp_path):
 import sys; sys.modules['torch'] = None
 from pathlib import Path
 import targets, targets.profiles, targets.runtime, targets.emulation, targets.runner
-import targets.validation, targets.report, targets.stage, targets.bundle, targets.archive
+import targets.validation, targets.report, targets.validate_stage, targets.bundle, targets.archive
 import targets.modelcard, targets.modelfile
-from targets import modelfile, stage, validation, profiles
+from targets import modelfile, validate_stage, validation, profiles
 info = modelfile.inspect(Path({str(export.path / 'model.onnx')!r}))
-inputs, ref, labels, src = stage.load_reference(Path({str(tmp_path / 'ref.npz')!r}))
+inputs, ref, labels, src = validate_stage.load_reference(Path({str(tmp_path / 'ref.npz')!r}))
 v = validation.validate(info, [profiles.load('x86_64')], inputs, labels)
 assert v.outputs['x86_64'].shape == (8, 10), v.outputs['x86_64'].shape
 assert not any(m == 'torch' or m.startswith('torch.') for m in sys.modules if sys.modules[m])
@@ -241,14 +241,14 @@ def test_bad_onnx_is_user_error_and_writes_nothing(tmp_path, exported):
 
 @requires_arm64
 def test_arm64_emulated_matches_x86(exported, run_dir, emulator):
-    from targets import modelfile, stage
+    from targets import modelfile, validate_stage
     from edgeprune.artifacts import Store
 
     train, export = exported
     x, y = _digits(24)
     info = modelfile.inspect(export.path / "model.onnx")
     profs = [_profile("x86_64"), _profile("arm64-cortex-a72"), _profile("arm64-neoverse-n1")]
-    art, _ = stage.run_validate(Store(run_dir), export.path / "model.onnx", profs,
+    art, _ = validate_stage.run_validate(Store(run_dir), export.path / "model.onnx", profs,
                                 modelfile.model_inputs(x, info), y, data_name="digits[:24]",
                                 info=info)
     report = json.loads(art.file("report.json").read_text())

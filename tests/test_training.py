@@ -4,7 +4,7 @@ import torch
 from edgeprune import data
 from edgeprune.models import ModelSpec
 from edgeprune.config import TrainConfig
-from edgeprune.trainer import Trainer, evaluate, loss_fn, predict
+from edgeprune.training import Trainer, evaluate, loss_fn, predict
 
 
 def _digits_run(seed, epochs=2):
@@ -90,7 +90,7 @@ def test_bf16_autocast_keeps_spikes_exact_and_trains():
 
 
 def test_warm_up_then_cosine():
-    from edgeprune.trainer import schedule
+    from edgeprune.training import schedule
 
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.4)
     sched = schedule(opt, TrainConfig(epochs=3, lr=0.4, warmup_epochs=1), steps_per_epoch=4)

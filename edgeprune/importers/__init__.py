@@ -7,5 +7,5 @@ edgeprune.layers) so every later stage runs without the user's code.
 - norse.py     Norse cells (LIFBoxCell, LIFCell, LICell, LIBoxCell)
 - snntorch.py  snnTorch neurons (Leaky, Synaptic)
 - nirfile.py   a NIR file read as data -> layer list (dt, conventions, shapes inferred)
-- stage.py     the import stage: rebuild, prove equal / measure fidelity, store model.pt
+- import_stage.py the import stage: rebuild, prove equal / measure fidelity, store model.pt
 """

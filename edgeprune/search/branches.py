@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .. import distributed, masks as masklib, tensorfile
-from ..inputs import load_mask
+from ..stage_inputs import load_mask
 from .run import Found, SearchRun, fresh_init
 
 

@@ -8,7 +8,7 @@ from collections import deque
 from pathlib import Path
 
 from .. import distributed, masks as masklib, plots
-from ..resume import EpochCheckpoint, run_epochs
+from ..epochs import EpochCheckpoint, run_epochs
 from .run import Found, SearchRun, weights
 
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from .. import distributed
 from ..config import SearchConfig
-from ..trainer import Trainer
+from ..training import Trainer
 from .run import SearchRun
 
 

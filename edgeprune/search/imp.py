@@ -9,9 +9,9 @@ from .. import distributed, masks as masklib, plots, tensorfile
 from ..artifacts import Job
 from ..config import resolved
 from ..errors import UserError
-from ..inputs import load_mask
-from ..resume import EpochCheckpoint, run_epochs
-from ..trainer import evaluate
+from ..stage_inputs import load_mask
+from ..epochs import EpochCheckpoint, run_epochs
+from ..training import evaluate
 from .run import Found, SearchRun, weights
 
 

@@ -10,10 +10,10 @@ from .. import masks as masklib
 from ..artifacts import Artifact, Job, Store
 from ..config import RunConfig, SearchConfig
 from ..data import Dataset
-from ..inputs import ModelInput
+from ..stage_inputs import ModelInput
 from ..models import prunable
-from ..train import Report
-from ..trainer import Trainer
+from ..train_stage import Report
+from ..training import Trainer
 
 GIVEN = "given"  # the rewind point of a model with no recorded early weights: its own weights
 

@@ -10,10 +10,10 @@ from . import checkpoint, tensorfile
 from .artifacts import Artifact, Job, Store
 from .config import DataConfig, ModelConfig, RunConfig, TrainConfig, resolved
 from .data import Dataset
-from .inputs import data_identity
+from .stage_inputs import data_identity
 from .models import ARCH_REVISION, ModelSpec, prunable
-from .resume import EpochCheckpoint, run_epochs
-from .trainer import Trainer, evaluate, held_out
+from .epochs import EpochCheckpoint, run_epochs
+from .training import Trainer, evaluate, held_out
 
 Report = Callable[[dict], None]
 

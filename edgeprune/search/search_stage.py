@@ -14,9 +14,9 @@ from ..artifacts import Artifact, Job, Store
 from ..config import DataConfig, RunConfig, SearchConfig
 from ..data import Dataset
 from ..errors import UserError
-from ..inputs import ModelInput, data_identity
+from ..stage_inputs import ModelInput, data_identity
 from ..models import prunable
-from ..train import Report
+from ..train_stage import Report
 from . import earlytime, methods
 from .run import GIVEN, SearchRun, weights
 

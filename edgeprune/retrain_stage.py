@@ -10,10 +10,10 @@ from .artifacts import Artifact, Job, Store
 from .config import DataConfig, RetrainConfig, RunConfig, resolved
 from .data import Dataset
 from .errors import UserError
-from .inputs import ModelInput, data_identity, load_mask
-from .resume import EpochCheckpoint, run_epochs
-from .train import Report, state_copy
-from .trainer import Trainer, evaluate, held_out
+from .stage_inputs import ModelInput, data_identity, load_mask
+from .epochs import EpochCheckpoint, run_epochs
+from .train_stage import Report, state_copy
+from .training import Trainer, evaluate, held_out
 
 
 def retrain(store: Store, dense: ModelInput, ticket: Artifact, data: DataConfig, ds: Dataset,

@@ -28,9 +28,9 @@ from ..config import DataConfig, ImportConfig, NeuronParams
 from ..data import Dataset
 from ..errors import UserError
 from ..hashing import file_sha256
-from ..inputs import data_identity
+from ..stage_inputs import data_identity
 from ..models import ModelSpec
-from ..trainer import evaluate
+from ..training import evaluate
 from . import code, nirfile
 from .usercode import load_definition, load_weights
 
