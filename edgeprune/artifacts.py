@@ -172,6 +172,10 @@ def _edited(mpath: Path, what: str) -> UserError:
                      "rerun to rebuild it)")
 
 
+_UNSEALED = ("does not match its seal: its metrics, config, files or lineage were changed after "
+             "it was written")
+
+
 def _check_identity(mpath: Path, manifest: dict) -> None:
     """The id is the hash of what made the artifact, the folder is named by it, and the
     manifest is the one that was sealed."""
@@ -190,8 +194,7 @@ def _check_identity(mpath: Path, manifest: dict) -> None:
         raise UserError(f"{mpath} has no seal: it was written by an older edgeprune; delete "
                         f"{mpath.parent} and rerun to rebuild it")
     if manifest[SEAL] != seal(manifest):
-        raise _edited(mpath, "does not match its seal: its metrics, config, files or lineage "
-                             "were changed after it was written")
+        raise _edited(mpath, _UNSEALED)
 
 
 def _check_inputs(mpath: Path, manifest: dict) -> None:
@@ -202,9 +205,12 @@ def _check_inputs(mpath: Path, manifest: dict) -> None:
         plain_name(pid, f"{mpath}: an input id")
         for parent in mpath.parent.resolve().parent.glob(f"*-{glob.escape(pid)}/{MANIFEST}"):
             try:
-                current = seal(json.loads(parent.read_text()))
+                found = json.loads(parent.read_text())
+                current = seal(found)
             except (OSError, ValueError, AttributeError):
                 continue  # a damaged input is refused when it is opened itself
+            if found.get(SEAL) != current:
+                raise _edited(parent, _UNSEALED)
             if current != recorded:
                 raise _edited(parent, f"changed after {manifest['stage']} {manifest['id']} was "
                                       "made from it (its seal differs from the one recorded "
