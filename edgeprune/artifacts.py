@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import distributed, faults
-from .diskspace import free_bytes, full_error, is_full
+from .diskspace import DiskFull, free_bytes, full_error, is_full
 from .errors import UserError
 from .hashing import bytes_sha256, file_sha256, is_file_table
 from .names import plain_name
@@ -338,6 +338,8 @@ class Store:
             if is_full(e):
                 where = final / Path(e.filename).name if e.filename else final
                 raise full_error(where, free=free_bytes(self.root), e=e) from None
+            if isinstance(e, DiskFull):  # name the file where it would have ended up
+                raise DiskFull(str(e).replace(str(tmp), str(final))) from None
             if isinstance(e, OSError):
                 raise UserError(f"cannot write artifact to {self.root}: {e.strerror or e}") from None
             raise

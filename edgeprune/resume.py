@@ -13,6 +13,7 @@ import torch
 
 from . import distributed, faults
 from .checkpoint import save_torch
+from .diskspace import full_error, is_full
 from .errors import UserError
 
 
@@ -39,6 +40,8 @@ class EpochCheckpoint:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             save_torch(self.path, state)
         except OSError as e:
+            if is_full(e):
+                raise full_error(self.path, e=e) from None
             raise UserError(f"cannot save checkpoint {self.path}: {e.strerror or e}") from None
 
     def clear(self) -> None:
