@@ -30,9 +30,9 @@ def run(argv: list[str]) -> int:
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
     try:
-        with render.stdout():
-            rc = typer.Typer.__call__(app, args=argv, prog_name="edgeprune",
-                                      standalone_mode=False)
+        rc = typer.Typer.__call__(app, args=argv, prog_name="edgeprune", standalone_mode=False)
+        with render.stdout():  # flushed here: what is still buffered meets a full disk now
+            pass
         return rc if isinstance(rc, int) else 0
     except typer.Exit as e:
         return e.exit_code
@@ -48,6 +48,12 @@ def run(argv: list[str]) -> int:
     except OSError as e:
         if debug or not is_full(e):  # a full disk is bad input wherever it is met
             raise
+        if e.filename is None:  # a write to an open file: stdout itself, if it fails to flush
+            try:
+                with render.stdout():
+                    pass
+            except UserError as stdout_full:
+                return fail(str(stdout_full), 2)
         return fail(str(full_error(e.filename, e=e)), 2)
     except Exception as e:
         # Typer's (vendored) click usage errors: bad option, missing argument, ...
