@@ -20,6 +20,7 @@ import torch
 from edgeprune import checkpoint
 from edgeprune.artifacts import Artifact, Job, Store
 from edgeprune.config import ExportConfig
+from edgeprune.diskspace import DiskFull
 from edgeprune.errors import UserError
 from edgeprune.models import ModelSpec, poisson_spikes
 
@@ -169,7 +170,7 @@ def export(store: Store, model_artifact: Artifact, cfg: ExportConfig = ExportCon
             try:
                 graph = write_nir(model, spec.input_shape, T, tmp / NIR_FILE)
             except UserError as e:
-                if cfg.nir:
+                if cfg.nir or isinstance(e, DiskFull):  # a full disk is no reason to skip NIR
                     raise
                 nir_note = f"skipped: {e}"
             else:
