@@ -11,7 +11,9 @@ import typer
 
 import edgeprune  # noqa: F401  (filters Norse's import warnings before anything imports it)
 from commands import deploy, imports, inspect, ticket, train
+from commands import render
 from commands.render import err
+from edgeprune.diskspace import full_error, is_full
 from edgeprune.errors import GateFailed, UserError
 
 
@@ -29,6 +31,8 @@ def run(argv: list[str]) -> int:
     argv = [a for a in argv if a != "--debug"]
     try:
         rc = typer.Typer.__call__(app, args=argv, prog_name="edgeprune", standalone_mode=False)
+        with render.stdout():  # flushed here: what is still buffered meets a full disk now
+            pass
         return rc if isinstance(rc, int) else 0
     except typer.Exit as e:
         return e.exit_code
@@ -41,6 +45,16 @@ def run(argv: list[str]) -> int:
         return fail(str(e), 2)
     except GateFailed as e:
         return fail(str(e), 1)
+    except OSError as e:
+        if debug or not is_full(e):  # a full disk is bad input wherever it is met
+            raise
+        if e.filename is None:  # a write to an open file: stdout itself, if it fails to flush
+            try:
+                with render.stdout():
+                    pass
+            except UserError as stdout_full:
+                return fail(str(stdout_full), 2)
+        return fail(str(full_error(e.filename, e=e)), 2)
     except Exception as e:
         # Typer's (vendored) click usage errors: bad option, missing argument, ...
         if debug or not (hasattr(e, "format_message") and hasattr(e, "exit_code")):

@@ -46,6 +46,7 @@ def train(store: Store, data: DataConfig, model: ModelConfig, optim: TrainConfig
           run: RunConfig = RunConfig(), report: Report = _quiet) -> tuple[Artifact, bool]:
     """Train a dense SNN on `data` (digits when none is named)."""
     data, ds = _dense_data(data)
+    _fits(model, optim, ds, run)
     return _train(store, data, ds, model, optim, run, report)
 
 
@@ -54,6 +55,15 @@ def _dense_data(data: DataConfig):
 
     data = data if data.name else replace(data, name=DEFAULT_DATA)
     return data, stage_inputs.load_data(data)
+
+
+def _fits(model: ModelConfig, optim: TrainConfig, ds, run: RunConfig) -> None:
+    """Refuse, before the network is even built, a dense training the memory cannot hold."""
+    from .footprint import check_training
+    from .models import ModelSpec
+
+    check_training(ModelSpec.for_data(model, ds), min(optim.batch_size, len(ds.y_train)),
+                   run.device)
 
 
 def _train(store, data, ds, model, optim, run, report) -> tuple[Artifact, bool]:
@@ -394,6 +404,7 @@ def compress(store: Store, plan: Plan, model: Path | None = None, *,
                         ).path / "model.pt"
     if model is None:
         data, ds = _dense_data(plan.data)
+        _fits(plan.model, plan.train, ds, plan.run)
         _reachable_before_training(plan, ds)
         model = out.add("dense", _train(store, data, ds, plan.model, plan.train, plan.run,
                                         report)).path / "model.pt"

@@ -21,7 +21,8 @@ def show(artifact: Path = typer.Argument(..., help="An artifact folder or a file
     """Show an artifact's manifest: stage, id, inputs, config, metrics, files, environment."""
     art = open_artifact(artifact)
     if as_json:
-        print(json.dumps(art.manifest, default=str))
+        with render.stdout():
+            print(json.dumps(art.manifest, default=str))
         return
     man = art.manifest
     rows = {"path": str(art.path), "created": man.get("created", ""),
@@ -30,7 +31,8 @@ def show(artifact: Path = typer.Argument(..., help="An artifact folder or a file
         rows.update({f"{section}.{k}": v for k, v in _flatten(man.get(section, {})).items()})
     rows.update({f"files.{name}": f"{f['bytes']:,} B  sha256 {f['sha256'][:16]}…"
                  for name, f in man.get("files", {}).items()})
-    render.out.print(render.kv_table(f"{art.stage} {art.id}", rows))
+    with render.stdout():
+        render.out.print(render.kv_table(f"{art.stage} {art.id}", rows))
 
 
 def ls(run_dir: Path = typer.Argument(Path("runs"), help="Run directory."),

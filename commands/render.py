@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from contextlib import contextmanager
 from typing import Callable
 
@@ -10,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from edgeprune import distributed
+from edgeprune.diskspace import full_error, is_full
 
 err = Console(stderr=True)
 out = Console()
@@ -72,13 +75,29 @@ def emit(as_json: bool, payload: dict, table: Table | None = None, lines=()) -> 
     """One JSON object (for CI), or the table and lines for people; rank 0 alone speaks."""
     if not distributed.world().main:
         return
-    if as_json:
-        print(json.dumps(payload, default=str))
-        return
-    if table is not None:
-        out.print(table)
-    for line in lines:
-        out.print(line)
+    with stdout():
+        if as_json:
+            print(json.dumps(payload, default=str))
+            return
+        if table is not None:
+            out.print(table)
+        for line in lines:
+            out.print(line)
+
+
+@contextmanager
+def stdout():
+    """Write to stdout, and flush it: a full disk behind it (`ls > /dev/full`) is one line,
+    exit 2, instead of a traceback now or an ignored exception at exit."""
+    try:
+        yield
+        sys.stdout.flush()
+    except OSError as e:
+        if not is_full(e):
+            raise
+        # what is left in the buffer would fail again when Python flushes it at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise full_error("to standard output", e=e) from None
 
 
 def fmt(v) -> str:

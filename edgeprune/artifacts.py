@@ -7,9 +7,30 @@ find the artifact, or take its lock, compute it into a temporary folder, add the
 and rename the folder into place, so a half-written artifact is never visible. Several processes
 may share a run directory: the per-artifact lock makes the second writer wait and then find the
 first one's artifact. Every read checks sha256.
+
+Manifests are checked, not trusted. Opening one recomputes its id from its stage, config and
+inputs and requires it to equal both `id` and the folder name `<stage>-<id>` (an edited id or
+config cannot pass itself off as another artifact), and requires every file it lists to be a
+plain name inside the folder. What the checks prove, and what they do not:
+
+- `seal`, the sha256 of the manifest's canonical JSON without the seal, catches any edit made
+  without recomputing it (an edited `metrics.test_accuracy`, a flipped `passed`, a changed file
+  table) and any damage. Anyone can recompute a sha256, so on its own it proves consistency,
+  not origin.
+- `input_seals` records, in each artifact, the seal of every input as this process read it
+  when the artifact was made. Opening the artifact compares them with its inputs' current seals
+  when those inputs are in the same run directory: an input edited after something was made
+  from it is detected even when the editor recomputed the input's seal, and covering that too
+  means re-sealing the whole chain below it. The newest artifact of a chain has no such witness
+  until something is made from it; a bundle's signature is what proves origin.
+
+Manifests without a seal (written by edgeprune before seals existed) are refused with a message
+to delete and rerun: they are caches, so rebuilding costs only time, and accepting them would
+let anyone remove a seal to dodge the checks.
 """
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -23,17 +44,31 @@ from pathlib import Path
 from typing import Callable
 
 from . import distributed, faults
+from .diskspace import DiskFull, free_bytes, full_error, is_full
 from .errors import UserError
-from .hashing import file_sha256, is_file_table
+from .hashing import bytes_sha256, file_sha256, is_file_table
+from .names import plain_name
 
 SCHEMA = "edgeprune.artifact/1"
 MANIFEST = "manifest.json"
+SEAL = "seal"
+INPUT_SEALS = "input_seals"
+
+# id -> seal of every artifact this process opened: what a new artifact records of its inputs
+_opened: dict[str, str] = {}
 
 
 def artifact_id(stage: str, config: dict, inputs: list[str]) -> str:
     blob = json.dumps({"stage": stage, "config": config, "inputs": inputs}, sort_keys=True,
                       separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def seal(manifest: dict) -> str:
+    """The sha256 of a manifest's canonical JSON, its own seal left out."""
+    body = {k: v for k, v in manifest.items() if k != SEAL}
+    return bytes_sha256(json.dumps(body, sort_keys=True, separators=(",", ":"),
+                                   default=str).encode())
 
 
 def environment() -> dict:
@@ -98,16 +133,14 @@ class Artifact:
 
 
 def open_artifact(path: Path) -> Artifact:
-    """Read an artifact folder (or a file inside one)."""
+    """Read an artifact folder (or a file inside one), checking its manifest (see the module's
+    docstring)."""
     path = Path(path)
     folder = path if path.is_dir() else path.parent
     mpath = folder / MANIFEST
     if not mpath.exists():
         raise UserError(f"{folder} is not an edgeprune artifact (no {MANIFEST})")
-    try:
-        manifest = json.loads(mpath.read_text())
-    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise UserError(f"{mpath} is unreadable or not JSON: {e}") from None
+    manifest = _read_manifest(mpath)
     if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
         raise UserError(f"{mpath} is not an {SCHEMA} manifest")
     for key, kind in (("stage", str), ("id", str), ("files", dict)):
@@ -115,10 +148,73 @@ def open_artifact(path: Path) -> Artifact:
             raise UserError(f"{mpath} lacks {key!r} or it is not a {kind.__name__}")
     if not is_file_table(manifest["files"]):
         raise UserError(f"{mpath}: 'files' is not a table of sha256 and sizes")
-    for key, kind in (("inputs", list), ("config", dict), ("metrics", dict)):
+    for key, kind in (("inputs", list), ("config", dict), ("metrics", dict),
+                      (INPUT_SEALS, dict)):
         if not isinstance(manifest.get(key, kind()), kind):
             raise UserError(f"{mpath}: {key!r} is not a {kind.__name__}")
+    for name in manifest["files"]:
+        plain_name(name, f"{mpath}: a file entry")
+    _check_identity(mpath, manifest)
+    _check_inputs(mpath, manifest)
+    _opened[manifest["id"]] = manifest[SEAL]
     return Artifact(folder, manifest)
+
+
+def _read_manifest(mpath: Path):
+    try:
+        return json.loads(mpath.read_text())
+    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise UserError(f"{mpath} is unreadable or not JSON: {e}") from None
+
+
+def _edited(mpath: Path, what: str) -> UserError:
+    return UserError(f"manifest edited or damaged: {mpath} {what} (delete {mpath.parent} and "
+                     "rerun to rebuild it)")
+
+
+_UNSEALED = ("does not match its seal: its metrics, config, files or lineage were changed after "
+             "it was written")
+
+
+def _check_identity(mpath: Path, manifest: dict) -> None:
+    """The id is the hash of what made the artifact, the folder is named by it, and the
+    manifest is the one that was sealed."""
+    stage, aid = manifest["stage"], manifest["id"]
+    inputs = manifest.get("inputs", [])
+    if not all(isinstance(i, str) for i in inputs):
+        raise _edited(mpath, "has inputs that are not artifact ids")
+    expected = artifact_id(stage, manifest.get("config", {}), inputs)
+    if aid != expected:
+        raise _edited(mpath, f"says id {aid[:20]!r}, but its stage, config and inputs hash "
+                             f"to {expected}")
+    folder = mpath.parent.resolve().name  # `show .` from inside the folder names it too
+    if folder != f"{stage}-{aid}":
+        raise _edited(mpath, f"is in folder {folder[:60]!r}, not {stage}-{aid}")
+    if not isinstance(manifest.get(SEAL), str):
+        raise UserError(f"{mpath} has no seal: it was written by an older edgeprune; delete "
+                        f"{mpath.parent} and rerun to rebuild it")
+    if manifest[SEAL] != seal(manifest):
+        raise _edited(mpath, _UNSEALED)
+
+
+def _check_inputs(mpath: Path, manifest: dict) -> None:
+    """Each input still in the run directory must be the one this artifact was made from."""
+    for pid, recorded in manifest.get(INPUT_SEALS, {}).items():
+        if not isinstance(recorded, str) or pid not in manifest.get("inputs", []):
+            raise _edited(mpath, f"has a malformed {INPUT_SEALS} entry")
+        plain_name(pid, f"{mpath}: an input id")
+        for parent in mpath.parent.resolve().parent.glob(f"*-{glob.escape(pid)}/{MANIFEST}"):
+            try:
+                found = json.loads(parent.read_text())
+                current = seal(found)
+            except (OSError, ValueError, AttributeError):
+                continue  # a damaged input is refused when it is opened itself
+            if found.get(SEAL) != current:
+                raise _edited(parent, _UNSEALED)
+            if current != recorded:
+                raise _edited(parent, f"changed after {manifest['stage']} {manifest['id']} was "
+                                      "made from it (its seal differs from the one recorded "
+                                      "there)")
 
 
 class Store:
@@ -153,6 +249,10 @@ class Store:
                 pass
         except OSError as e:
             raise UserError(f"cannot write to output directory {self.root}: {e.strerror}") from None
+        for own in (self.root / ".locks", self.root / ".partial"):
+            if own.exists() and not own.is_dir():
+                raise UserError(f"{own} is a file, but edgeprune keeps a folder there: move it "
+                                "away and rerun")
 
     def lock_path(self, stage: str, aid: str) -> Path:
         return self.root / ".locks" / f"{stage}-{aid}.lock"
@@ -200,13 +300,15 @@ class Store:
             return found, True
         self.writable()
         lock = self.lock_path(stage, aid)
-        lock.parent.mkdir(exist_ok=True)
+        lock.parent.mkdir(exist_ok=True)  # `writable` refused a file in its place
         with FileLock(str(lock)):
             found = self.find(stage, aid)
             if found:
                 return found, True
             for stale in self.root.glob(f".{stage}-{aid}-*"):
                 shutil.rmtree(stale, ignore_errors=True)
+            for stale in (self.root / ".partial").glob(f".{stage}-{aid}.pt.*.tmp"):
+                stale.unlink(missing_ok=True)  # a checkpoint write that was killed
             return self._write(stage, aid, config, inputs, compute), False
 
     def _write(self, stage: str, aid: str, config: dict, inputs: list[str],
@@ -220,7 +322,11 @@ class Store:
             manifest = {"schema": SCHEMA, "stage": stage, "id": aid,
                         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                         "inputs": inputs, "config": config, "metrics": metrics, "files": files,
+                        INPUT_SEALS: {i: _opened[i] for i in inputs if i in _opened},
                         "env": {**environment(), "world_size": distributed.world().size}}
+            # sealed as it will read back: JSON turns tuples into lists, objects into strings
+            manifest = json.loads(json.dumps(manifest, default=str))
+            manifest[SEAL] = seal(manifest)
             _write_json(tmp / MANIFEST, manifest)
             faults.reach("artifact-write")
             if final.exists():  # a folder without a manifest (damaged by hand): replace it
@@ -229,6 +335,11 @@ class Store:
             self.partial(stage, aid).unlink(missing_ok=True)
         except BaseException as e:
             shutil.rmtree(tmp, ignore_errors=True)
+            if is_full(e):
+                where = final / Path(e.filename).name if e.filename else final
+                raise full_error(where, free=free_bytes(self.root), e=e) from None
+            if isinstance(e, DiskFull):  # name the file where it would have ended up
+                raise DiskFull(str(e).replace(str(tmp), str(final))) from None
             if isinstance(e, OSError):
                 raise UserError(f"cannot write artifact to {self.root}: {e.strerror or e}") from None
             raise

@@ -5,6 +5,7 @@ normalization) as plain data next to the state_dict, so no user code and no pick
 """
 from __future__ import annotations
 
+import io
 import math
 import os
 import pickle
@@ -14,6 +15,7 @@ from pathlib import Path
 import torch
 
 from .bounded_read import GiB, MiB, Budget, open_regular, open_zip, shown, take_members
+from .diskspace import write_bytes
 from .errors import UserError
 from .models import SNN, ModelSpec
 
@@ -27,7 +29,16 @@ MODEL_PICKLE_BYTES = 16 * MiB
 
 def save(path: Path, spec: ModelSpec, model: torch.nn.Module) -> None:
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    torch.save({"format": FORMAT, "spec": spec.to_dict(), "state_dict": state}, path)
+    save_torch(path, {"format": FORMAT, "spec": spec.to_dict(), "state_dict": state})
+
+
+def save_torch(path: Path, obj) -> None:
+    """torch.save, atomically and safe on a full disk: serialized in memory first (torch's own
+    file writer fails a full disk with a RuntimeError and leaves its half file), then written
+    by `diskspace.write_bytes`."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    write_bytes(path, buf.getbuffer())
 
 
 def load(path: Path, device: str = "cpu") -> tuple[ModelSpec, SNN]:

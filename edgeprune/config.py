@@ -111,14 +111,17 @@ class DataConfig:
                                  "to select anything.")
 
     def __post_init__(self):
-        for name in ("train_subset", "test_subset"):
-            n = getattr(self, name)
-            _check(n is None or n >= 1, f"--{name.replace('_', '-')} must be at least 1, got {n}")
+        _check(self.train_subset is None or self.train_subset >= 2,
+               f"--train-subset must be at least 2 (BatchNorm trains on batches of two images or "
+               f"more), got {self.train_subset}")
+        _check(self.test_subset is None or self.test_subset >= 1,
+               f"--test-subset must be at least 1, got {self.test_subset}")
         _check(0.0 <= self.val_fraction < 1.0,
                f"--val-fraction must be in [0, 1), got {self.val_fraction}")
 
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+MAX_SEED = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -137,6 +140,8 @@ class RunConfig:
                                            show="on for conv nets")
 
     def __post_init__(self):
+        _check(0 <= self.seed <= MAX_SEED,  # torch seeds are 64-bit; stages add small offsets
+               f"--seed must be between 0 and 2**63-1, got {self.seed}")
         _check(self.device in ("cpu", "cuda") or self.device.startswith("cuda:"),
                f"unknown device {self.device!r}: choose cpu, cuda or cuda:N")
         _check(self.precision in PRECISIONS,

@@ -7,12 +7,13 @@ temporary name and renamed into place, and read with `weights_only=True` (no pic
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 
 from . import distributed, faults
+from .checkpoint import save_torch
+from .diskspace import full_error, is_full
 from .errors import UserError
 
 
@@ -34,16 +35,13 @@ class EpochCheckpoint:
     def save(self, state: dict) -> None:
         if not distributed.world().main:  # every rank holds the same state; rank 0 writes it
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        faults.reach("checkpoint-write")
         try:
-            torch.save(state, tmp)
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            faults.reach("checkpoint-write")
-            os.replace(tmp, self.path)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            save_torch(self.path, state)
         except OSError as e:
-            tmp.unlink(missing_ok=True)
+            if is_full(e):
+                raise full_error(self.path, e=e) from None
             raise UserError(f"cannot save checkpoint {self.path}: {e.strerror or e}") from None
 
     def clear(self) -> None:

@@ -5,16 +5,18 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save as to_bytes
 
 from .bounded_read import GiB, Budget, regular_size
+from .diskspace import write_bytes
 from .errors import UserError
 
 TENSOR_FILE_BYTES = 4 * GiB  # weights, masks and per-epoch snapshots of one artifact
 
 
 def save(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path))
+    # serialized in memory, so a full disk is one clear error and no half file
+    write_bytes(path, to_bytes({k: v.detach().cpu().contiguous() for k, v in tensors.items()}))
 
 
 def load(path: Path) -> dict[str, torch.Tensor]:

@@ -48,12 +48,16 @@ logits; the prediction is the argmax of their sum over T.
 """
 from __future__ import annotations
 
+import io
+from pathlib import Path
+
 import numpy as np
 import nir
 import torch
 from torch import nn
 
 from edgeprune import layers
+from edgeprune.diskspace import write_bytes
 from edgeprune.errors import UserError
 from edgeprune.models import SNN, Normalize, SpikingBasicBlock, is_stateful
 from edgeprune.neurons import MODULES, Neuron, Scale, Threshold
@@ -322,5 +326,9 @@ def to_nir(model: SNN, input_shape, timesteps: int) -> nir.NIRGraph:
 
 def write_nir(model: SNN, input_shape, timesteps: int, path) -> nir.NIRGraph:
     graph = to_nir(model, input_shape, timesteps)
-    nir.write(str(path), graph)
+    # HDF5 is built in memory and written by edgeprune: h5py writing to a full disk itself can
+    # segfault the process
+    buf = io.BytesIO()
+    nir.write(buf, graph)
+    write_bytes(Path(path), buf.getbuffer())
     return graph

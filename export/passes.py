@@ -22,6 +22,7 @@ import torch
 
 from edgeprune.artifacts import Artifact
 from edgeprune.config import ExportConfig
+from edgeprune.diskspace import DiskFull
 from edgeprune.errors import UserError
 from edgeprune.models import ModelSpec, poisson_spikes
 
@@ -272,7 +273,7 @@ def nir(ex: Export, cfg) -> dict:
     try:
         graph = write_nir(ex.model, ex.spec.input_shape, ex.timesteps, path)
     except UserError as e:
-        if cfg.nir:
+        if cfg.nir or isinstance(e, DiskFull):  # a full disk is no reason to skip NIR
             raise
         return {"nir": f"skipped: {e}", "passed": None}
     import nir as nirlib

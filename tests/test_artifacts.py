@@ -46,7 +46,7 @@ def test_model_pt_is_self_describing_and_pickle_free(digits_model):
 
 def test_tampered_file_is_detected(digits_model, tmp_path):
     import shutil
-    copy = tmp_path / "copy"
+    copy = tmp_path / "copy" / digits_model.path.name  # the folder name is part of the check
     shutil.copytree(digits_model.path, copy)
     raw = bytearray((copy / "model.pt").read_bytes())
     raw[len(raw) // 2] ^= 0xFF

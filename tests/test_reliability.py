@@ -123,7 +123,7 @@ def test_every_artifact_file_is_checked_on_read(chain_run, tmp_path):
         stages.add(art.stage)
         for name in art.manifest["files"]:
             for damage in ("flip", "truncate"):
-                copy = tmp_path / f"{art.path.name}-{name}-{damage}"
+                copy = tmp_path / f"{name}-{damage}" / art.path.name
                 shutil.copytree(art.path, copy)
                 raw = (copy / name).read_bytes()
                 if damage == "flip":
