@@ -39,6 +39,7 @@ MAX_MEMBERS = 4096  # a bundle has a few dozen; 4096 leaves room for many valida
 MAX_HEADER_BYTES = 64 * 1024  # one PAX/GNU extended header; real ones are under 1 KiB
 MAX_CHAINED = 4  # extended headers in front of one member (PAX 'x' and 'g', GNU 'L' and 'K')
 MAX_TOTAL_BYTES = 16 * 1024 ** 3  # what any manifest may declare in all
+LEADING = ("manifest.json", "manifest.json.sig")  # a bundle's manifest and its signature
 CHUNK = 1 << 20
 PROBLEMS_SHOWN = 3
 _EXTENDED = {tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE,
@@ -46,7 +47,7 @@ _EXTENDED = {tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE,
 _FILE_TYPES = {tarfile.REGTYPE, tarfile.AREGTYPE}
 
 
-def pack(top: str, files: dict[str, bytes], first: tuple[str, ...] = ()) -> bytes:
+def pack(top: str, files: dict[str, bytes], first: tuple[str, ...] = LEADING) -> bytes:
     """A deterministic .tar.gz (fixed mtimes, owners and modes) of `files` under `top/`: the
     names in `first` that `files` holds lead, in that order, then the rest sorted."""
     raw = io.BytesIO()

@@ -44,8 +44,8 @@ from .validation import FAIL, parity, parity_ok
 SCHEMA = "edgeprune.bundle/1"
 STAGE = "package"
 SELF_KEY = "self_sha256"
-SIGNATURE = "manifest.json.sig"
-HEAD = (MANIFEST, SIGNATURE)  # the bundle's leading members, read before any other
+HEAD = archive.LEADING  # the manifest and its signature lead the bundle, read before any other
+SIGNATURE = HEAD[1]
 HEAD_CAP = {MANIFEST: 8 * 1024 ** 2, SIGNATURE: signing.MAX_SIGNATURE}
 ZERO = "0" * 64
 MODEL_SUFFIXES = (".onnx", ".nir")
@@ -249,7 +249,7 @@ def package(source: Path, cfg: PackageConfig = PackageConfig(), out_dir: Path | 
             progress(f"package: signing {MANIFEST} with {cfg.sign} ({config['signed_by']})")
             files[SIGNATURE] = signing.sign(files[MANIFEST], Path(cfg.sign))
         bundle_name = f"{name}.tar.gz"
-        blob = archive.pack(name, files, first=HEAD)
+        blob = archive.pack(name, files)
         progress(f"package: writing {bundle_name}")
         (job.dir / bundle_name).write_bytes(blob)
         return {"bundle": bundle_name, "files": len(files), "bytes": len(blob),
@@ -400,7 +400,9 @@ def verify(bundle: Path, target: str | None = None, *, trust: Path | None = None
         root = Path(d)
         manifest, signer, members = _read(bundle, root, trust)
         progress(f"verify: {len(members)} files match their sha256"
-                 + (f"; signed by trusted key {signer}" if signer else ""))
+                 + (f"; signed by trusted key {signer}" if signer else
+                    "; signed, not checked (give --trust KEY.pub)" if SIGNATURE in members
+                    else ""))
         skipped: list[dict] = []
         profs = named or _profiles_for(manifest, signer is not None or rebuild_c, skipped)
         for s in skipped:

@@ -158,5 +158,5 @@ def verify(message: bytes, signature: bytes, trust: Path, what: str) -> str:
         return by
     if by not in {fingerprint(base64.b64decode(b64)) for _, b64 in keys}:
         raise GateFailed(f"{what} is signed by key {by}, which {trust} does not hold")
-    raise GateFailed(f"the signature of {what} does not match it: the bundle was changed after "
-                     f"it was signed ({_said(p)})")
+    raise GateFailed(f"the signature of {what} does not match it: {what} or its signature was "
+                     f"changed after signing ({_said(p)})")
