@@ -41,7 +41,9 @@ from edgeprune.hashing import bytes_sha256, file_sha256, is_file_table
 from . import archive, modelcard, names, profiles as profiles_mod, runtime, signing
 from .validation import FAIL, parity, parity_ok
 
-SCHEMA = "edgeprune.bundle/1"
+# /2: the manifest (and its signature) lead the archive, so verify can bound what it reads;
+# the schema is part of the package artifact's id, so no cached /1 bundle is handed out.
+SCHEMA = "edgeprune.bundle/2"
 STAGE = "package"
 SELF_KEY = "self_sha256"
 HEAD = archive.LEADING  # the manifest and its signature lead the bundle, read before any other
@@ -291,7 +293,7 @@ def _check_manifest(head: dict[str, bytes],
     targets = manifest.get("targets", [])
     if not is_file_table(listed) or not isinstance(targets, list) or not all(
             isinstance(t, dict) and isinstance(t.get("isa"), str)
-            and isinstance(t.get("target"), str) and isinstance(t.get("profile"), dict)
+            and names.problem(t.get("target")) is None and isinstance(t.get("profile"), dict)
             for t in targets):
         return None, by, [f"{MANIFEST} is damaged (its files or targets table is malformed)"]
     return manifest, by, []

@@ -211,6 +211,9 @@ def test_bad_keys_are_bad_input(validated, signed, keys, tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(empty))
     r = _verify(signed, "--trust", keys / "packager.pub", tmp=tmp_path)
     assert r.returncode == 2 and "openssh-client" in _one_line(r)
+    r = run_cli("package", validated.path, "--out", tmp_path / "p", "--sign",
+                keys / "packager")
+    assert r.returncode == 2 and "openssh-client" in _one_line(r)
 
 
 # -- no foreign code by default ------------------------------------------------------------------
