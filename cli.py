@@ -1,5 +1,5 @@
 """edgeprune command line: one command per stage, plus `compress`, which chains them. The
-commands live in commands/; each parses its options, calls edgeprune.pipeline and renders.
+commands live in commands/; each parses its options, calls pipeline and renders.
 
 Exit codes: 0 success; 1 a validation gate failed; 2 bad usage or bad input.
 """

@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import edgeprune  # noqa: E402,F401  (quiets Norse's import warnings)
 import torch  # noqa: E402
-from edgeprune import pipeline  # noqa: E402
+import pipeline  # noqa: E402
 from machine import describe  # noqa: E402
 from edgeprune.artifacts import Store  # noqa: E402
 from edgeprune.config import (DataConfig, ModelConfig, RetrainConfig, SearchConfig,  # noqa: E402

@@ -1,2 +1,2 @@
 """The command modules of the CLI (cli.py registers them). Commands stay thin: parse options,
-call edgeprune.pipeline, render the result."""
+call pipeline, render the result."""

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from edgeprune import pipeline
+import pipeline
 from edgeprune.artifacts import Store
 from edgeprune.config import DataConfig, ExportConfig, PackageConfig, ValidateConfig
 from edgeprune.errors import GateFailed

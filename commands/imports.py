@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from edgeprune import pipeline
+import pipeline
 from edgeprune.artifacts import Store
 from edgeprune.config import DataConfig, ImportConfig, RunConfig
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgeprune import pipeline
+import pipeline
 from edgeprune.artifacts import Store
 from edgeprune.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 

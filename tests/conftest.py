@@ -30,7 +30,7 @@ requires_fashion = pytest.mark.skipif(
 @pytest.fixture(scope="session")
 def digits_model(tmp_path_factory):
     """A dense convnet trained on digits through the real train stage (shared by tests)."""
-    from edgeprune import pipeline
+    import pipeline
     from edgeprune.artifacts import Store
     from edgeprune.config import DataConfig, ModelConfig, TrainConfig
 

@@ -507,7 +507,7 @@ def test_nir_reader(tmp_path, tree, dt, convention):
     """A hostile .nir file: read (and then built and run) or refused with one line."""
     import h5py
 
-    from edgeprune import pipeline
+    import pipeline
     from edgeprune.artifacts import Store
     from edgeprune.config import DataConfig, ImportConfig
 

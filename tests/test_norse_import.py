@@ -15,7 +15,7 @@ from edgeprune import data as datalib, tensorfile
 from edgeprune.artifacts import Store
 from edgeprune.errors import UserError
 from edgeprune.models import ModelSpec
-from edgeprune import pipeline
+import pipeline
 from edgeprune.config import (DataConfig, ExportConfig, ImportConfig, RetrainConfig,
                               SearchConfig, TrainConfig)
 from edgeprune.importers.norse import user_steps

@@ -2,11 +2,11 @@
 package, and `compress`, which runs them in order. The CLI, the benchmarks and users' scripts
 all call these.
 
-Each call opens its inputs (a model.pt, a mask, data), hands typed configs to its stage and
-returns `(artifact, cached)`. This module is the top of the library: the one place in
-`edgeprune` that imports `export` and `targets`, which sit on top of the rest of it. Stage
-modules are imported inside the calls: the CLI imports this module, and `edgeprune verify` must
-run on a device without PyTorch.
+This module sits above the three packages it chains (`edgeprune`, the core; `export`;
+`targets`): it imports them, and none of them imports it (tests/test_layering.py). Each call
+opens its inputs (a model.pt, a mask, data), hands typed configs to its stage and returns
+`(artifact, cached)`. Stage modules that need PyTorch are imported inside the calls: the CLI
+imports this module, and `edgeprune verify` must run on a device without PyTorch.
 """
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from .artifacts import Artifact, Store, open_artifact
-from .config import (DataConfig, ExportConfig, ImportConfig, ModelConfig, PackageConfig,
+from edgeprune.artifacts import Artifact, Store, open_artifact
+from edgeprune.config import (DataConfig, ExportConfig, ImportConfig, ModelConfig, PackageConfig,
                      RetrainConfig, RunConfig, SearchConfig, TrainConfig, ValidateConfig)
-from .errors import GateFailed, UserError
+from edgeprune.errors import GateFailed, UserError
 
 Report = Callable[[dict], None]
 DEFAULT_DATA = "digits"
@@ -31,7 +31,7 @@ def device(run: RunConfig) -> str:
     """The torch device this process trains on (under torchrun: this rank's)."""
     import torch
 
-    from . import distributed
+    from edgeprune import distributed
 
     if run.device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("--device cuda asked for, but this torch build sees no CUDA GPU")
@@ -50,14 +50,14 @@ def train(store: Store, data: DataConfig, model: ModelConfig, optim: TrainConfig
 
 
 def _dense_data(data: DataConfig):
-    from . import inputs
+    from edgeprune import inputs
 
     data = data if data.name else replace(data, name=DEFAULT_DATA)
     return data, inputs.load_data(data)
 
 
 def _train(store, data, ds, model, optim, run, report) -> tuple[Artifact, bool]:
-    from .train import train as train_stage
+    from edgeprune.train import train as train_stage
 
     run = replace(run, device=device(run))
     _stage(report, "train", epochs=optim.epochs)
@@ -68,9 +68,9 @@ def search(store: Store, model: Path, cfg: SearchConfig, data: DataConfig = Data
            run: RunConfig = RunConfig(), from_mask: Path | None = None,
            report: Report = _quiet) -> tuple[Artifact, bool]:
     """Search a ticket of the dense model at `model` (a model.pt or its artifact folder)."""
-    from . import inputs
-    from .retrain import open_search
-    from .search.stage import search as search_stage
+    from edgeprune import inputs
+    from edgeprune.retrain import open_search
+    from edgeprune.search.stage import search as search_stage
 
     run = replace(run, device=device(run))
     trunk = open_search(from_mask) if from_mask else None
@@ -84,8 +84,8 @@ def retrain(store: Store, model: Path, mask: Path, cfg: RetrainConfig,
             data: DataConfig = DataConfig(), run: RunConfig = RunConfig(),
             report: Report = _quiet) -> tuple[Artifact, bool]:
     """Retrain the ticket of search artifact `mask` at the dense model's full T."""
-    from . import inputs
-    from .retrain import open_search, retrain as retrain_stage
+    from edgeprune import inputs
+    from edgeprune.retrain import open_search, retrain as retrain_stage
 
     run = replace(run, device=device(run))
     ticket = open_search(mask)
@@ -117,7 +117,7 @@ def validate(store: Store, model: Path, cfg: ValidateConfig = ValidateConfig(), 
     `against` (the model.pt it was exported from, run here with PyTorch) or a stored
     `reference` npz. Raises UserError on bad input before any work, and GateFailed (with
     `.artifact`) after storing a report whose gates failed."""
-    from . import inputs
+    from edgeprune import inputs
     import numpy as np
 
     from targets import modelfile, profiles as profiles_mod, stage
@@ -239,7 +239,7 @@ def _validation_extras(store: Store, source: Artifact | None, profs: list, cfg: 
 
 def _reference_logits(model_pt: Path, feed, info) -> tuple:
     from export.parity import reference_logits
-    from . import inputs
+    from edgeprune import inputs
 
     m = inputs.open_model(model_pt)
     if info.timesteps is not None and info.timesteps != m.spec.timesteps:
@@ -281,8 +281,8 @@ def import_model(store: Store, model_def: str | None, state_dict: Path, cfg: Imp
     as data, measured against the NIR equations and the writing framework's reader).
     `data.name == "none"`: no dataset (then cfg, or the NIR graph, gives input shape and
     classes)."""
-    from . import inputs
-    from .importers.stage import import_model as import_stage, import_nir
+    from edgeprune import inputs
+    from edgeprune.importers.stage import import_model as import_stage, import_nir
 
     name = data.name or DEFAULT_DATA
     ds = None if name == "none" else inputs.load_data(replace(data, name=name))
@@ -305,7 +305,7 @@ def _reachable_before_training(plan: Plan, ds) -> None:
     """A sparsity that leaves fewer weights than there are prunable layers fails whatever the
     training does: refuse it before the dense model is trained. (The search checks the exact
     condition on the trained weights before it starts.)"""
-    from .models import ModelSpec, prunable
+    from edgeprune.models import ModelSpec, prunable
 
     sizes = [p.numel() for p in prunable(ModelSpec.for_data(plan.model, ds).build()).values()]
     total = sum(sizes)
