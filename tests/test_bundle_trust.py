@@ -41,7 +41,7 @@ ORT_SESSION_FILE = ".ses"  # libonnxruntime's own id file in TMPDIR, written by 
 def validated(tmp_path_factory, digits_model):
     """A trained-digits lineage (imp ticket at 50%, retrained, exported) validated against
     PyTorch on x86_64 and, with a compiler, c-x86_64. Returns the validate artifact."""
-    from edgeprune import pipeline
+    import pipeline
     from edgeprune.artifacts import Store
     from edgeprune.config import RetrainConfig, SearchConfig, ValidateConfig
 
