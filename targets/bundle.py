@@ -183,7 +183,7 @@ def package(source: Path, cfg: PackageConfig = PackageConfig(), out_dir: Path | 
         vals.append(val)
     config = {"validate": val.id, "validations": sorted(v.id for v in vals), "ort": cfg.ort,
               "schema": SCHEMA}
-    if cfg.sign:  # an unsigned bundle keeps the id it always had
+    if cfg.sign:  # the signer is part of the id; an unsigned bundle's id has no key in it
         config["signed_by"] = signing.key_fingerprint(Path(cfg.sign))
 
     def compute(job: Job) -> dict:
