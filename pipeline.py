@@ -69,11 +69,10 @@ def search(store: Store, model: Path, cfg: SearchConfig, data: DataConfig = Data
            report: Report = _quiet) -> tuple[Artifact, bool]:
     """Search a ticket of the dense model at `model` (a model.pt or its artifact folder)."""
     from edgeprune import inputs
-    from edgeprune.retrain import open_search
     from edgeprune.search.stage import search as search_stage
 
     run = replace(run, device=device(run))
-    trunk = open_search(from_mask) if from_mask else None
+    trunk = inputs.open_search(from_mask) if from_mask else None
     dense = inputs.open_model(model, run.device)
     data, ds = inputs.dataset_for(dense, data)
     _stage(report, "search", method=cfg.method)
@@ -85,10 +84,10 @@ def retrain(store: Store, model: Path, mask: Path, cfg: RetrainConfig,
             report: Report = _quiet) -> tuple[Artifact, bool]:
     """Retrain the ticket of search artifact `mask` at the dense model's full T."""
     from edgeprune import inputs
-    from edgeprune.retrain import open_search, retrain as retrain_stage
+    from edgeprune.retrain import retrain as retrain_stage
 
     run = replace(run, device=device(run))
-    ticket = open_search(mask)
+    ticket = inputs.open_search(mask)
     dense = inputs.open_model(model, run.device)
     data, ds = inputs.dataset_for(dense, data)
     _stage(report, "retrain", epochs=cfg.train_config(dense.train_epochs).epochs)
@@ -112,8 +111,10 @@ def export(store: Store, model: Path, cfg: ExportConfig = ExportConfig(),
 
 def validate(store: Store, model: Path, cfg: ValidateConfig = ValidateConfig(), *,
              against: Path | None = None, reference: Path | None = None,
-             data: DataConfig = DataConfig(), report: Report = _quiet) -> tuple[Artifact, bool]:
-    """Validate an ONNX model on the target profiles of `cfg`. Reference logits come from
+             data: DataConfig = DataConfig(), dense: DenseExport | None = None,
+             report: Report = _quiet) -> tuple[Artifact, bool]:
+    """Validate an ONNX model on the target profiles of `cfg`, beside the dense model's export
+    `dense` (from `dense_export`; found through the lineage when not given). Reference logits come from
     `against` (the model.pt it was exported from, run here with PyTorch) or a stored
     `reference` npz. Raises UserError on bad input before any work, and GateFailed (with
     `.artifact`) after storing a report whose gates failed."""
@@ -133,7 +134,9 @@ def validate(store: Store, model: Path, cfg: ValidateConfig = ValidateConfig(), 
     model = Path(model)
     source = stage.source_artifact(model)  # a damaged export artifact is refused before any work
     info = modelfile.inspect(model)
-    extras = _validation_extras(store, source, profs, cfg, report)
+    if cfg.dense and dense is None:
+        dense = dense_export(store, source, profs, report)
+    extras = _validation_extras(source, cfg, dense or DenseExport(None))
     ref = ref_source = None
     extra: list[str] = []
     if reference is not None:
@@ -193,11 +196,51 @@ def _c_sources(art: Artifact | None) -> Path | None:
     return art.path
 
 
-def _validation_extras(store: Store, source: Artifact | None, profs: list, cfg: ValidateConfig,
-                       report: Report):
-    """The C sources, the int8 model and the dense model (exported for the same targets) that
-    validating `source`'s model.onnx also runs."""
+@dataclass(frozen=True)
+class DenseExport:
+    """The dense model's export beside a ticket, or why there is none."""
+
+    artifact: Artifact | None
+    cached: bool = False
+    note: str = ""
+
+
+def dense_export(store: Store, source: Artifact | None, profs: list,
+                 report: Report = _quiet) -> DenseExport:
+    """The dense model's export that a ticket's validation measures beside it: the ticket's
+    lineage (export ← retrain ← search ← dense) names the dense model, which is exported as a
+    normal export stage (a cache hit after the first time) with what validation compares: logits,
+    no compaction or int8, and the C runtime when a C target is named. Returns the export
+    artifact, or the reason there is no dense model to compare with."""
+    if source is None or source.stage != "export":
+        return DenseExport(None, note="a loose .onnx file has no lineage to find its dense "
+                                      "model by")
+    index = {a.id: a for a in Store(source.path.parent).artifacts()}
+    parent = index.get((source.manifest.get("inputs") or [None])[0])
+    if parent is None:
+        return DenseExport(None, note="the exported model's artifact is not in the run "
+                                      "directory")
+    if parent.stage != "retrain":
+        return DenseExport(None, note=f"the model is a {parent.stage} artifact, not a ticket: "
+                                      "it has no dense ancestor to compare with")
+    dense = index.get(parent.manifest["inputs"][0])
+    if dense is None:
+        return DenseExport(None, note=f"the ticket's dense model {parent.manifest['inputs'][0]} "
+                                      f"is not in the run directory {source.path.parent}")
+    c = source.config
+    cfg = ExportConfig(outputs="logits", opset=c.get("opset", 17), sparse_initializers=False,
+                       compact=False, int8=False, nir=False,
+                       c_runtime=None if any(p.kind == "c" for p in profs) else False,
+                       timesteps=c.get("timesteps"), probe=c.get("probe", 256))
     from export.stage import export as export_stage
+
+    _stage(report, "export (dense)")
+    return DenseExport(*export_stage(store, dense, cfg, report))
+
+
+def _validation_extras(source: Artifact | None, cfg: ValidateConfig, dense: DenseExport):
+    """The C sources, the int8 model and the dense model's export that validating `source`'s
+    model.onnx also runs."""
     from targets import modelfile
     from targets.validation import Dense, Extras
 
@@ -205,35 +248,14 @@ def _validation_extras(store: Store, source: Artifact | None, profs: list, cfg: 
     if source is not None and "model.int8.onnx" in source.manifest["files"]:
         extras.int8 = modelfile.inspect(source.file("model.int8.onnx"))
         extras.int8_required = source.config.get("int8") == "on"
+    art = dense.artifact
     if not cfg.dense:
         extras.dense_note = "not asked (--no-dense)"
-        return extras
-    if source is None or source.stage != "export":
-        extras.dense_note = "a loose .onnx file has no lineage to find its dense model by"
-        return extras
-    index = {a.id: a for a in Store(source.path.parent).artifacts()}
-    parent = index.get((source.manifest.get("inputs") or [None])[0])
-    if parent is None:
-        extras.dense_note = "the exported model's artifact is not in the run directory"
-        return extras
-    if parent.stage != "retrain":
-        extras.dense_note = (f"the model is a {parent.stage} artifact, not a ticket: it has no "
-                             "dense ancestor to compare with")
-        return extras
-    dense = index.get(parent.manifest["inputs"][0])
-    if dense is None:
-        extras.dense_note = (f"the ticket's dense model {parent.manifest['inputs'][0]} is not in "
-                             f"the run directory {source.path.parent}")
-        return extras
-    need_c = any(p.kind == "c" for p in profs)
-    c = source.config
-    _stage(report, "export (dense)")
-    art, _ = export_stage(store, dense, ExportConfig(
-        outputs="logits", opset=c.get("opset", 17), sparse_initializers=False, compact=False,
-        int8=False, nir=False, c_runtime=None if need_c else False,
-        timesteps=c.get("timesteps"), probe=c.get("probe", 256)), report)
-    extras.dense = Dense(artifact=art.id, onnx=modelfile.inspect(art.file("model.onnx")),
-                         c_sources=_c_sources(art))
+    elif art is None:
+        extras.dense_note = dense.note
+    else:
+        extras.dense = Dense(artifact=art.id, onnx=modelfile.inspect(art.file("model.onnx")),
+                             c_sources=_c_sources(art))
     return extras
 
 
@@ -381,10 +403,18 @@ def compress(store: Store, plan: Plan, model: Path | None = None, *,
                                         plan.run, report))
     onnx = out.add("export", export(store, ticket.path / "model.pt", plan.export, report))
     data_name = ticket.config["data"]["name"]
+    dense = None
+    if plan.validate.dense:  # the dense model measured beside the ticket: a chain step of its own
+        from targets import profiles as profiles_mod
+
+        dense = dense_export(store, onnx, profiles_mod.load_many(plan.validate.target), report)
+        if dense.artifact is not None:
+            out.add("dense-export", (dense.artifact, dense.cached))
     try:
         val = out.add("validate", validate(store, onnx.path / "model.onnx", plan.validate,
                                            against=ticket.path / "model.pt",
-                                           data=DataConfig(data_name), report=report))
+                                           data=DataConfig(data_name), dense=dense,
+                                           report=report))
     except GateFailed as e:
         if getattr(e, "artifact", None) is not None:
             out.artifacts["validate"], out.cached["validate"] = e.artifact, False

@@ -142,7 +142,7 @@ def run_dataset(label: str, ds, epochs: int, args, work: Path, test_n: int | Non
                     args)]
     model, mask = copy.deepcopy(dense), None
     for s in PRUNE_SCHEDULE:  # gradual magnitude pruning, fine-tuning with the mask held
-        mask = masklib.magnitude(prunable(model), s, current=mask)
+        mask = masklib.prune(prunable(model), s, "global", current=mask)
         tr = Trainer(model, ds, T, TrainConfig(epochs=args.finetune_epochs, lr=0.05), seed=1,
                      masks=mask)
         for _ in range(args.finetune_epochs):

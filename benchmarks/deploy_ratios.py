@@ -36,8 +36,8 @@ import torch  # noqa: E402
 import pipeline  # noqa: E402
 from machine import describe  # noqa: E402
 from edgeprune.artifacts import Store  # noqa: E402
-from edgeprune.config import (DataConfig, ModelConfig, RetrainConfig, SearchConfig,  # noqa: E402
-                              TrainConfig)
+from edgeprune.config import (DataConfig, ImpSettings, ModelConfig, RetrainConfig,  # noqa: E402
+                              SearchConfig, TrainConfig)
 
 OUT = ROOT / "benchmarks" / "results" / "deploy_ratios"
 
@@ -46,7 +46,7 @@ MODELS = {
         "data": DataConfig("fashion-mnist", train_subset=20000, test_subset=2000),
         "model": ModelConfig(arch="convnet"),
         "train": TrainConfig(epochs=3),
-        "search": SearchConfig(method="imp", sparsity=0.97, prune_rate=0.5, round_epochs=1),
+        "search": SearchConfig(method="imp", sparsity=0.97, imp=ImpSettings(0.5), round_epochs=1),
         "retrain": RetrainConfig(epochs=3),
         "validate_limit": None,  # the whole 10k test set
     },
@@ -54,7 +54,7 @@ MODELS = {
         "data": DataConfig("fashion-mnist", train_subset=4000, test_subset=1000),
         "model": ModelConfig(arch="vgg16", width=0.25),
         "train": TrainConfig(epochs=4),
-        "search": SearchConfig(method="imp", sparsity=0.97, prune_rate=0.5, round_epochs=1),
+        "search": SearchConfig(method="imp", sparsity=0.97, imp=ImpSettings(0.5), round_epochs=1),
         "retrain": RetrainConfig(epochs=3),
         "validate_limit": 2000,
     },

@@ -29,7 +29,8 @@ import torch  # noqa: E402
 
 from edgeprune import inputs, pipeline  # noqa: E402
 from edgeprune.artifacts import Store  # noqa: E402
-from edgeprune.config import (DataConfig, ModelConfig, RetrainConfig, RunConfig,  # noqa: E402
+from edgeprune.config import (DataConfig, EarlyTimeSettings, ModelConfig,  # noqa: E402
+                              RetrainConfig, RunConfig,
                               SearchConfig, TrainConfig)
 from machine import describe  # noqa: E402
 
@@ -185,8 +186,9 @@ def run(args, res: Results) -> None:
                 epochs = cfg["eb_epochs"] if method in ("eb", "et-eb") else cfg["round_epochs"]
                 sc = SearchConfig(method=method, sparsity=s, round_epochs=epochs, batch_size=bs,
                                   **PAPER_SEARCH,
-                                  lr=lr, et_candidates=tuple(cfg.get("et_candidates") or ())
-                                  if method.startswith("et-") else ())
+                                  lr=lr, et=EarlyTimeSettings(candidates=tuple(
+                                      cfg.get("et_candidates") or ())
+                                      if method.startswith("et-") else ()))
                 rounds_before = _count_rounds(store)
                 t1, c1 = time.perf_counter(), time.process_time()
                 sart, scached = pipeline.search(store, dense, sc, data_cfg, execution,

@@ -35,7 +35,8 @@ import torch  # noqa: E402
 
 from edgeprune import inputs, pipeline  # noqa: E402
 from edgeprune.artifacts import Store  # noqa: E402
-from edgeprune.config import (DataConfig, ModelConfig, RetrainConfig, RunConfig,  # noqa: E402
+from edgeprune.config import (DataConfig, EarlyTimeSettings, ImpSettings, ModelConfig,  # noqa: E402
+                              RetrainConfig, RunConfig,
                               SearchConfig, TrainConfig)
 from edgeprune.errors import UserError  # noqa: E402
 from edgeprune.trainer import evaluate  # noqa: E402
@@ -204,10 +205,10 @@ def run_cell(store: Store, name: str, cfg: dict, seed: int) -> dict:
     model_pt = art.path / "model.pt"
     dense = inputs.open_model(model_pt)
     sc = SearchConfig(method=cfg["method"], sparsity=cfg["sparsity"],
-                      prune_rate=cfg["prune_rate"], rewind_epoch=cfg["rewind_epoch"],
+                      imp=ImpSettings(cfg["prune_rate"]), rewind_epoch=cfg["rewind_epoch"],
                       round_epochs=cfg["round_epochs"], scope=cfg["scope"],
-                      keep_first=cfg["keep_first"],
-                      keep_last=cfg["keep_last"], et_candidates=tuple(cfg["et_candidates"]))
+                      keep_first=cfg["keep_first"], keep_last=cfg["keep_last"],
+                      et=EarlyTimeSettings(candidates=tuple(cfg["et_candidates"])))
     t1 = time.perf_counter()
     sart, scached = pipeline.search(store, model_pt, sc, data_cfg, run)
     t_search = time.perf_counter() - t1

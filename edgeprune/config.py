@@ -12,20 +12,21 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+from . import criteria
 from .errors import UserError
+from .search import methods as search_methods
 
 ARCH_NAMES = ("convnet", "vgg16", "resnet19")
 ENCODINGS = ("direct", "poisson")
 POOLS = ("avg", "max")
 SURROGATES = ("super", "triangle", "tanh", "circ", "heavi_erfc")
 RESETS = ("value", "subtract")
-METHODS = ("imp", "et-imp", "eb", "et-eb", "random", "reinit")
-SCOPES = ("lamp", "global", "layer")
 OUTPUTS = ("logits", "all")
 NIR_CONVENTIONS = ("nir", "norse", "snntorch", "edgeprune")
 
@@ -44,6 +45,42 @@ def option(default: Any, help: str, *, flags: tuple[str, ...] = (), parse: Calla
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise UserError(message)
+
+
+def _number(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def check_rate(what: str, v, *, closed_low: bool = False) -> None:
+    """A neuron's per-step rate: v in (0, 1] ([0, 1] with `closed_low`)."""
+    _check(_number(v) and (0.0 <= v if closed_low else 0.0 < v) and v <= 1.0,
+           f"{what} must be in {'[' if closed_low else '('}0, 1], got {v!r}")
+
+
+def check_finite(what: str, v) -> None:
+    _check(_number(v) and math.isfinite(v), f"{what} must be a finite number, got {v!r}")
+
+
+def check_choice(what: str, v, choices: tuple) -> None:
+    try:
+        ok = bool(v in choices)
+    except (TypeError, ValueError):  # an array, or a value that does not compare
+        ok = False
+    _check(ok, f"unknown {what} {v!r}: choose {', '.join(map(str, choices))}")
+
+
+def check_surrogate(surrogate) -> None:
+    check_choice("surrogate", surrogate, SURROGATES + ("heaviside",))
+
+
+def check_model(arch: str, arch_names, width, pool: str, timesteps: int, encoding: str) -> None:
+    """The model fields a train config and a model's spec share (a spec's width is resolved)."""
+    _check(arch in arch_names,
+           f"unknown architecture {arch!r}: choose {', '.join(arch_names)}")
+    _check(width is None or width > 0, f"width must be positive, got {width}")
+    _check(pool in POOLS, f"unknown pooling {pool!r}: choose avg or max")
+    _check(timesteps >= 1, f"timesteps must be at least 1, got {timesteps}")
+    _check(encoding in ENCODINGS, f"unknown encoding {encoding!r}: choose {', '.join(ENCODINGS)}")
 
 
 def parse_ints(text) -> tuple[int, ...]:
@@ -130,13 +167,13 @@ class NeuronParams:
                                           show="none: no synaptic current")
 
     def __post_init__(self):
-        _check(0.0 < self.tau_mem_inv <= 1.0,
-               f"tau_mem_inv must be in (0, 1], got {self.tau_mem_inv}")
-        _check(self.tau_syn_inv is None or 0.0 < self.tau_syn_inv <= 1.0,
-               f"tau_syn_inv must be in (0, 1], got {self.tau_syn_inv}")
-        _check(self.reset in RESETS, f"unknown reset {self.reset!r}: choose {', '.join(RESETS)}")
-        _check(self.surrogate in SURROGATES + ("heaviside",),
-               f"unknown surrogate {self.surrogate!r}: choose {', '.join(SURROGATES)}")
+        check_rate("tau_mem_inv", self.tau_mem_inv)
+        if self.tau_syn_inv is not None:
+            check_rate("tau_syn_inv", self.tau_syn_inv)
+        check_finite("v_th", self.v_th)
+        check_finite("v_reset", self.v_reset)
+        check_choice("reset", self.reset, RESETS)
+        check_surrogate(self.surrogate)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -157,13 +194,7 @@ class ModelConfig:
     neuron: NeuronParams = field(default_factory=NeuronParams)
 
     def __post_init__(self):
-        _check(self.arch in ARCH_NAMES,
-               f"unknown architecture {self.arch!r}: choose {', '.join(ARCH_NAMES)}")
-        _check(self.width is None or self.width > 0, f"width must be positive, got {self.width}")
-        _check(self.pool in POOLS, f"unknown pooling {self.pool!r}: choose avg or max")
-        _check(self.timesteps >= 1, f"timesteps must be at least 1, got {self.timesteps}")
-        _check(self.encoding in ENCODINGS,
-               f"unknown encoding {self.encoding!r}: choose {', '.join(ENCODINGS)}")
+        check_model(self.arch, ARCH_NAMES, self.width, self.pool, self.timesteps, self.encoding)
 
 
 @dataclass(frozen=True)
@@ -206,65 +237,104 @@ class TrainConfig(Schedule):
 # -- search -----------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class SearchConfig(Schedule):
-    """A ticket search: a method and every knob, with the paper's defaults."""
+class ImpSettings:
+    """Iterative magnitude pruning (methods imp, et-imp)."""
 
-    method: str = option("et-imp", "imp, et-imp, eb, et-eb, random or reinit (random/reinit "
-                         "branch off an imp ticket: --from-mask, or one searched first).")
-    sparsity: float = option(0.97, "Target fraction of conv/linear weights set to zero.")
     prune_rate: float = option(0.25, "IMP: fraction of the remaining weights pruned per round.")
+
+    def __post_init__(self):
+        _check(0.0 < self.prune_rate < 1.0, f"prune rate must be in (0, 1), got {self.prune_rate}")
+
+
+@dataclass(frozen=True)
+class EarlyBirdSettings:
+    """Early-Bird's stop rule (methods eb, et-eb)."""
+
+    q: int = option(5, "Early-Bird: masks in the comparison window.", flags=("--eb-q",))
+    tau: float = option(0.02, "Early-Bird: stop when all mask distances are below this.",
+                        flags=("--eb-tau",))
+
+    def __post_init__(self):
+        _check(self.q >= 2, f"eb-q must be at least 2, got {self.q}")
+        _check(0.0 < self.tau < 1.0, f"eb-tau must be in (0, 1), got {self.tau}")
+
+
+@dataclass(frozen=True)
+class EarlyTimeSettings:
+    """How Early-Time picks the timesteps T' a method searches at (the et-* methods)."""
+
+    epochs: int = option(2, "Early-Time: epochs at full T before scoring timesteps.",
+                         flags=("--et-epochs",))
+    lam: float = option(0.6, "Early-Time: normalized-KL threshold for picking T'.",
+                        flags=("--et-lambda",))
+    candidates: tuple[int, ...] = option((), "Early-Time: candidate T' list, e.g. 2,3,4 (the "
+                                         "paper's).", flags=("--et-candidates",),
+                                         parse=parse_ints, show="1..T-1")
+    batch: int = option(256, "Early-Time: training images in the scoring batch.",
+                        flags=("--et-batch",))
+
+    def __post_init__(self):
+        _check(self.epochs >= 0, f"et-epochs must be >= 0, got {self.epochs}")
+        _check(self.lam > 0, f"et-lambda must be positive, got {self.lam}")
+        _check(all(t >= 1 for t in self.candidates),
+               f"et-candidates must be positive timesteps, got {self.candidates}")
+        _check(self.batch >= 1, f"et-batch must be at least 1, got {self.batch}")
+
+
+@dataclass(frozen=True)
+class SearchConfig(Schedule):
+    """A ticket search: a method (edgeprune/search/methods.py), a ranking criterion
+    (edgeprune/criteria.py), what every method shares, and each method's own settings as a
+    nested table. Options and recipe keys are the leaf names (--prune-rate, --eb-q, ...)."""
+
+    method: str = option("et-imp", search_methods.help_text())
+    sparsity: float = option(0.97, "Target fraction of conv/linear weights set to zero.")
     rewind_epoch: Optional[int] = option(None, "Rewind to the dense run's weights after this many "
                                          "epochs (0 = initialization).",
                                          show="the dense run's late-rewinding point; an "
                                          "imported model's own weights")
     round_epochs: int = option(10, "IMP: epochs per round; EB: epoch budget.")
-    scope: str = option("lamp", "Ranking: lamp (magnitudes normalized per layer, ranked "
-                        "globally; Lee et al. 2021), global (plain magnitude, the paper's), or "
-                        "layer (every layer pruned alike).")
+    scope: str = option("lamp", criteria.help_text())
     keep_first: bool = option(False, "Keep the first conv layer dense.")
     keep_last: bool = option(False, "Keep the classifier layer dense.")
-    eb_q: int = option(5, "Early-Bird: masks in the comparison window.")
-    eb_tau: float = option(0.02, "Early-Bird: stop when all mask distances are below this.")
-    et_epochs: int = option(2, "Early-Time: epochs at full T before scoring timesteps.")
-    et_lambda: float = option(0.6, "Early-Time: normalized-KL threshold for picking T'.")
-    et_candidates: tuple[int, ...] = option((), "Early-Time: candidate T' list, e.g. 2,3,4 (the "
-                                            "paper's).", parse=parse_ints, show="1..T-1")
-    et_batch: int = option(256, "Early-Time: training images in the scoring batch.")
+    imp: ImpSettings = field(default_factory=ImpSettings)
+    eb: EarlyBirdSettings = field(default_factory=EarlyBirdSettings)
+    et: EarlyTimeSettings = field(default_factory=EarlyTimeSettings)
 
     def __post_init__(self):
         super().__post_init__()
-        _check(self.method in METHODS,
-               f"unknown method {self.method!r}: choose {', '.join(METHODS)}")
+        _check(self.method in search_methods.NAMES,
+               f"unknown method {self.method!r}: choose {', '.join(search_methods.NAMES)}")
         _check(0.0 < self.sparsity < 1.0, f"sparsity must be in (0, 1), got {self.sparsity}")
-        _check(0.0 < self.prune_rate < 1.0, f"prune rate must be in (0, 1), got {self.prune_rate}")
         _check(self.round_epochs >= 1, f"round epochs must be at least 1, got {self.round_epochs}")
         _check(self.rewind_epoch is None or self.rewind_epoch >= 0,
                f"rewind epoch must be >= 0, got {self.rewind_epoch}")
-        _check(self.scope in SCOPES, f"unknown scope {self.scope!r}: choose {', '.join(SCOPES)}")
-        _check(self.eb_q >= 2, f"eb-q must be at least 2, got {self.eb_q}")
-        _check(0.0 < self.eb_tau < 1.0, f"eb-tau must be in (0, 1), got {self.eb_tau}")
-        _check(self.et_epochs >= 0, f"et-epochs must be >= 0, got {self.et_epochs}")
-        _check(self.et_lambda > 0, f"et-lambda must be positive, got {self.et_lambda}")
-        _check(all(t >= 1 for t in self.et_candidates),
-               f"et-candidates must be positive timesteps, got {self.et_candidates}")
-        _check(self.et_batch >= 1, f"et-batch must be at least 1, got {self.et_batch}")
+        _check(self.scope in criteria.NAMES,
+               f"unknown scope {self.scope!r}: choose {', '.join(criteria.NAMES)}")
 
     @property
     def early_time(self) -> bool:
-        return self.method.startswith("et-")
+        return self.method.startswith(search_methods.ET)
 
     @property
     def base(self) -> str:
         """The mask search proper: imp, eb, random or reinit."""
-        return self.method.removeprefix("et-")
+        return search_methods.base(self.method).name
 
     def train_config(self, epochs: int) -> TrainConfig:
         return TrainConfig(epochs=epochs, **self.schedule())
 
     def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["et_candidates"] = list(self.et_candidates)
-        return d
+        """{option name: value}, flat: the settings tables are read by their leaf names, and
+        artifact ids (which hash this) stay those of the flat schema before them."""
+        return {f.name: list(v) if isinstance(v := _at(self, f.path), tuple) else v
+                for f in fields_of(SearchConfig)}
+
+
+def _at(obj, path: tuple[str, ...]):
+    for part in path:
+        obj = getattr(obj, part)
+    return obj
 
 
 # -- retrain ----------------------------------------------------------------------------------

@@ -7,13 +7,17 @@ python batches, and anything else from an `.npz` file.
 from __future__ import annotations
 
 import gzip
+import math
+import os
 import pickle
+import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .bounded_read import GiB, Budget, npz_arrays, open_regular, read_exact, shown, size_text
 from .errors import UserError
 from .hashing import arrays_digest
 
@@ -24,6 +28,14 @@ CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
                  "dog", "frog", "horse", "ship", "truck"]
 DIGITS_SPLIT_SEED = 0  # the digits train/test split is fixed, whatever the training seed
 VAL_SPLIT_SEED = 0  # the validation split is fixed too, whatever the training seed
+# What reading one dataset (all its files) may cost, as stored and decompressed: CIFAR-10 is
+# 180 MiB and 184M numbers, Fashion-MNIST 52 MiB. The numbers become float32 (2 GiB at the cap).
+DATASET_BYTES = 2 * GiB
+DATASET_NUMBERS = 1 << 29
+
+
+def _budget() -> Budget:
+    return Budget("a dataset", DATASET_BYTES, DATASET_NUMBERS)
 
 
 @dataclass
@@ -186,31 +198,38 @@ def _find_idx(directory: Path, stem: str) -> Path:
                     "(install Debian's dataset-fashion-mnist or pass --data fashion-mnist:DIR)")
 
 
-def read_idx(path: Path) -> np.ndarray:
-    """Parse an IDX file (raw or gzip) into a uint8 array, checking its header against its size."""
-    try:
-        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
-        raise UserError(f"cannot read IDX file {path}: {e}") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise UserError(f"{path} is not an unsigned-byte IDX file (bad magic number)")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise UserError(f"{path} is truncated (header cut short)")
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    expected = header + int(np.prod(dims))
-    if len(raw) != expected:
-        raise UserError(f"{path} holds {len(raw)} bytes but its header says {expected}: "
-                        "the file is truncated or corrupted")
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+def read_idx(path: Path, budget: Budget | None = None) -> np.ndarray:
+    """Parse an IDX file (raw or gzip) into a uint8 array. The header's dims are checked against
+    `budget` before the data is read, and gzip is streamed: no more than the header declares
+    (plus one byte, to see that nothing follows) is ever decompressed."""
+    budget = budget or _budget()
+    with open_regular(path, "IDX file") as f:
+        try:
+            stream = gzip.GzipFile(fileobj=f) if path.suffix == ".gz" else f
+            head = stream.read(4)
+            if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] != 0x08:
+                raise UserError(f"{path} is not an unsigned-byte IDX file (bad magic number)")
+            raw_dims = stream.read(4 * head[3])
+            if len(raw_dims) < 4 * head[3]:
+                raise UserError(f"{path} is truncated (header cut short)")
+            dims = [int.from_bytes(raw_dims[4 * i: 4 * i + 4], "big") for i in range(head[3])]
+            count = math.prod(dims)
+            budget.take(f"IDX file {path}", count, count)
+            body = read_exact(stream, count, f"IDX file {path}")
+            if stream.read(1):
+                raise UserError(f"{path} holds more than the {4 + 4 * len(dims) + count} bytes "
+                                "its header says: the file is corrupted")
+        except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
+            raise UserError(f"cannot read IDX file {path}: {e}") from None
+    return np.frombuffer(body, dtype=np.uint8).reshape(dims)
 
 
 def _fashion_mnist(directory: Path) -> Dataset:
     if not directory.is_dir():
         raise UserError(f"Fashion-MNIST directory {directory} does not exist (install Debian's "
                         "dataset-fashion-mnist or pass --data fashion-mnist:DIR)")
-    parts = {k: read_idx(_find_idx(directory, f"{k}-idx{n}-ubyte"))
+    budget = _budget()  # one for the four files
+    parts = {k: read_idx(_find_idx(directory, f"{k}-idx{n}-ubyte"), budget)
              for k, n in (("train-images", 3), ("train-labels", 1),
                           ("t10k-images", 3), ("t10k-labels", 1))}
     for split in ("train", "t10k"):
@@ -224,32 +243,81 @@ def _fashion_mnist(directory: Path) -> Dataset:
 
 # -- CIFAR-10 (python batches, read without running pickled code) ----------------------------
 
-class _PlainUnpickler(pickle.Unpickler):
-    """Unpickles only plain containers and numpy arrays: a CIFAR batch needs nothing more, and
-    a file that asks for anything else (code) is refused instead of executed."""
+def _numeric_dtype(*args) -> np.dtype:
+    """numpy.dtype, for numbers only: an array of Python objects from a pickle could run code
+    or crash numpy itself (an object array whose pickled list is too short)."""
+    dt = np.dtype(*args)
+    if dt.kind not in "biuf" or dt.names is not None or dt.subdtype is not None:
+        raise pickle.UnpicklingError(f"refusing a numpy array of {dt}: a CIFAR-10 batch holds "
+                                     "only numbers")
+    return dt
 
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype"), ("builtins", "bytes"),
-               ("_codecs", "encode")}
+
+def _latin1(text, encoding="utf-8"):
+    """_codecs.encode as pickles of bytes use it (latin1), and no other codec."""
+    if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
+        raise pickle.UnpicklingError(f"refusing to encode with {shown(str(encoding))}")
+    return text.encode("latin1")
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Unpickles only plain containers and numeric numpy arrays, each no larger than the file
+    itself: a CIFAR batch needs nothing more. A file that asks for anything else (code, object
+    arrays, a size it does not hold) is refused instead of run or allocated."""
+
+    def __init__(self, f, limit: int):
+        super().__init__(f, encoding="bytes")
+        self.limit = limit
+        self.constructors = {("numpy.core.multiarray", "_reconstruct"): self._array,
+                             ("numpy._core.multiarray", "_reconstruct"): self._array,
+                             ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): _numeric_dtype,
+                             ("builtins", "bytes"): self._bytes,
+                             ("__builtin__", "bytes"): self._bytes,  # protocol 2's name for it
+                             ("_codecs", "encode"): _latin1}
 
     def find_class(self, module, name):
-        if (module, name) in self.ALLOWED:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        if (module, name) in self.constructors:
+            return self.constructors[(module, name)]
+        raise pickle.UnpicklingError(f"refusing to load {shown(f'{module}.{name}')}")
+
+    def _fits(self, nbytes: int) -> None:
+        if nbytes > self.limit:
+            raise pickle.UnpicklingError(f"it declares {size_text(nbytes)} in a file of "
+                                         f"{size_text(self.limit)}: refused")
+
+    def _array(self, subtype, shape, dtype) -> np.ndarray:
+        if subtype is not np.ndarray or not isinstance(shape, tuple) or \
+                not all(isinstance(n, int) and n >= 0 for n in shape):
+            raise pickle.UnpicklingError("refusing an array that is not a plain numpy array")
+        dt = _numeric_dtype(dtype)
+        self._fits(math.prod(shape) * dt.itemsize)
+        return np.ndarray(shape, dt)
+
+    def _bytes(self, *args) -> bytes:
+        if args and isinstance(args[0], int):  # bytes(n) is n zeros
+            self._fits(args[0])
+        return bytes(*args)
 
 
-def _cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _cifar_batch(path: Path, budget: Budget) -> tuple[np.ndarray, np.ndarray]:
     if not path.exists():
         raise UserError(f"CIFAR-10 batch {path} not found")
     try:
-        with path.open("rb") as f:
-            d = _PlainUnpickler(f, encoding="bytes").load()
+        with open_regular(path, "CIFAR-10 batch") as f:
+            size = os.fstat(f.fileno()).st_size
+            budget.take(f"CIFAR-10 batch {path}", size)
+            d = _PlainUnpickler(f, size).load()
         data = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
         labels = np.asarray(d[b"labels"], dtype=np.int64)
-    except UserError:
+    except UserError:  # not a regular file, or over the budget
         raise
+    except MemoryError:  # a size declared in the pickle's own opcodes
+        raise UserError(f"{path} is not a CIFAR-10 python batch: it declares more memory "
+                        "than there is") from None
     except Exception as e:  # a malformed batch can fail in many ways; all mean the same
-        raise UserError(f"{path} is not a CIFAR-10 python batch: {e}") from None
+        raise UserError(f"{path} is not a CIFAR-10 python batch: "
+                        f"{' '.join(str(e).split())[:160]}") from None
+    budget.take(f"CIFAR-10 batch {path}", 0, data.size)
     if len(data) != len(labels):
         raise UserError(f"{path}: {len(data)} images but {len(labels)} labels")
     return data, labels
@@ -258,11 +326,12 @@ def _cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
 def _cifar10(directory: Path) -> Dataset:
     if not directory.is_dir():
         raise UserError(f"CIFAR-10 directory {directory} does not exist")
-    train = [_cifar_batch(directory / f"data_batch_{i}") for i in range(1, 6)
+    budget = _budget()  # one for the six files
+    train = [_cifar_batch(directory / f"data_batch_{i}", budget) for i in range(1, 6)
              if (directory / f"data_batch_{i}").exists()]
     if not train:
         raise UserError(f"no CIFAR-10 data_batch_N files in {directory}")
-    x_te, y_te = _cifar_batch(directory / "test_batch")
+    x_te, y_te = _cifar_batch(directory / "test_batch", budget)
     x_tr = np.concatenate([b[0] for b in train])
     y_tr = np.concatenate([b[1] for b in train])
     return _as_dataset(directory, "cifar10", x_tr / np.float32(255), y_tr,
@@ -288,15 +357,12 @@ def _to_nchw(x: np.ndarray, path: Path, key: str) -> np.ndarray:
     return x
 
 
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
 def _npz(path: Path) -> Dataset:
-    if not path.exists():
-        raise UserError(f"dataset file {path} does not exist")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-    except Exception as e:
-        raise UserError(f"{path} is not a readable .npz file: {e}") from None
-    missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in arrays]
+    arrays = npz_arrays(path, "dataset file", NPZ_KEYS + ("class_names",), _budget())
+    missing = [k for k in NPZ_KEYS if k not in arrays]
     if missing:
         raise UserError(f"{path} lacks {', '.join(missing)} (needs x_train, y_train, x_test, y_test)")
     x_tr = _to_nchw(arrays["x_train"], path, "x_train")

@@ -1,5 +1,5 @@
-"""What the model-taking stages take in: a model.pt (from an artifact or a loose file) and the
-data it goes with."""
+"""What the model-taking stages take in, read from the run directory: a model.pt (from an
+artifact or a loose file), the data it goes with, and a search artifact's ticket (its mask)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -7,8 +7,9 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint, data as datalib, tensorfile
+from . import checkpoint, data as datalib, masks as masklib, tensorfile
 from .artifacts import Artifact, MANIFEST, open_artifact
+from .bounded_read import regular_size
 from .config import DataConfig
 from .errors import UserError
 from .hashing import file_sha256
@@ -65,8 +66,7 @@ def open_model(path: Path, device: str = "cpu") -> ModelInput:
     path = Path(path)
     if path.is_dir():
         path = path / "model.pt"
-    if not path.exists():
-        raise UserError(f"model file {path} does not exist")
+    regular_size(path, "model file")  # before it is hashed: a FIFO would hang that read
     artifact = None
     if (path.parent / MANIFEST).exists():
         artifact = open_artifact(path.parent)
@@ -76,6 +76,18 @@ def open_model(path: Path, device: str = "cpu") -> ModelInput:
         mid = "file-" + file_sha256(path)[:12]
     spec, model = checkpoint.load(path, device)
     return ModelInput(path, spec, model, mid, artifact)
+
+
+def open_search(path: Path) -> Artifact:
+    art = open_artifact(path)
+    if art.stage != "search":
+        raise UserError(f"{art.path} is a {art.stage} artifact, not a search (mask) artifact")
+    return art
+
+
+def load_mask(ticket: Artifact) -> masklib.Masks:
+    """The mask of a search (or IMP round) artifact."""
+    return {k: v.bool() for k, v in tensorfile.load(ticket.file("mask.safetensors")).items()}
 
 
 def load_data(cfg: DataConfig) -> datalib.Dataset:

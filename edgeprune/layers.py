@@ -3,8 +3,9 @@
 A sequential model (what import-model writes for a user's network) is a JSON-able list of
 layer descriptions, `{"type": KIND, ...constructor facts}`, so the network can be rebuilt from
 the checkpoint alone. Each kind knows how to build its module from a description and how to
-describe a module of its class; adding a layer means adding one entry here (the exporters keep
-their own entry per module class for what they emit).
+describe a module of its class; adding a layer means adding one entry here (a neuron kind is
+one record in edgeprune/neuron_kinds.py, described from there). The exporters keep their own
+entry per module class, or per neuron kind, for what they emit.
 """
 from __future__ import annotations
 
@@ -13,10 +14,9 @@ from typing import Callable
 
 from torch import nn
 
-from .config import NeuronParams
 from .errors import UserError
-from .neurons import (LI, LIF, CubaLIF, CubaParams, DecayLIF, DecayParams, Integrator,
-                      LIParams, Scale, Threshold)
+from .neuron_kinds import KINDS as NEURON_KINDS
+from .neurons import MODULES, Scale, Threshold
 from .pooling import AvgPool2d
 
 
@@ -92,15 +92,10 @@ KINDS: dict[str, LayerKind] = {k.name: k for k in (
               lambda m: {"start": m.start_dim, "end": m.end_dim}),
     LayerKind("dropout", nn.Dropout, lambda d: nn.Dropout(d.get("p", 0.5)), lambda m: {"p": m.p}),
     LayerKind("identity", nn.Identity, lambda d: nn.Identity(), lambda m: {}),
-    LayerKind("lif", LIF, lambda d: LIF(NeuronParams(**d["neuron"])),
-              lambda m: {"neuron": m.params.to_dict()}, neuron=True),
-    LayerKind("li", LI, lambda d: LI(LIParams(d["tau_mem_inv"], d.get("tau_syn_inv", 1.0))),
-              lambda m: m.params.to_dict(), neuron=True),
-    LayerKind("cuba_lif", CubaLIF, lambda d: CubaLIF(CubaParams(**d["neuron"])),
-              lambda m: {"neuron": m.params.to_dict()}, neuron=True),
-    LayerKind("decay_lif", DecayLIF, lambda d: DecayLIF(DecayParams(**d["neuron"])),
-              lambda m: {"neuron": m.params.to_dict()}, neuron=True),
-    LayerKind("integrator", Integrator, lambda d: Integrator(), lambda m: {}, neuron=True),
+    *(LayerKind(k.key, MODULES[k.key],
+                lambda d, k=k: MODULES[k.key](k.from_description(d)),
+                lambda m: m.kind.describe(m.params), neuron=True)
+      for k in NEURON_KINDS.values()),
     LayerKind("threshold", Threshold, lambda d: Threshold(float(d["threshold"])),
               lambda m: {"threshold": m.threshold}),
     LayerKind("scale", Scale, lambda d: Scale(tuple(d.get("shape", ()))),

@@ -10,6 +10,7 @@ import copy
 import torch
 from torch import nn
 
+from .criteria import CRITERIA
 from .errors import UserError
 from .models import PRUNABLE, prunable
 
@@ -20,79 +21,105 @@ def dense(model: nn.Module) -> Masks:
     return {n: torch.ones_like(p, dtype=torch.bool) for n, p in prunable(model).items()}
 
 
-def magnitude(weights: dict[str, torch.Tensor], sparsity: float, current: Masks | None = None,
-              scope: str = "global", keep_dense: tuple[str, ...] = ()) -> Masks:
-    """Keep the largest-magnitude weights so that `sparsity` of *all* prunable weights are zero
-    (the layers in `keep_dense` stay whole, so the others take up their share); weights
-    already pruned in `current` stay pruned. Ties break by position, so masks are deterministic."""
-    if not 0.0 <= sparsity < 1.0:
-        raise UserError(f"sparsity must be in [0, 1), got {sparsity}")
-    current = current or {n: torch.ones_like(w, dtype=torch.bool) for n, w in weights.items()}
-    names = [n for n in weights if n not in keep_dense]
-    if not names:
-        raise UserError("every prunable layer is kept dense: nothing to prune")
-    n_target = int(round(sparsity * sum(w.numel() for w in weights.values())))
-    prunable_total = sum(weights[n].numel() for n in names)
-    if n_target > prunable_total:
-        raise UserError(f"sparsity {sparsity} is out of reach with layers kept dense "
-                        f"({n_target} weights to prune, {prunable_total} prunable)")
-    out = {n: torch.ones_like(weights[n], dtype=torch.bool) for n in weights if n not in names}
-    if scope in ("global", "lamp"):
-        groups = [(names, n_target)]
-    else:
-        frac = n_target / prunable_total
-        groups = [([n], int(round(frac * weights[n].numel()))) for n in names]
-    score = lamp_scores if scope == "lamp" else (lambda w, _alive: w.detach().abs().float())
-    for group, n_prune in groups:
-        scores = torch.cat([score(weights[n], current[n]).flatten().cpu() for n in group])
-        alive = torch.cat([current[n].flatten().cpu() for n in group])
-        scores = torch.where(alive, scores, torch.full_like(scores, -1.0))  # pruned go first
-        keep = torch.ones(scores.numel(), dtype=torch.bool)
+def prune(weights: dict[str, torch.Tensor], sparsity: float, criterion: str,
+          current: Masks | None = None, keep_dense: tuple[str, ...] = (),
+          stats: dict | None = None) -> Masks:
+    """Keep the weights `criterion` (edgeprune.criteria) scores highest so that `sparsity` of
+    *all* prunable weights are zero (the layers in `keep_dense` stay whole, so the others take
+    up their share); weights already pruned in `current` go first. Ties break by position, so
+    masks are deterministic. A layer left with no weight is an error naming the largest
+    sparsity that keeps every layer alive under the same criterion."""
+    rank = _Ranking(weights, sparsity, criterion, current, keep_dense, stats)
+    n_target = rank.n_target(sparsity)
+    out = {n: torch.ones_like(weights[n], dtype=torch.bool) for n in weights if n not in rank.names}
+    for group, n_prune in rank.targets(n_target):
+        keep = torch.ones(rank.scores[group].numel(), dtype=torch.bool)
         if n_prune > 0:
-            keep[torch.sort(scores, stable=True).indices[:n_prune]] = False
+            keep[rank.order[group][:n_prune]] = False
         offset = 0
         for n in group:
             k = weights[n].numel()
             out[n] = keep[offset:offset + k].view_as(weights[n]).to(weights[n].device)
             offset += k
-    dead = [n for n in names if not out[n].any()]
+    dead = [n for n in rank.names if not out[n].any()]
     if dead:
         raise UserError(f"sparsity {sparsity:.6g} would leave layer {dead[0]} with no weight at "
                         f"all; the largest sparsity that keeps every layer alive here is "
-                        f"{_alive_limit(weights, current, names, scope):.6g}")
+                        f"{rank.alive_limit():.6g}")
     return {n: out[n] for n in weights}
 
 
-def lamp_scores(w: torch.Tensor, alive: torch.Tensor) -> torch.Tensor:
-    """LAMP (Lee et al., ICLR 2021): a weight's square divided by the sum of the squares of the
-    alive weights of its layer that are at least as large. Scale-free per layer (BatchNorm after
-    a layer makes its weights' scale arbitrary), and each layer's largest weight scores 1, so a
-    global ranking of these scores never empties a layer while weights remain for each."""
-    sq = torch.where(alive, w.detach().float() ** 2, torch.zeros_like(w, dtype=torch.float32))
-    flat = sq.flatten().cpu()
-    order = torch.sort(flat, stable=True).indices
-    tail = flat[order].flip(0).cumsum(0).flip(0)  # the sum of the squares from this one upwards
-    out = torch.empty_like(flat)
-    out[order] = flat[order] / tail.clamp_min(1e-30)
-    return out.view_as(w)
+def alive_limit(weights: dict[str, torch.Tensor], criterion: str, current: Masks | None = None,
+                keep_dense: tuple[str, ...] = (), stats: dict | None = None) -> float:
+    """The largest sparsity at which `prune` with `criterion` still keeps a weight in every
+    layer (exact: one weight more pruned, and some layer has none)."""
+    return _Ranking(weights, 0.0, criterion, current, keep_dense, stats).alive_limit()
 
 
-def _alive_limit(weights: dict[str, torch.Tensor], current: Masks, names: list[str],
-                 scope: str) -> float:
-    """The largest sparsity at which magnitude pruning still keeps a weight in every layer."""
-    total = sum(w.numel() for w in weights.values())
-    if scope == "lamp":  # every layer's best weight scores 1: one weight per layer suffices
-        return (total - len(names)) / total
-    if scope != "global":  # every layer prunes the same fraction: the smallest layer dies first
-        small = min(weights[n].numel() for n in names)
-        prunable_total = sum(weights[n].numel() for n in names)
-        return (small - 1) / small * prunable_total / total
-    scored = [torch.where(current[n].cpu(), weights[n].detach().abs().float().cpu(),
-                          torch.tensor(-1.0)) for n in names]
-    scores = torch.cat([v.flatten() for v in scored])
-    # a layer keeps a weight while every score above its best one is kept too
-    needed = max(int((scores > v.max()).sum()) + 1 for v in scored)
-    return (total - needed) / total
+class _Ranking:
+    """A criterion's scores over the prunable layers, grouped as it ranks them (all layers
+    together, or each alone), and each group's pruning order: what `prune` cuts and what the
+    guards' limit is computed from, so the two cannot disagree."""
+
+    def __init__(self, weights, sparsity, criterion, current, keep_dense, stats):
+        if not 0.0 <= sparsity < 1.0:
+            raise UserError(f"sparsity must be in [0, 1), got {sparsity}")
+        if criterion not in CRITERIA:
+            raise UserError(f"unknown ranking {criterion!r}: choose {', '.join(CRITERIA)}")
+        crit = CRITERIA[criterion]
+        current = current or {n: torch.ones_like(w, dtype=torch.bool) for n, w in weights.items()}
+        self.names = [n for n in weights if n not in keep_dense]
+        if not self.names:
+            raise UserError("every prunable layer is kept dense: nothing to prune")
+        self.total = sum(w.numel() for w in weights.values())
+        self.sizes = {n: weights[n].numel() for n in self.names}
+        self.prunable = sum(self.sizes.values())
+        scored = crit.score({n: weights[n] for n in self.names},
+                            {n: current[n] for n in self.names}, stats)
+        self.per_layer = crit.per_layer
+        self.groups = [(n,) for n in self.names] if crit.per_layer else [tuple(self.names)]
+        self.scores, self.order = {}, {}
+        for group in self.groups:
+            scores = torch.cat([scored[n].flatten().cpu() for n in group])
+            alive = torch.cat([current[n].flatten().cpu() for n in group])
+            scores = torch.where(alive, scores, torch.full_like(scores, -1.0))  # pruned go first
+            self.scores[group] = scores
+            self.order[group] = torch.sort(scores, stable=True).indices
+
+    def n_target(self, sparsity: float) -> int:
+        n = int(round(sparsity * self.total))
+        if n > self.prunable:
+            raise UserError(f"sparsity {sparsity} is out of reach with layers kept dense "
+                            f"({n} weights to prune, {self.prunable} prunable)")
+        return n
+
+    def targets(self, n_target: int) -> list[tuple[tuple[str, ...], int]]:
+        """(group, weights it prunes) for `n_target` pruned in all: a global group takes them
+        all, per-layer groups the same fraction each."""
+        if not self.per_layer:
+            return [(self.groups[0], n_target)]
+        frac = n_target / self.prunable
+        return [(g, int(round(frac * self.sizes[g[0]]))) for g in self.groups]
+
+    def alive_limit(self) -> float:
+        # a layer keeps a weight while its last weight in its group's pruning order is kept
+        last = {}
+        for group in self.groups:
+            position = torch.empty_like(self.order[group])
+            position[self.order[group]] = torch.arange(len(position))
+            offset = 0
+            for n in group:
+                last[n] = int(position[offset:offset + self.sizes[n]].max())
+                offset += self.sizes[n]
+
+        def alive(n_target: int) -> bool:
+            return all(n_prune <= last[n] for g, n_prune in self.targets(n_target) for n in g)
+
+        lo, hi = 0, self.prunable  # alive(0); the largest alive n_target, by bisection
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if alive(mid) else (lo, mid - 1)
+        return lo / self.total
 
 
 @torch.no_grad()

@@ -8,6 +8,7 @@ weights therefore run at any T: what the Early-Time search and the exporters rel
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
@@ -15,7 +16,7 @@ import torch
 from torch import nn
 
 from . import layers
-from .config import ENCODINGS, ModelConfig, NeuronParams
+from .config import ENCODINGS, ModelConfig, NeuronParams, check_model
 from .errors import UserError
 from .neurons import LIF, is_spiking, neuron_layer
 from .pooling import AvgPool2d
@@ -198,7 +199,7 @@ def convnet(input_shape, num_classes, neuron, width=1.0, pool="avg", hidden=128)
     stem = _stem(input_shape[0], c1)
     convs = nn.Sequential(neuron_layer(neuron), _pool(pool), nn.Conv2d(c1, c2, 3, 1, 1, bias=False),
                           nn.BatchNorm2d(c2), neuron_layer(neuron), _pool(pool), nn.Flatten())
-    n = int(torch.tensor(_features(_plain(convs), _features(stem, input_shape))).prod())
+    n = math.prod(_features(_plain(convs), _features(stem, input_shape)))
     body = SpikingSequential(*convs, nn.Linear(n, h, bias=False), nn.BatchNorm1d(h),
                              neuron_layer(neuron), nn.Linear(h, num_classes))
     return stem, body
@@ -226,8 +227,7 @@ def vgg16(input_shape, num_classes, neuron, width=1.0, pool="avg") -> tuple:
         layers.append(neuron_layer(neuron))
         cin = c
     layers.append(nn.Flatten())
-    n = int(torch.tensor(_features(_plain(nn.Sequential(*layers)),
-                                   _features(stem, input_shape))).prod())
+    n = math.prod(_features(_plain(nn.Sequential(*layers)), _features(stem, input_shape)))
     return stem, SpikingSequential(*layers, nn.Linear(n, num_classes))
 
 
@@ -305,16 +305,7 @@ class ModelSpec:
     layers: tuple = ()  # "sequential" only: the layer list (dicts) the network is rebuilt from
 
     def __post_init__(self):
-        if self.arch not in ARCHS:
-            raise UserError(f"unknown architecture {self.arch!r}: choose {', '.join(ARCHS)}")
-        if self.timesteps < 1:
-            raise UserError(f"timesteps must be at least 1, got {self.timesteps}")
-        if self.width <= 0:
-            raise UserError(f"width must be positive, got {self.width}")
-        if self.pool not in ("avg", "max"):
-            raise UserError(f"unknown pooling {self.pool!r}: choose avg or max")
-        if self.encoding not in ENCODINGS:
-            raise UserError(f"unknown encoding {self.encoding!r}: choose {', '.join(ENCODINGS)}")
+        check_model(self.arch, tuple(ARCHS), self.width, self.pool, self.timesteps, self.encoding)
 
     @classmethod
     def for_data(cls, cfg: ModelConfig, ds) -> "ModelSpec":

@@ -2,30 +2,18 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import torch
 
 from . import checkpoint, masks as masklib, tensorfile
-from .artifacts import Artifact, Job, Store, open_artifact
+from .artifacts import Artifact, Job, Store
 from .config import DataConfig, RetrainConfig, RunConfig, resolved
 from .data import Dataset
 from .errors import UserError
-from .inputs import ModelInput, data_identity
+from .inputs import ModelInput, data_identity, load_mask
 from .resume import EpochCheckpoint, run_epochs
 from .train import Report, state_copy
 from .trainer import Trainer, evaluate, held_out
-
-
-def open_search(path: Path) -> Artifact:
-    art = open_artifact(path)
-    if art.stage != "search":
-        raise UserError(f"{art.path} is a {art.stage} artifact, not a search (mask) artifact")
-    return art
-
-
-def load_mask(ticket: Artifact) -> masklib.Masks:
-    return {k: v.bool() for k, v in tensorfile.load(ticket.file("mask.safetensors")).items()}
 
 
 def retrain(store: Store, dense: ModelInput, ticket: Artifact, data: DataConfig, ds: Dataset,

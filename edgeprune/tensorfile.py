@@ -7,7 +7,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .bounded_read import GiB, Budget, regular_size
 from .errors import UserError
+
+TENSOR_FILE_BYTES = 4 * GiB  # weights, masks and per-epoch snapshots of one artifact
 
 
 def save(path: Path, tensors: dict[str, torch.Tensor]) -> None:
@@ -15,6 +18,10 @@ def save(path: Path, tensors: dict[str, torch.Tensor]) -> None:
 
 
 def load(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file. Nothing in it is compressed and its header's offsets
+    must cover the file exactly, so the file's size is what loading it costs."""
+    Budget("a safetensors file", TENSOR_FILE_BYTES).take(
+        f"tensor file {path}", regular_size(path, "tensor file"))
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:

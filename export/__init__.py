@@ -14,7 +14,11 @@
 - parity.py        PyTorch references and ONNX Runtime runs, to compare exported files with the model
 - c_program.py     the SNN as a torch-free program (dicts + float32 arrays) for the sparse C runtime
 - c_codegen.py     that program as dependency-free C99 (model.h/.c, const sparse weights, runner.c);
-                   torch-free, event-driven after spiking layers
-- stage.py         the `export` stage: writes an `export-<id>/` artifact
+                   torch-free, event-driven after spiking layers. Its parts: c_plan.py (checks and
+                   shapes), c_ops.py (one emitter per op kind), c_neurons.py (per neuron kind),
+                   c_layout.py (sparse weight storage), c_text.py (C literals), c_runner.py
+- passes.py        the export as a declared list of passes (prepare, compact, ONNX unrolled and
+                   step, sparse storage, int8, C, NIR), each checking itself
+- stage.py         the `export` stage: runs the passes into an `export-<id>/` artifact
 """
 

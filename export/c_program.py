@@ -40,32 +40,23 @@ from torch import nn
 
 from edgeprune.errors import UserError
 from edgeprune.models import SNN, SpikingBasicBlock
-from edgeprune.neurons import LI, LIF, CubaLIF, DecayLIF, Integrator
+from edgeprune.neurons import MODULES, Neuron
 
-from .c_codegen import NEURONS, output_shape
+from .c_neurons import C_NEURONS
+from .c_plan import output_shape
 from .compact import StepBiased
 from .prepare import NORMS, for_export
 
 FORMAT = "edgeprune.c-program/1"
-STATEFUL_KINDS = tuple(NEURONS)
 
 
-def _neuron(kind: str, *keys: str):
-    """An op of a neuron kind from its module's parameters (`keys`: the ones the C form uses)."""
-    def op(m: nn.Module, name: str) -> dict:
-        p = m.params.to_dict() if m.params is not None else {}
-        return {"kind": kind, "name": name, **{k: p[k] for k in keys}}
-    return op
-
-
-# neuron module class -> its op (the C form of each kind: export/c_codegen.py NEURONS)
-NEURON_OPS = {
-    LIF: _neuron("lif", "tau_mem_inv", "v_th", "v_reset", "reset"),
-    LI: _neuron("li", "tau_mem_inv", "tau_syn_inv"),
-    CubaLIF: _neuron("cuba_lif", "tau_mem_inv", "tau_syn_inv", "v_th", "v_reset", "reset"),
-    DecayLIF: _neuron("decay_lif", "beta", "threshold", "alpha_syn", "reset", "reset_delay"),
-    Integrator: _neuron("integrator"),
-}
+def _neuron(m: Neuron, name: str) -> dict:
+    """A neuron layer's op: its kind and the parameters the kind's C form reads."""
+    if m.kind.key not in C_NEURONS:
+        raise UserError(f"layer {name} ({type(m).__name__}): the C runtime has no "
+                        f"{m.kind.title} neurons")
+    p = m.params.to_dict()
+    return {"kind": m.kind.key, "name": name, **{k: p[k] for k in C_NEURONS[m.kind.key].keys}}
 
 
 def _f32(t: torch.Tensor | None) -> np.ndarray | None:
@@ -106,13 +97,18 @@ def _conv(m: nn.Conv2d, name: str) -> dict:
             "padding": _pair(tuple(pad), "padding", name)}
 
 
-def _no_pool_padding(m: nn.Module, name: str, kind: str) -> None:
+def _pool(m: nn.Module, name: str, kind: str) -> dict:
+    """An avg/max pooling op (no padding, no ceil mode: the C runtime's windows)."""
+    what = type(m).__name__
     pad = m.padding if isinstance(m.padding, (tuple, list)) else (m.padding, m.padding)
     if any(p != 0 for p in pad):
-        raise UserError(f"layer {name} ({kind}): padding {m.padding} is not supported by the C "
+        raise UserError(f"layer {name} ({what}): padding {m.padding} is not supported by the C "
                         "runtime (padding 0 only)")
     if m.ceil_mode:
-        raise UserError(f"layer {name} ({kind}): ceil_mode is not supported by the C runtime")
+        raise UserError(f"layer {name} ({what}): ceil_mode is not supported by the C runtime")
+    k = _pair(m.kernel_size, "kernel", name)
+    return {"kind": kind, "name": name, "kernel": k,
+            "stride": _pair(m.stride, "stride", name) if m.stride else k}
 
 
 def _op(m: nn.Module, name: str, shape: tuple[int, ...]) -> dict | None:
@@ -135,21 +131,15 @@ def _op(m: nn.Module, name: str, shape: tuple[int, ...]) -> dict | None:
     if isinstance(m, nn.Linear):
         return {"kind": "linear", "name": name, "weight": _f32(m.weight), "bias": _f32(m.bias)}
     if isinstance(m, nn.AvgPool2d):
-        _no_pool_padding(m, name, "AvgPool2d")
         if m.divisor_override is not None:
             raise UserError(f"layer {name} (AvgPool2d): divisor_override is not supported by "
                             "the C runtime")
-        k = _pair(m.kernel_size, "kernel", name)
-        return {"kind": "avgpool2d", "name": name, "kernel": k,
-                "stride": _pair(m.stride, "stride", name) if m.stride else k}
+        return _pool(m, name, "avgpool2d")
     if isinstance(m, nn.MaxPool2d):
-        _no_pool_padding(m, name, "MaxPool2d")
         if _pair(m.dilation, "dilation", name) != [1, 1] or m.return_indices:
             raise UserError(f"layer {name} (MaxPool2d): dilation/return_indices are not "
                             "supported by the C runtime")
-        k = _pair(m.kernel_size, "kernel", name)
-        return {"kind": "maxpool2d", "name": name, "kernel": k,
-                "stride": _pair(m.stride, "stride", name) if m.stride else k}
+        return _pool(m, name, "maxpool2d")
     if isinstance(m, nn.AdaptiveAvgPool2d):
         out = _pair(m.output_size if not isinstance(m.output_size, int) else m.output_size,
                     "output size", name)
@@ -163,11 +153,11 @@ def _op(m: nn.Module, name: str, shape: tuple[int, ...]) -> dict | None:
             raise UserError(f"layer {name} (Flatten): only start_dim=1, end_dim=-1 is supported "
                             "by the C runtime")
         return {"kind": "flatten", "name": name}
-    if type(m) in NEURON_OPS:
-        return NEURON_OPS[type(m)](m, name)
+    if isinstance(m, Neuron):
+        return _neuron(m, name)
     raise UserError(f"layer {name} ({type(m).__name__}) is not supported by the C runtime "
                     "(conv2d, linear, avg/max pooling, flatten and the neurons "
-                    f"{', '.join(c.__name__ for c in NEURON_OPS)} only)")
+                    f"{', '.join(MODULES[k].__name__ for k in C_NEURONS)} only)")
 
 
 def _leaves(module: nn.Module, prefix: str):
@@ -189,7 +179,7 @@ def _convert(layers, input_shape: list[int]) -> tuple[list, list, list[int]]:
         if op is None:
             continue
         shape = output_shape(op, shape)
-        if op["kind"] in STATEFUL_KINDS:
+        if op["kind"] in C_NEURONS:
             seen_neuron = True
         (body if seen_neuron else stem).append(op)
     return stem, body, shape
@@ -252,7 +242,7 @@ def program_from_model(model: SNN, timesteps: int, input_shape=None) -> dict:
 
 def choose_dense_rows(program: dict, threshold: float) -> list[str]:
     """Mark the body's convolutions whose weights are at least `threshold` dense (non-zero
-    fraction) for dense-row storage (export/c_codegen.py): vectorized event updates, bigger
+    fraction) for dense-row storage (export/c_layout.py): vectorized event updates, bigger
     weights. Returns the names marked. threshold > 1 marks none."""
     marked = []
     for op in program["body"]:

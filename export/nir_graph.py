@@ -56,7 +56,7 @@ from torch import nn
 from edgeprune import layers
 from edgeprune.errors import UserError
 from edgeprune.models import SNN, Normalize, SpikingBasicBlock, is_stateful
-from edgeprune.neurons import LI, LIF, CubaLIF, DecayLIF, Integrator, Scale, Threshold
+from edgeprune.neurons import MODULES, Neuron, Scale, Threshold
 from edgeprune.pooling import AvgPool2d
 
 from .prepare import NORMS, for_export
@@ -126,61 +126,73 @@ def _exact(m: nn.Module) -> dict:
     return {"edgeprune.layer": clean(layers.describe(m))}
 
 
-def _lif(b: _Builder, name: str, m: LIF, x, y, sources):
-    p, shape = m.params, x.shape[1:]
+def _lif(name: str, p, shape, meta: dict):
     if p.reset != "value":
         raise UserError(f"cannot express layer {name} in NIR: its LIF resets by subtraction, "
                         "and NIR's LIF resets to a value")
-    node = nir.LIF(tau=_full(shape, DT / p.tau_mem_inv), r=_full(shape, 1.0),
+    return nir.LIF(tau=_full(shape, DT / p.tau_mem_inv), r=_full(shape, 1.0),
                    v_leak=_full(shape, 0.0), v_threshold=_full(shape, p.v_th),
-                   v_reset=_full(shape, p.v_reset), metadata=_exact(m))
-    return b.add(name, node, sources)
+                   v_reset=_full(shape, p.v_reset), metadata=meta)
 
 
-def _cuba(b: _Builder, name: str, m: CubaLIF, x, y, sources):
-    """Norse's LIFCell is NIR's CubaLIF integrated current first (see edgeprune.neurons):
+def _cuba(name: str, p, shape, meta: dict):
+    """Norse's LIFCell is NIR's CubaLIF integrated current first (edgeprune.neuron_kinds):
     tau_mem = dt/a, tau_syn = dt/b, and w_in = 1/b so that the input gain r·w_in·dt/tau_syn
     is 1. NIR resets to a value: a subtracting reset is refused."""
-    p, shape = m.params, x.shape[1:]
     if p.reset != "value":
         raise UserError(f"cannot express layer {name} in NIR: its LIF resets by subtraction, "
                         "and NIR's CubaLIF resets to a value")
-    node = nir.CubaLIF(tau_mem=_full(shape, DT / p.tau_mem_inv),
+    return nir.CubaLIF(tau_mem=_full(shape, DT / p.tau_mem_inv),
                        tau_syn=_full(shape, DT / p.tau_syn_inv), r=_full(shape, 1.0),
                        v_leak=_full(shape, 0.0), v_threshold=_full(shape, p.v_th),
                        v_reset=_full(shape, p.v_reset), w_in=_full(shape, 1.0 / p.tau_syn_inv),
-                       metadata=_exact(m))
-    return b.add(name, node, sources)
+                       metadata=meta)
 
 
-def _decay(b: _Builder, name: str, m: DecayLIF, x, y, sources):
+def _decay(name: str, p, shape, meta: dict):
     """snnTorch's Leaky / Synaptic the way snnTorch maps them (tau = dt/(1 − beta), r = tau/dt,
     w_in = tau_syn/dt), with dt = 1; beta = 1 (an IF neuron) as NIR's IF. NIR's equations
     reset in the same step to v_reset; the one-step-late subtraction is in the node's metadata
     (exact for edgeprune's reader, approximate for others)."""
-    p, shape = m.params, x.shape[1:]
     if p.beta >= 1.0 and p.alpha_syn is None:
-        node = nir.IF(r=_full(shape, 1.0), v_threshold=_full(shape, p.threshold),
-                      v_reset=_full(shape, 0.0), metadata=_exact(m))
-        return b.add(name, node, sources)
+        return nir.IF(r=_full(shape, 1.0), v_threshold=_full(shape, p.threshold),
+                      v_reset=_full(shape, 0.0), metadata=meta)
     if p.beta >= 1.0 or (p.alpha_syn is not None and p.alpha_syn >= 1.0):
         raise UserError(f"cannot express layer {name} in NIR: a synaptic current without decay")
     tau = DT / (1.0 - p.beta)
     if p.alpha_syn is None:
-        node = nir.LIF(tau=_full(shape, tau), r=_full(shape, tau / DT), v_leak=_full(shape, 0.0),
+        return nir.LIF(tau=_full(shape, tau), r=_full(shape, tau / DT), v_leak=_full(shape, 0.0),
                        v_threshold=_full(shape, p.threshold), v_reset=_full(shape, 0.0),
-                       metadata=_exact(m))
-    else:
-        ts = DT / (1.0 - p.alpha_syn)
-        node = nir.CubaLIF(tau_mem=_full(shape, tau), tau_syn=_full(shape, ts),
-                           r=_full(shape, tau / DT), v_leak=_full(shape, 0.0),
-                           v_threshold=_full(shape, p.threshold), v_reset=_full(shape, 0.0),
-                           w_in=_full(shape, ts / DT), metadata=_exact(m))
+                       metadata=meta)
+    ts = DT / (1.0 - p.alpha_syn)
+    return nir.CubaLIF(tau_mem=_full(shape, tau), tau_syn=_full(shape, ts),
+                       r=_full(shape, tau / DT), v_leak=_full(shape, 0.0),
+                       v_threshold=_full(shape, p.threshold), v_reset=_full(shape, 0.0),
+                       w_in=_full(shape, ts / DT), metadata=meta)
+
+
+def _integrator(name: str, p, shape, meta: dict):
+    return nir.I(r=_full(shape, 1.0), metadata=meta)
+
+
+def _li(name: str, p, shape, meta: dict):
+    if p.tau_syn_inv != 1.0:
+        raise UserError(f"cannot express layer {name} in NIR: its leaky integrator has a "
+                        f"synaptic current (tau_syn_inv·dt = {p.tau_syn_inv}), whose update order "
+                        "NIR's CubaLI does not fix; only a current-free LI (Norse LIBoxCell) maps")
+    return nir.LI(tau=_full(shape, DT / p.tau_mem_inv), r=_full(shape, 1.0),
+                  v_leak=_full(shape, 0.0), metadata=meta)
+
+
+# the NIR-write backend: neuron kind -> node(layer name, parameters, shape, metadata); each
+# node also carries the layer's exact edgeprune description
+NEURON_NODES = {"lif": _lif, "li": _li, "cuba_lif": _cuba, "decay_lif": _decay,
+                "integrator": _integrator}
+
+
+def _neuron(b: _Builder, name: str, m: Neuron, x, y, sources):
+    node = NEURON_NODES[m.kind.key](name, m.params, x.shape[1:], _exact(m))
     return b.add(name, node, sources)
-
-
-def _integrator(b: _Builder, name: str, m: Integrator, x, y, sources):
-    return b.add(name, nir.I(r=_full(x.shape[1:], 1.0), metadata=_exact(m)), sources)
 
 
 def _threshold(b: _Builder, name: str, m: Threshold, x, y, sources):
@@ -190,17 +202,6 @@ def _threshold(b: _Builder, name: str, m: Threshold, x, y, sources):
 def _scale(b: _Builder, name: str, m: Scale, x, y, sources):
     scale = np.broadcast_to(_np(m.scale), tuple(x.shape[1:])).copy()
     return b.add(name, nir.Scale(scale=scale), sources)
-
-
-def _li(b: _Builder, name: str, m: LI, x, y, sources):
-    p, shape = m.params, x.shape[1:]
-    if p.tau_syn_inv != 1.0:
-        raise UserError(f"cannot express layer {name} in NIR: its leaky integrator has a "
-                        f"synaptic current (tau_syn_inv·dt = {p.tau_syn_inv}), whose update order "
-                        "NIR's CubaLI does not fix; only a current-free LI (Norse LIBoxCell) maps")
-    node = nir.LI(tau=_full(shape, DT / p.tau_mem_inv), r=_full(shape, 1.0),
-                  v_leak=_full(shape, 0.0), metadata=_exact(m))
-    return b.add(name, node, sources)
 
 
 def _sum_pool(b: _Builder, name: str, kernel, stride, padding, out_shape, sources):
@@ -240,10 +241,10 @@ def _block(b: _Builder, name: str, m: SpikingBasicBlock, x, y, sources):
     x1 = m.conv1(x)
     h = _conv(b, f"{name}.conv1", m.conv1, x, x1, sources)
     z1 = m.lif1.step(x1, m.lif1.initial_state(x1))[0]
-    h = _lif(b, f"{name}.lif1", m.lif1, x1, z1, h)
+    h = _neuron(b, f"{name}.lif1", m.lif1, x1, z1, h)
     main = _conv(b, f"{name}.conv2", m.conv2, z1, None, h)
     short, _ = _layer(b, f"{name}.shortcut", m.shortcut, x, sources)
-    return _lif(b, f"{name}.lif2", m.lif2, y, y, main + short)  # NIR sums what enters a node
+    return _neuron(b, f"{name}.lif2", m.lif2, y, y, main + short)  # NIR sums what enters a node
 
 
 def _refuse(why: str):
@@ -254,8 +255,8 @@ def _refuse(why: str):
 
 # module class -> emitter(builder, name, module, input example, output example, sources)
 EMITTERS = {
-    nn.Conv2d: _conv, nn.Conv1d: _conv1d, nn.Linear: _linear, LIF: _lif, LI: _li,
-    CubaLIF: _cuba, DecayLIF: _decay, Integrator: _integrator, Threshold: _threshold,
+    nn.Conv2d: _conv, nn.Conv1d: _conv1d, nn.Linear: _linear,
+    **{cls: _neuron for cls in MODULES.values()}, Threshold: _threshold,
     Scale: _scale, nn.AvgPool2d: _avg_pool,
     AvgPool2d: _avg_pool,
     nn.AdaptiveAvgPool2d: _adaptive_avg_pool, nn.Flatten: _flatten, SpikingBasicBlock: _block,

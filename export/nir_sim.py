@@ -12,7 +12,8 @@ NIR backend: it reads only the graph (nodes, edges, metadata). Semantics:
 - CubaLIF the same way, the current first: I' = I + (dt/tau_syn)·(w_in·S − I), then the
   membrane from I'; IF: v' = v + dt·r·I; Integrator: v' = v + dt·r·I, output v';
 - a neuron node whose metadata holds an edgeprune description ("edgeprune.layer", written by
-  export/nir_graph.py) runs that description exactly (EXACT: one entry per neuron kind);
+  export/nir_graph.py) runs that description exactly: its kind's step function
+  (edgeprune.neuron_kinds), the one the PyTorch module runs;
 Supported nodes: Input, Output, Conv1d, Conv2d, Affine, Linear, SumPool2d, AvgPool2d, Scale,
 Flatten, Threshold, LIF, CubaLIF, IF, LI, Integrator.
 """
@@ -21,6 +22,8 @@ from __future__ import annotations
 import numpy as np
 import nir
 from numpy.lib.stride_tricks import sliding_window_view
+
+from edgeprune.neuron_kinds import KINDS, heaviside
 
 F32 = np.float32
 
@@ -157,78 +160,20 @@ SPIKING = (nir.LIF, nir.CubaLIF, nir.IF)
 
 
 # -- edgeprune's exact neurons (a node whose metadata holds "edgeprune.layer") ---------------
-# Each kind in its framework's float32 operation order (edgeprune.neurons), so the simulated
-# spikes are the PyTorch model's bit for bit. kind -> (number of state arrays, step(params,
-# input, state) -> (output, state)); states start at 0.
+# The kind's own step function (edgeprune.neuron_kinds) on float32 numpy arrays: the same
+# operations in the same order as the PyTorch model, so the simulated spikes are its spikes bit
+# for bit.
 
-def _exact_lif(p, x, state):
-    (v,) = state
-    vd = v + F32(p["tau_mem_inv"]) * ((F32(0) - v) + x)
-    z = vd - F32(p["v_th"]) > 0
-    v = np.where(z, vd - F32(p["v_th"]), vd) if p.get("reset") == "subtract" else \
-        np.where(z, F32(p["v_reset"]), vd)
-    return z.astype(F32), (v.astype(F32),)
-
-
-def _exact_cuba(p, x, state):
-    v, i = state
-    i_j = i + x
-    vd = v + F32(p["tau_mem_inv"]) * ((F32(0) - v) + i_j)
-    i_new = i_j + F32(-p["tau_syn_inv"]) * i_j
-    z = (vd - F32(p["v_th"]) > 0).astype(F32)
-    v = vd - z * F32(p["v_th"]) if p.get("reset") == "subtract" else \
-        (F32(1) - z) * vd + z * F32(p.get("v_reset", 0.0))
-    return z, (v.astype(F32), i_new.astype(F32))
-
-
-def _exact_decay(p, x, state):
-    syn, mem = state
-    th, beta = F32(p.get("threshold", 1.0)), F32(p["beta"])
-    reset, synaptic = p.get("reset", "subtract"), p.get("alpha_syn") is not None
-    r = (mem - th > 0).astype(F32)
-    if synaptic:
-        syn = F32(p["alpha_syn"]) * syn + x
-        m = beta * mem + syn
-        m = m - r * th if reset == "subtract" else (m - m * r if reset == "zero" else m)
-    elif reset == "zero":
-        m = beta * ((F32(1) - r) * mem) + x
-    else:
-        m = beta * mem + x
-        if reset == "subtract":
-            m = m - r * th
-    z = (m - th > 0).astype(F32)
-    if not p.get("reset_delay", True) and reset != "none":
-        do = z - r
-        m = m - do * th if reset == "subtract" else m - do * m
-    return z, (syn.astype(F32), m.astype(F32))
-
-
-def _exact_li(p, x, state):
-    v, i = state
-    i_j = i + x
-    v = (v + F32(p["tau_mem_inv"]) * ((F32(0) - v) + i_j)).astype(F32)
-    return v, (v, (i_j + F32(-p.get("tau_syn_inv", 1.0)) * i_j).astype(F32))
-
-
-def _exact_integrator(p, x, state):
-    v = (state[0] + x).astype(F32)
-    return v, (v,)
-
-
-EXACT = {"lif": (1, _exact_lif), "cuba_lif": (2, _exact_cuba), "decay_lif": (2, _exact_decay),
-         "li": (2, _exact_li), "integrator": (1, _exact_integrator)}
-EXACT_SPIKING = ("lif", "cuba_lif", "decay_lif")
-
-
-def _exact_of(node) -> dict | None:
+def _exact_of(node):
+    """(kind, parameters) of a node with an edgeprune description in its metadata, else None."""
     meta = getattr(node, "metadata", None)
     d = meta.get("edgeprune.layer") if isinstance(meta, dict) else None
-    if isinstance(d, dict) and d.get("type") in EXACT:
-        return {k: (v.item() if isinstance(v, np.ndarray) and v.ndim == 0 else v)
-                for k, v in {**d.get("neuron", {}), **{k: v for k, v in d.items()
-                                                       if k not in ("type", "neuron")}}.items()
-                } | {"type": d["type"]}
-    return None
+    if not isinstance(d, dict) or d.get("type") not in KINDS:
+        return None
+    kind = KINDS[d["type"]]
+    plain = {k: (v.item() if isinstance(v, (np.ndarray, np.generic)) and np.ndim(v) == 0 else v)
+             for k, v in (d.get("neuron", {}) if kind.nested else d).items()}
+    return kind, kind.from_description({"neuron": plain} if kind.nested else plain)
 
 
 def simulate(graph: nir.NIRGraph, x: np.ndarray, timesteps: int, *,
@@ -258,12 +203,12 @@ def simulate(graph: nir.NIRGraph, x: np.ndarray, timesteps: int, *,
         if n in ex:
             init = STATEFUL[type(node)][0](node, batch)
             shape = (init[0] if isinstance(init, tuple) else init).shape
-            state[n] = tuple(np.zeros(shape, F32)
-                             for _ in range(EXACT[ex[n]["type"]][0]))
+            kind, p = ex[n]
+            state[n] = tuple(np.zeros(shape, F32) for _ in kind.states(p))
         elif type(node) in STATEFUL:
             state[n] = STATEFUL[type(node)][0](node, batch)
     counts = {n: np.zeros(batch, np.float64) for n, node in graph.nodes.items()
-              if (ex[n]["type"] in EXACT_SPIKING if n in ex else isinstance(node, SPIKING))}
+              if (ex[n][0].spiking if n in ex else isinstance(node, SPIKING))}
     steps = []
     for t in range(timesteps):
         val: dict[str, np.ndarray] = {}
@@ -276,7 +221,8 @@ def simulate(graph: nir.NIRGraph, x: np.ndarray, timesteps: int, *,
             for s in sources[n][1:]:
                 inp = inp + val[s]
             if n in ex:
-                val[n], state[n] = EXACT[ex[n]["type"]][1](ex[n], inp, state[n])
+                kind, p = ex[n]
+                val[n], state[n] = kind.step(inp, state[n], p, heaviside)
             elif type(node) in STATEFUL:
                 val[n], state[n] = STATEFUL[type(node)][1](node, inp, state[n], dt)
             else:

@@ -1,5 +1,6 @@
 """Write both ONNX files of a model: unrolled and streaming, with metadata, optionally sparse,
-each checked with onnx.checker. The one entry point the stage, tests and benchmarks share."""
+each checked with onnx.checker. The export stage's passes (export/passes.py) call the steps one
+by one; `write_onnx` runs them together for tests and benchmarks."""
 from __future__ import annotations
 
 import time
@@ -14,7 +15,6 @@ from edgeprune.models import ModelSpec
 from . import metadata
 from .onnx_step import export_step
 from .onnx_unrolled import OUTPUT_CHOICES, export_unrolled, name_output_dims, node_count
-from .quantize import quantize_weights
 from .sparse import to_sparse_initializers
 
 UNROLLED, STEP, INT8 = "model.onnx", "model.step.onnx", "model.int8.onnx"
@@ -64,79 +64,98 @@ def compact_names(proto: onnx.ModelProto) -> dict:
     return {"constants_merged": merged, "names_shortened": len(names)}
 
 
-def _finish(path: Path, meta: dict, dims: dict, sparse: bool,
-            int8_path: Path | None = None) -> dict:
-    """Add metadata (and sparse initializers), check, save; return sizes and node count.
-    With `int8_path`, also write the int8-weight (per-channel QDQ) copy there."""
-    proto = onnx.load(str(path))
-    name_output_dims(proto, dims)
-    compact_names(proto)
-    metadata.attach(proto, meta)
-    onnx.checker.check_model(proto, full_check=True)
-    onnx.save(proto, str(path))
-    info = {"nodes": node_count(proto), "bytes_dense": path.stat().st_size,
-            "opset": max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))}
-    if int8_path is not None:
-        info["int8"] = quantize_weights(onnx.load(str(path)), Path(int8_path), sparse=sparse)
-    if sparse:
-        conv = to_sparse_initializers(proto)
-        # Structure only: ONNX shape inference does not type a sparse tensor feeding Conv/Gemm
-        # directly ("unsupported type: sparse_tensor"), although ONNX Runtime densifies and
-        # runs it; the dense graph above passed the full check.
-        onnx.checker.check_model(proto)
-        onnx.save(proto, str(path))
-        info.update(bytes_sparse=path.stat().st_size, sparse_tensors=len(conv["converted"]))
-    info["bytes"] = path.stat().st_size
-    return info
-
-
-def write_onnx(spec: ModelSpec, model: torch.nn.Module, folder: Path, *, timesteps: int,
-               outputs: str = "logits", opset: int = 17, sparse: bool = False,
-               artifact_id: str | None = None, step: bool = True,
-               meta_model: torch.nn.Module | None = None,
-               step_model: torch.nn.Module | None = None, extra_meta: dict | None = None,
-               int8: bool = False) -> dict:
-    """Write `model.onnx` (and `model.step.onnx` unless step=False) into `folder`.
-    `meta_model`: the model whose sparsity the metadata records (the ticket, when `model` is
-    its compacted form); `step_model`: the model the streaming graph is made of (default
-    `model`); `extra_meta`: more `edgeprune.*` keys; `int8`: also `model.int8.onnx`.
-    Returns {"model.onnx": {seconds, nodes, bytes, bytes_dense[, bytes_sparse], opset, outputs
-             [, int8]}, "model.step.onnx": {..., states}}."""
+def check_options(*, timesteps: int, outputs: str, opset: int) -> None:
     if outputs not in OUTPUT_CHOICES:
         raise UserError(f"unknown --outputs {outputs!r}: choose {' or '.join(OUTPUT_CHOICES)}")
     if timesteps < 1:
         raise UserError(f"timesteps must be at least 1, got {timesteps}")
     if not 13 <= opset <= 20:  # 13: ReduceSum with axes input; 20: newest the TorchScript exporter knows
         raise UserError(f"--opset {opset} is not supported: choose 13 to 20")
-    folder = Path(folder)
-    model = model.eval()
-    k = spec.num_classes
-    result = {}
 
-    path = folder / UNROLLED
+
+def _finish(path: Path, meta: dict, dims: dict) -> dict:
+    """Add metadata, check, save; return sizes and node count."""
+    proto = onnx.load(str(path))
+    name_output_dims(proto, dims)
+    compact_names(proto)
+    metadata.attach(proto, meta)
+    onnx.checker.check_model(proto, full_check=True)
+    onnx.save(proto, str(path))
+    size = path.stat().st_size
+    return {"nodes": node_count(proto), "bytes_dense": size, "bytes": size,
+            "opset": max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))}
+
+
+def write_unrolled(spec: ModelSpec, model: torch.nn.Module, folder: Path, *, timesteps: int,
+                   outputs: str, opset: int, artifact_id: str | None,
+                   meta_model: torch.nn.Module, extra_meta: dict) -> dict:
+    """`model.onnx`: T steps unrolled, metadata from `meta_model` plus `extra_meta`, dense
+    weights. Returns {seconds, outputs, nodes, bytes, bytes_dense, opset}."""
+    path = Path(folder) / UNROLLED
     t0 = time.perf_counter()
     info = export_unrolled(model, spec.input_shape, timesteps, path, outputs=outputs, opset=opset)
-    dims = {"logits": ["batch", k], "step_logits": [timesteps, "batch", k]}
-    meta_model = meta_model if meta_model is not None else model
-    step_model = step_model if step_model is not None else model
+    k = spec.num_classes
     meta = metadata.build(spec, meta_model, kind="unrolled", timesteps=timesteps,
                           artifact_id=artifact_id, outputs=info["outputs"])
-    meta.update(extra_meta or {})
-    info.update(_finish(path, meta, dims, sparse, folder / INT8 if int8 else None))
+    meta.update(extra_meta)
+    info.update(_finish(path, meta, {"logits": ["batch", k],
+                                     "step_logits": [timesteps, "batch", k]}))
     info["seconds"] = time.perf_counter() - t0
-    result[UNROLLED] = info
+    return info
 
+
+def write_step(spec: ModelSpec, model: torch.nn.Module, folder: Path, *, timesteps: int,
+               opset: int, artifact_id: str | None, meta_model: torch.nn.Module,
+               extra_meta: dict) -> dict:
+    """`model.step.onnx`: one step, the neuron state as inputs and outputs, dense weights.
+    Returns {seconds, states, nodes, bytes, bytes_dense, opset}."""
+    path = Path(folder) / STEP
+    t0 = time.perf_counter()
+    info = export_step(model, spec.input_shape, path, opset=opset)
+    meta = metadata.build(spec, meta_model, kind="step", timesteps=timesteps,
+                          artifact_id=artifact_id,
+                          outputs=["logits", *[s["output"] for s in info["states"]]],
+                          states=info["states"])
+    meta.update(extra_meta)
+    info.update(_finish(path, meta, {"logits": ["batch", spec.num_classes]}))
+    info["seconds"] = time.perf_counter() - t0
+    return info
+
+
+def store_sparse(path: Path) -> dict:
+    """Rewrite an ONNX file with its mostly-zero weights as sparse initializers.
+    Returns {bytes_sparse, sparse_tensors, bytes}."""
+    proto = onnx.load(str(path))
+    conv = to_sparse_initializers(proto)
+    # Structure only: ONNX shape inference does not type a sparse tensor feeding Conv/Gemm
+    # directly ("unsupported type: sparse_tensor"), although ONNX Runtime densifies and
+    # runs it; the dense graph passed the full check.
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
+    size = Path(path).stat().st_size
+    return {"bytes_sparse": size, "sparse_tensors": len(conv["converted"]), "bytes": size}
+
+
+def write_onnx(spec: ModelSpec, model: torch.nn.Module, folder: Path, *, timesteps: int,
+               outputs: str = "logits", opset: int = 17, sparse: bool = False,
+               artifact_id: str | None = None, step: bool = True,
+               meta_model: torch.nn.Module | None = None) -> dict:
+    """Write `model.onnx` (and `model.step.onnx` unless step=False) into `folder`, as the
+    export stage's passes do. `meta_model`: the model whose sparsity the metadata records (the
+    ticket, when `model` is its compacted form).
+    Returns {"model.onnx": {seconds, nodes, bytes, bytes_dense[, bytes_sparse], opset, outputs},
+             "model.step.onnx": {..., states}}."""
+    check_options(timesteps=timesteps, outputs=outputs, opset=opset)
+    folder = Path(folder)
+    model = model.eval()
+    meta_model = meta_model if meta_model is not None else model
+    result = {UNROLLED: write_unrolled(spec, model, folder, timesteps=timesteps, outputs=outputs,
+                                       opset=opset, artifact_id=artifact_id,
+                                       meta_model=meta_model, extra_meta={})}
     if step:
-        path = folder / STEP
-        t0 = time.perf_counter()
-        info = export_step(step_model, spec.input_shape, path, opset=opset)
-        meta = metadata.build(spec, meta_model, kind="step", timesteps=timesteps,
-                              artifact_id=artifact_id,
-                              outputs=["logits", *[s["output"] for s in info["states"]]],
-                              states=info["states"])
-        if step_model is model:
-            meta.update(extra_meta or {})
-        info.update(_finish(path, meta, {"logits": ["batch", k]}, sparse))
-        info["seconds"] = time.perf_counter() - t0
-        result[STEP] = info
+        result[STEP] = write_step(spec, model, folder, timesteps=timesteps, opset=opset,
+                                  artifact_id=artifact_id, meta_model=meta_model, extra_meta={})
+    if sparse:
+        for name, info in result.items():
+            info.update(store_sparse(folder / name))
     return result

@@ -30,20 +30,11 @@ def torch_reference(model: SNN, x: torch.Tensor, timesteps: int, *,
             out[f"step_spikes.{name}"] = z.flatten(2).sum(2).numpy()
             if near_eps is None:
                 return
-            if hasattr(m, "margins"):  # a neuron kind that reports its potentials itself
-                u = m.margins(inp[0])
-                out[f"near.{name}"] = np.array([int((u[t].abs() < near_eps).sum())
-                                                for t in range(u.shape[0])])
+            if not hasattr(m, "margins"):  # stateless spikes (Threshold): nothing to trace
                 return
-            if not hasattr(m, "p"):  # stateless spikes (Threshold): nothing to trace
-                return
-            seq, p = inp[0], m.p
-            v, near = torch.zeros_like(seq[0]), []
-            for t in range(seq.shape[0]):  # Norse's update, to see v before the threshold
-                v_dec = v + 1.0 * p.tau_mem_inv * (seq[t] + p.v_leak - v)
-                near.append(int(((v_dec - p.v_th).abs() < near_eps).sum()))
-                v = p.reset_method(z[t], v_dec, p.v_reset, p.v_th)
-            out[f"near.{name}"] = np.array(near)
+            u = m.margins(inp[0])  # every neuron kind reports its potentials itself
+            out[f"near.{name}"] = np.array([int((u[t].abs() < near_eps).sum())
+                                            for t in range(u.shape[0])])
         return record
 
     lifs = spiking_layers(model)

@@ -8,8 +8,8 @@ from pathlib import Path
 import edgeprune  # noqa: F401
 from edgeprune import distributed, pipeline, tensorfile
 from edgeprune.artifacts import Store
-from edgeprune.config import (DataConfig, ModelConfig, RetrainConfig, RunConfig, SearchConfig,
-                              TrainConfig)
+from edgeprune.config import (DataConfig, ImpSettings, ModelConfig, RetrainConfig, RunConfig,
+                              SearchConfig, TrainConfig)
 from edgeprune.hashing import arrays_digest
 
 out, store = Path(sys.argv[1]), Store(Path(sys.argv[2]))
@@ -17,7 +17,7 @@ data, run = DataConfig("digits"), RunConfig(seed=0)
 dense, _ = pipeline.train(store, data, ModelConfig(width=0.5, timesteps=3),
                           TrainConfig(epochs=6, batch_size=64), run)
 model = dense.path / "model.pt"
-mask, _ = pipeline.search(store, model, SearchConfig(method="imp", sparsity=0.8, prune_rate=0.5,
+mask, _ = pipeline.search(store, model, SearchConfig(method="imp", sparsity=0.8, imp=ImpSettings(0.5),
                                                      round_epochs=1, batch_size=64), data, run)
 ticket, _ = pipeline.retrain(store, model, mask.path, RetrainConfig(epochs=2, batch_size=64),
                              data, run)

@@ -52,7 +52,7 @@ def ticket(digits_model):
     from edgeprune.trainer import Trainer
 
     spec, model = checkpoint.load(digits_model.file("model.pt"))
-    mask = masks.magnitude(prunable(model), SPARSITY)
+    mask = masks.prune(prunable(model), SPARSITY, "global")
     Trainer(model, _digits(), T, TrainConfig(epochs=1, lr=0.02), seed=0, masks=mask).train_epoch()
     return spec, model.eval()
 
@@ -281,7 +281,7 @@ def test_li_readout_maxpool_stride_and_subtract_reset(tmp_path):
         bn.bias.uniform_(0.2, 0.6)
         for p in prunable(model).values():
             p.mul_(3.0)
-    masks.apply(model, masks.magnitude(prunable(model), 0.6))
+    masks.apply(model, masks.prune(prunable(model), 0.6, "global"))
     out, ref, program = _c_vs_torch(spec, model, tmp_path)
     assert program["body"][-1]["kind"] == "li"
     assert (out.argmax(1) == ref.argmax(1)).mean() >= 0.99
@@ -312,7 +312,7 @@ def test_gather_paths_adaptive_pool_and_spiking_output(tmp_path):
     with torch.no_grad():
         for p in prunable(model).values():
             p.mul_(4.0)
-    masks.apply(model, masks.magnitude(prunable(model), 0.5))
+    masks.apply(model, masks.prune(prunable(model), 0.5, "global"))
     out, ref, program = _c_vs_torch(spec, model, tmp_path)
     assert [op["kind"] for op in program["stem"]] == ["conv2d", "conv2d"]
     assert "dropout" not in [op["kind"] for op in program["body"]]

@@ -21,7 +21,7 @@ def pruned(digits_model):
     from edgeprune.models import prunable
 
     spec, model = checkpoint.load(digits_model.file("model.pt"))
-    masks.apply(model, masks.magnitude(prunable(model), 0.97))
+    masks.apply(model, masks.prune(prunable(model), 0.97, "global"))
 
     def plain(bn, i):  # the BN of a channel retrained dead: its folded bias is its beta
         bn.running_mean[i], bn.running_var[i], bn.weight[i] = 0.0, 1.0, 1.0

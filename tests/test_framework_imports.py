@@ -309,7 +309,8 @@ def test_nir_reader_refuses_links_to_other_files(tmp_path):
 def test_current_based_lif_trains_searches_and_exports_everywhere(tmp_path):
     """The current-based LIF as a first-class neuron: `train --tau-syn-inv`, a ticket search,
     and every export (unrolled and streaming ONNX with its (v, i) state, NIR CubaLIF, C)."""
-    from edgeprune.config import ModelConfig, SearchConfig, TrainConfig, ValidateConfig
+    from edgeprune.config import (ImpSettings, ModelConfig, SearchConfig, TrainConfig,
+                                  ValidateConfig)
 
     store = Store(tmp_path)
     dense, _ = pipeline.train(store, DataConfig("digits"),
@@ -319,7 +320,7 @@ def test_current_based_lif_trains_searches_and_exports_everywhere(tmp_path):
     assert dense.metrics["test_accuracy"] > 0.5
     assert dense.config["model"]["neuron"]["tau_syn_inv"] == 0.5
     mask, _ = pipeline.search(store, dense.path / "model.pt",
-                              SearchConfig(method="imp", sparsity=0.5, prune_rate=0.5,
+                              SearchConfig(method="imp", sparsity=0.5, imp=ImpSettings(0.5),
                                            round_epochs=1))
     exp, _ = pipeline.export(store, dense.path / "model.pt",
                              ExportConfig(probe=64, nir=True, c_runtime=True))

@@ -70,9 +70,9 @@ def test_a_layer_left_without_weights_names_the_layer_and_the_limit():
     model = ModelSpec().build()
     w = {n: p.detach() for n, p in prunable(model).items()}
     with pytest.raises(UserError, match=r"would leave layer \S+ with no weight") as e:
-        masks.magnitude(w, 0.999)
+        masks.prune(w, 0.999, "global")
     limit = float(str(e.value).rsplit(" ", 1)[1])
-    kept = masks.magnitude(w, limit)  # the named limit itself still keeps every layer
+    kept = masks.prune(w, limit, "global")  # the named limit itself still keeps every layer
     assert all(m.any() for m in kept.values())
 
 

@@ -3,7 +3,7 @@ import torch
 
 from edgeprune.models import ModelSpec, prunable
 from edgeprune.config import NeuronParams, TrainConfig
-from edgeprune.neurons import LIF, lif_parameters, lif_step
+from edgeprune.neurons import LIF
 from edgeprune.trainer import Trainer
 from edgeprune.data import Dataset
 
@@ -22,18 +22,16 @@ def test_paper_weight_counts(arch, expected):
 
 
 def test_lif_step_is_the_papers_neuron():
-    p = lif_parameters(NeuronParams())
     v = torch.tensor([0.0, 0.8, 0.0])
     x = torch.tensor([1.0, 1.0, 2.0])
-    z, v_new = lif_step(x, v, p)
+    z, v_new = LIF(NeuronParams()).step(x, v)
     # v = 0.25 v + 0.75 x  ->  [0.75, 0.95, 1.5]; spike where > 1, hard reset to 0
     assert z.tolist() == [0.0, 0.0, 1.0]
     assert torch.allclose(v_new, torch.tensor([0.75, 0.95, 0.0]))
 
 
 def test_lif_subtract_reset():
-    p = lif_parameters(NeuronParams(reset="subtract"))
-    z, v = lif_step(torch.tensor([2.0]), torch.tensor([0.0]), p)
+    z, v = LIF(NeuronParams(reset="subtract")).step(torch.tensor([2.0]), torch.tensor([0.0]))
     assert z.item() == 1.0 and abs(v.item() - 0.5) < 1e-6
 
 

@@ -17,7 +17,7 @@ from edgeprune.errors import UserError
 from edgeprune.models import ModelSpec
 import pipeline
 from edgeprune.config import (DataConfig, ExportConfig, ImportConfig, RetrainConfig,
-                              SearchConfig, TrainConfig)
+                              EarlyTimeSettings, ImpSettings, SearchConfig, TrainConfig)
 from edgeprune.importers.norse import user_steps
 from edgeprune.inputs import dataset_for, open_model
 from edgeprune.retrain import retrain
@@ -92,8 +92,8 @@ def test_search_retrain_export_chain_gives_a_validated_onnx(imported):
     store, art = imported
     dense = open_model(art.path / "model.pt")
     dcfg, ds = dataset_for(dense, DataConfig())
-    cfg = SearchConfig(method="et-imp", sparsity=0.5, prune_rate=0.5, round_epochs=1,
-                       et_epochs=0, et_batch=64)
+    cfg = SearchConfig(method="et-imp", sparsity=0.5, imp=ImpSettings(0.5), round_epochs=1,
+                       et=EarlyTimeSettings(epochs=0, batch=64))
     ticket, _ = search(store, dense, dcfg, ds, cfg)
     assert abs(ticket.metrics["sparsity"] - 0.5) < 0.01
     # No early snapshots come with an import: the ticket restarts from the imported

@@ -6,7 +6,8 @@ from hypothesis import given, settings, strategies as st
 
 from edgeprune import inputs, masks as masklib, pipeline, tensorfile
 from edgeprune.artifacts import Store
-from edgeprune.config import DataConfig, ModelConfig, RetrainConfig, SearchConfig, TrainConfig
+from edgeprune.config import (DataConfig, EarlyBirdSettings, ImpSettings, ModelConfig,
+                              RetrainConfig, SearchConfig, TrainConfig, build)
 from edgeprune.errors import UserError
 from edgeprune.models import ModelSpec, prunable
 from edgeprune.retrain import retrain
@@ -30,7 +31,7 @@ def test_magnitude_prunes_exactly_and_keeps_the_largest(sizes, sparsity, scope, 
     w = {f"l{i}": torch.randn(n, generator=g) for i, n in enumerate(sizes)}
     total = sum(sizes)
     try:
-        m = masklib.magnitude(w, sparsity, scope=scope)
+        m = masklib.prune(w, sparsity, scope)
     except UserError as e:  # refused only when the ranking really empties a layer
         assert "with no weight" in str(e)
         if scope == "global":
@@ -58,10 +59,10 @@ def test_pruned_weights_stay_pruned(s1, s2, seed):
     lo, hi = sorted((s1, s2))
     g = torch.Generator().manual_seed(seed)
     w = {"a": torch.randn(50, generator=g), "b": torch.randn(30, generator=g)}
-    first = masklib.magnitude(w, lo)
+    first = masklib.prune(w, lo, "global")
     w2 = {n: torch.randn(v.shape, generator=g) for n, v in w.items()}  # weights moved
     try:
-        second = masklib.magnitude(w2, hi, current=first)
+        second = masklib.prune(w2, hi, "global", current=first)
     except UserError as e:  # the guard against emptying a layer (tested elsewhere)
         assert "with no weight" in str(e)
         return
@@ -75,7 +76,7 @@ def test_masks_hold_zeros_through_sgd_momentum_weight_decay():
     d = data.load("digits").subset(128, 0)
     torch.manual_seed(0)
     model = ModelSpec(input_shape=d.input_shape).build()
-    mask = masklib.magnitude({n: p.detach() for n, p in prunable(model).items()}, 0.8)
+    mask = masklib.prune({n: p.detach() for n, p in prunable(model).items()}, 0.8, "global")
     tr = Trainer(model, d, 2, TrainConfig(epochs=2, batch_size=32, lr=0.5, weight_decay=1e-2),
                  seed=0, masks=mask)
     for _ in range(2):
@@ -94,6 +95,34 @@ def test_round_schedule_lands_on_target():
     assert s[3] == pytest.approx(1 - 0.75 ** 4) and s[7] == pytest.approx(1 - 0.75 ** 8)
     assert round_sparsities(0.97, 0.25)[-1] == 0.97 and len(round_sparsities(0.97, 0.25)) == 13
     assert round_sparsities(0.1, 0.25) == [0.1]
+
+
+# -- the method registry ----------------------------------------------------------------------
+
+def test_method_names_and_their_code_come_from_the_registry():
+    from edgeprune.search import methods
+
+    assert methods.NAMES == ("imp", "et-imp", "eb", "et-eb", "random", "reinit")
+    for name in methods.NAMES:
+        m = methods.base(name)
+        assert SearchConfig(method=name).base == m.name and callable(m.finder())
+        assert m.plotter() is None or callable(m.plotter())
+    with pytest.raises(UserError, match="unknown method 'x': choose imp, et-imp, eb"):
+        SearchConfig(method="x")
+
+
+def test_each_method_s_settings_nest_but_options_and_ids_stay_flat():
+    cfg = build(SearchConfig, {"prune_rate": 0.5, "eb_q": 3, "et_lambda": 0.4,
+                               "et_candidates": (2, 3)})
+    assert (cfg.imp.prune_rate, cfg.eb.q, cfg.et.lam, cfg.et.candidates) == (0.5, 3, 0.4, (2, 3))
+    # the dict hashed into a search's id: the keys of the flat schema before the nesting
+    assert list(cfg.to_dict()) == [
+        "batch_size", "lr", "momentum", "weight_decay", "warmup_epochs", "method", "sparsity",
+        "rewind_epoch", "round_epochs", "scope", "keep_first", "keep_last", "prune_rate", "eb_q",
+        "eb_tau", "et_epochs", "et_lambda", "et_candidates", "et_batch"]
+    assert cfg.to_dict()["et_candidates"] == [2, 3]
+    with pytest.raises(UserError, match="eb-q must be at least 2"):
+        build(SearchConfig, {"eb_q": 1})
 
 
 # -- Early-Bird and Early-Time on constructed cases ------------------------------------------
@@ -190,7 +219,8 @@ def test_imp_rounds_sparsity_rewind_and_resume(dense_small):
 def test_early_time_eb_and_baselines(dense_small):
     store, dense, dcfg, ds = dense_small
     eb, _ = search(store, dense, dcfg, ds, SearchConfig(method="et-eb", sparsity=0.8,
-                                                         round_epochs=6, eb_q=3, eb_tau=0.2))
+                                                         round_epochs=6,
+                                                         eb=EarlyBirdSettings(q=3, tau=0.2)))
     m = eb.metrics
     et = m["early_time"]
     assert et["candidates"] == [1, 2, 3]
@@ -238,7 +268,7 @@ def test_compress_cli_end_to_end(tmp_path):
 
 def test_branch_without_a_trunk_searches_the_imp_ticket_first(dense_small):
     store, dense, dcfg, ds = dense_small
-    cfg = SearchConfig(method="random", sparsity=0.5, prune_rate=0.5)
+    cfg = SearchConfig(method="random", sparsity=0.5, imp=ImpSettings(0.5))
     rnd, _ = search(store, dense, dcfg, ds, cfg)
     trunk = store.find("search", rnd.metrics["trunk"])
     assert trunk is not None and trunk.metrics["method"] == "imp"
@@ -255,18 +285,18 @@ def test_lamp_scores_are_layer_scale_free_and_never_empty_a_layer():
     g = torch.Generator().manual_seed(0)
     w = {"big": torch.randn(200, generator=g) * 100, "small": torch.randn(800, generator=g) * 1e-3,
          "tiny": torch.randn(10, generator=g) * 1e-6}
-    m = masklib.magnitude(w, 0.95, scope="lamp")
+    m = masklib.prune(w, 0.95, "lamp")
     assert sum(int((~v).sum()) for v in m.values()) == round(0.95 * 1010)
     assert all(int(v.sum()) >= 1 for v in m.values())
     with pytest.raises(UserError, match="with no weight"):  # global magnitude empties two
-        masklib.magnitude(w, 0.95, scope="global")
+        masklib.prune(w, 0.95, "global")
     # rescaling a layer (what BatchNorm after it allows) changes nothing
-    m2 = masklib.magnitude({**w, "small": w["small"] * 1e5}, 0.95, scope="lamp")
+    m2 = masklib.prune({**w, "small": w["small"] * 1e5}, 0.95, "lamp")
     assert all(torch.equal(m[n], m2[n]) for n in w)
     for n in w:  # within a layer the largest weights are kept
         if m[n].any() and (~m[n]).any():
             assert w[n][m[n]].abs().min() >= w[n][~m[n]].abs().max()
-    m3 = masklib.magnitude(w, 0.98, current=m, scope="lamp")  # pruned weights stay pruned
+    m3 = masklib.prune(w, 0.98, "lamp", current=m)  # pruned weights stay pruned
     assert all(not (m3[n] & ~m[n]).any() for n in w)
 
 

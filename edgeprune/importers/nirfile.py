@@ -51,13 +51,18 @@ from pathlib import Path
 import numpy as np
 
 from .. import layers
+from ..bounded_read import MiB, Budget, regular_size
 from ..config import NIR_CONVENTIONS, NeuronParams
 from ..errors import UserError
-from ..neurons import CubaParams, DecayParams, LIParams
+from ..neuron_kinds import CubaParams, DecayParams, LIParams
 
 CONVENTIONS = NIR_CONVENTIONS
 DEFAULT_DT = {"norse": 1e-3, "snntorch": 1e-4}
-MAX_ELEMENTS = 200_000_000  # numbers in the whole file: a bigger file is refused, not read
+# What reading the whole file may cost, counted from each dataset's declared shape and type
+# before it is read: numbers, and bytes (a fixed-length string is one element of any size). A
+# VGG16 of width 1 is 15M numbers, 60 MB.
+MAX_ELEMENTS = 200_000_000
+MAX_BYTES = 512 * MiB
 MAX_DEPTH = 8
 MAX_NODES = 10_000
 MAX_NAME = 200
@@ -65,12 +70,7 @@ MAX_NAME = 200
 
 # -- reading the file: HDF5 groups and datasets to plain Python ------------------------------
 
-class _Budget:
-    def __init__(self):
-        self.elements = 0
-
-
-def _read_group(group, where: str, depth: int, budget: _Budget) -> dict:
+def _read_group(group, where: str, depth: int, budget: Budget) -> dict:
     import h5py
 
     if depth > MAX_DEPTH:
@@ -94,13 +94,13 @@ def _read_group(group, where: str, depth: int, budget: _Budget) -> dict:
     return out
 
 
-def _read_dataset(ds, where: str, budget: _Budget):
+def _read_dataset(ds, where: str, budget: Budget):
     if ds.is_virtual or ds.external:
         raise UserError(f"{where}: datasets stored in other files are not allowed")
-    n = int(np.prod(ds.shape)) if ds.shape is not None else 0
-    budget.elements += n
-    if budget.elements > MAX_ELEMENTS:
-        raise UserError(f"the file holds more than {MAX_ELEMENTS:,} numbers: refused")
+    n = math.prod(ds.shape) if ds.shape is not None else 0
+    # a chunk is decompressed whole, and may be declared larger than the dataset
+    chunk = math.prod(ds.chunks) if ds.chunks else 0
+    budget.take(where, max(n, chunk) * ds.dtype.itemsize, n)
     kind = ds.dtype.kind
     if kind not in "biufSOU":
         raise UserError(f"{where}: unsupported data type {ds.dtype}")
@@ -129,8 +129,7 @@ def _text(value, where: str):
 def read_file(path: Path) -> dict:
     """The file's "node" group as nested dicts of numpy arrays and strings."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"NIR file {path} does not exist")
+    regular_size(path, "NIR file")  # HDF5 opens the path itself: a FIFO would hang it
     try:
         import h5py
     except ImportError:
@@ -144,17 +143,15 @@ def read_file(path: Path) -> dict:
         with f:
             if "node" not in f:
                 raise UserError(f"{path} is not a NIR file (no 'node' group)")
-            return _read_group(f["node"], "node", 0, _Budget()) if hasattr(f["node"], "keys") \
-                else _bad(f"{path}: 'node' is not a group")
+            if not hasattr(f["node"], "keys"):
+                raise UserError(f"{path}: 'node' is not a group")
+            return _read_group(f["node"], f"{path}: node", 0,
+                               Budget("a NIR file", MAX_BYTES, MAX_ELEMENTS))
     except UserError:
         raise
     except Exception as e:  # h5py/HDF5 errors on a damaged file
         raise UserError(f"{path} could not be read as a NIR file ({type(e).__name__}: "
                         f"{' '.join(str(e).split())[:120]})") from None
-
-
-def _bad(message: str):
-    raise UserError(message)
 
 
 # -- node parameters ---------------------------------------------------------------------------
@@ -500,6 +497,17 @@ def _threshold(r: Reader, name: str, node: dict):
                  "threshold": _f32(_uniform(node, "threshold", name, r.shape))})
 
 
+# the NIR-read backend of the neuron kinds: NIR neuron node type -> (the edgeprune kinds it
+# becomes, its reader of NIR's parameters). An edgeprune-written node reads as its exact
+# description instead, whatever its kind (_exact_or).
+NEURON_READERS = {
+    "LIF": (("lif", "decay_lif"), _lif),
+    "CubaLIF": (("cuba_lif", "decay_lif"), _cuba),
+    "IF": (("decay_lif",), _if),
+    "LI": (("li",), _li),
+    "I": (("integrator",), _integrator),  # NIR's integrator node
+    "Integrator": (("integrator",), _integrator),
+}
 # NIR node type -> reader(reader, node name, node dict); pooling and Scale also see the next node
 NODES = {
     "Affine": lambda r, n, d: _affine(r, n, d, True),
@@ -509,12 +517,7 @@ NODES = {
     "Flatten": _flatten,
     "Scale": _scale,
     "Threshold": _threshold,
-    "LIF": _exact_or(_lif),
-    "CubaLIF": _exact_or(_cuba),
-    "IF": _exact_or(_if),
-    "LI": _exact_or(_li),
-    "I": _exact_or(_integrator),  # NIR's integrator node
-    "Integrator": _exact_or(_integrator),
+    **{t: _exact_or(reader) for t, (_, reader) in NEURON_READERS.items()},
     "Identity": lambda r, n, d: None,
 }
 POOLS = {"SumPool2d": "sum", "AvgPool2d": "avg"}

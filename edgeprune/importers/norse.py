@@ -12,7 +12,7 @@ import torch
 
 from ..config import NeuronParams
 from ..errors import UserError
-from ..neurons import RESET_FUNCTIONS, CubaParams, LIParams
+from ..neuron_kinds import CubaParams, LIParams
 
 NAME = "norse"
 CELL_NAMES = ("LIFBoxCell", "LIFCell", "LICell", "LIBoxCell")
@@ -44,7 +44,9 @@ def _no_leak(p) -> None:
 
 
 def _reset_name(fn) -> str:
-    for name, f in RESET_FUNCTIONS.items():
+    from norse.torch.functional.reset import reset_subtract, reset_value
+
+    for name, f in (("value", reset_value), ("subtract", reset_subtract)):
         if f is fn:
             return name
     raise UserError(f"reset method {getattr(fn, '__name__', fn)} has no equivalent here "

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import UserError
-from ..neurons import DecayParams
+from ..neuron_kinds import DecayParams
 
 NAME = "snntorch"
 CELL_NAMES = ("Leaky", "Synaptic")

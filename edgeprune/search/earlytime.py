@@ -3,9 +3,16 @@ mean-over-time output distribution at T' is from the one at the full T, and sear
 smallest T' that is close enough."""
 from __future__ import annotations
 
+import time
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .. import distributed
+from ..config import SearchConfig
+from ..trainer import Trainer
+from .run import SearchRun
 
 
 @torch.no_grad()
@@ -48,3 +55,34 @@ def default_candidates(timesteps: int) -> list[int]:
     candidate (whose score is nearly always the largest) can never be picked; scoring T' = 1
     as well gives the scale, so T' = 2 can be chosen when it is close enough."""
     return list(range(1, timesteps))
+
+
+def candidates(cfg: SearchConfig, T: int) -> list[int]:
+    return [t for t in (cfg.et.candidates or default_candidates(T)) if t < T]
+
+
+def early_time(run: SearchRun) -> dict:
+    """Pick T' on the network after `et_epochs` epochs at full T: the dense run's snapshot when
+    it kept one (no extra cost), else that many epochs trained from the rewind point."""
+    et, T = run.cfg.et, run.dense.spec.timesteps
+    t0 = time.perf_counter()
+    snap = run.dense.snapshot(et.epochs)
+    if snap is not None:
+        model, source = run.model_from(snap), f"dense run, epoch {et.epochs}"
+    else:
+        model = run.model_from(run.rewind_weights())
+        if et.epochs > 0:
+            trainer = Trainer(model, run.ds, T, run.cfg.train_config(et.epochs), run.seed,
+                              run.run)
+            for _ in range(et.epochs):
+                trainer.train_epoch(run.report)
+        source = f"{et.epochs} epochs at T={T} from the rewind point"
+    cands = candidates(run.cfg, T)
+    g = torch.Generator().manual_seed(run.seed)
+    idx = torch.randperm(len(run.ds.y_train), generator=g)[:et.batch]
+    scores = kl_scores(model, run.ds.x_train[idx].to(run.device), T, cands)
+    norm = normalize(scores)
+    chosen = pick(norm, T, et.lam)
+    return distributed.broadcast(
+        {"candidates": cands, "kl": scores, "normalized_kl": norm, "pick": chosen,
+         "lambda": et.lam, "scored_on": source, "seconds": time.perf_counter() - t0})

@@ -9,20 +9,16 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
-from .. import masks as masklib, plots, tensorfile
+from .. import masks as masklib, tensorfile
 from ..artifacts import Artifact, Job, Store
-from ..config import RunConfig, SearchConfig
+from ..config import DataConfig, RunConfig, SearchConfig
 from ..data import Dataset
 from ..errors import UserError
 from ..inputs import ModelInput, data_identity
-from ..config import DataConfig
 from ..models import prunable
 from ..train import Report
-from . import methods
-from .methods import BRANCHES, METHODS, SearchRun, weights
-
-PLOTS = {"imp": lambda log, path, cfg, title: plots.imp_rounds(log, path, title),
-         "eb": lambda log, path, cfg, title: plots.eb_distances(log, path, cfg.eb_tau, title)}
+from . import earlytime, methods
+from .run import GIVEN, SearchRun, weights
 
 
 def search(store: Store, dense: ModelInput, data: DataConfig, ds: Dataset, cfg: SearchConfig,
@@ -31,36 +27,34 @@ def search(store: Store, dense: ModelInput, data: DataConfig, ds: Dataset, cfg: 
     """Run (or find) a search; returns (search artifact, cached). `random` and `reinit` branch
     off `trunk`, an imp ticket of this model; without one, the imp ticket of the same settings
     is searched first."""
-    if cfg.base in BRANCHES:
+    method = methods.base(cfg.method)
+    if method.trunk:
         if trunk is None:
-            trunk, _ = search(store, dense, data, ds, replace(cfg, method="imp"), run, report)
+            trunk, _ = search(store, dense, data, ds, replace(cfg, method=methods.TRUNK), run,
+                              report)
         elif dense.id not in trunk.manifest["inputs"]:
             raise UserError(f"--from-mask {trunk.path} was searched on another model, not on "
                             f"{dense.path}")
     T = dense.spec.timesteps
     rewind_epoch = _rewind_epoch(dense, cfg)  # validated before any work or I/O
-    keep = _keep_dense(dense, cfg)
-    # Degenerate targets stop here, before any work: a layer left without weights (magnitude
-    # raises, naming the largest sparsity that keeps every layer), or no path left from input
-    # to output, judged on the dense weights.
-    _check_connected(dense, masklib.magnitude(weights(dense.model), cfg.sparsity,
-                                              keep_dense=keep), cfg.sparsity)
     data_id = data_identity(data, ds)
+    state = SearchRun(store, dense, ds, data_id, cfg, run, report, rewind_epoch,
+                      _keep_dense(dense, cfg), trunk, T)
+    check_reachable(state)
     # Defaults resolved into the id, so a changed default is a new artifact, not a stale hit.
     config = {"search": cfg.to_dict(), **run.identity(), "data": data_id,
               "rewind_epoch_resolved": rewind_epoch,
-              "et_candidates_resolved": methods.candidates(cfg, T) if cfg.early_time else None}
-    state = SearchRun(store, dense, ds, data_id, cfg, run, report, rewind_epoch, keep, trunk, T)
+              "et_candidates_resolved": earlytime.candidates(cfg, T) if cfg.early_time else None}
 
     def compute(job: Job) -> dict:
         state.job = job
         et_info, log = None, []
         if cfg.early_time:
-            et_info = methods.early_time(state)
+            et_info = earlytime.early_time(state)
             state.timesteps = et_info["pick"]
             log.append({"kind": "early-time", **et_info})
             report({"event": "early-time", **et_info})
-        found = METHODS[cfg.base](state)
+        found = method.finder()(state)
         _check_connected(dense, found.mask, cfg.sparsity)
         log += found.log
         seconds = found.seconds + (et_info["seconds"] if et_info else 0.0)
@@ -68,7 +62,7 @@ def search(store: Store, dense: ModelInput, data: DataConfig, ds: Dataset, cfg: 
                    "sparsity": masklib.sparsity(found.mask),
                    "per_layer": masklib.per_layer(found.mask), "timesteps": T,
                    "timesteps_search": state.timesteps,
-                   "rewind_epoch": "fresh-init" if cfg.base == "reinit" else rewind_epoch,
+                   "rewind_epoch": rewind_epoch,
                    "search_seconds": seconds, "dense_test_accuracy": dense.test_accuracy,
                    "early_time": et_info, "trunk": trunk.id if trunk else None, **found.metrics}
         report({"event": "search-done", **metrics})
@@ -77,12 +71,21 @@ def search(store: Store, dense: ModelInput, data: DataConfig, ds: Dataset, cfg: 
         if found.trained is not None:
             tensorfile.save(job.dir / "trained.safetensors", found.trained)
         (job.dir / "log.jsonl").write_text("".join(json.dumps(r, default=str) + "\n" for r in log))
-        if cfg.base in PLOTS:
-            PLOTS[cfg.base](log, job.dir / "search.png", cfg, f"{cfg.method} on {data.name}")
+        plot = method.plotter()
+        if plot is not None:
+            plot(log, job.dir / "search.png", cfg, f"{cfg.method} on {data.name}")
         return metrics
 
     return store.run("search", config, [dense.id] + ([trunk.id] if trunk else []), compute,
                      collective=True)
+
+
+def check_reachable(run: SearchRun) -> None:
+    """Degenerate targets stop here, before any work, judged on the dense weights with the
+    criterion the search ranks by: a layer left without weights (the ranking raises, naming
+    the largest sparsity that keeps every layer), or no path left from input to output."""
+    _check_connected(run.dense, run.prune(weights(run.dense.model), run.cfg.sparsity),
+                     run.cfg.sparsity)
 
 
 def _check_connected(dense: ModelInput, mask: masklib.Masks, sparsity: float) -> None:
@@ -106,7 +109,7 @@ def _rewind_epoch(dense: ModelInput, cfg: SearchConfig) -> int | str:
             raise UserError(f"{dense.path} has no recorded early weights to rewind to; use "
                             "--rewind-epoch 0 (a fresh initialization), leave it unset (its own "
                             "weights), or a model trained by edgeprune train")
-        return 0 if cfg.rewind_epoch == 0 else methods.GIVEN
+        return 0 if cfg.rewind_epoch == 0 else GIVEN
     if epoch not in dense.snapshot_epochs:
         raise UserError(f"--rewind-epoch {epoch} is not available: the dense run kept the "
                         f"weights of epochs {dense.snapshot_epochs}")

@@ -1,0 +1,91 @@
+"""One search's fixed inputs (`SearchRun`) and a method's result (`Found`): what the stage
+hands a method, and what the method hands back."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .. import masks as masklib
+from ..artifacts import Artifact, Job, Store
+from ..config import RunConfig, SearchConfig
+from ..data import Dataset
+from ..inputs import ModelInput
+from ..models import prunable
+from ..train import Report
+from ..trainer import Trainer
+
+GIVEN = "given"  # the rewind point of a model with no recorded early weights: its own weights
+
+
+@dataclass
+class SearchRun:
+    """One search's fixed inputs, shared by the steps that run it."""
+
+    store: Store
+    dense: ModelInput
+    ds: Dataset
+    data_id: dict
+    cfg: SearchConfig
+    run: RunConfig  # the seed, the device and how to train
+    report: Report
+    # the dense run's epoch a ticket restarts from; "given": the model's own (pre-trained)
+    # weights, for a model with no recorded early weights
+    rewind_epoch: int | str
+    keep_dense: tuple[str, ...]  # layers kept whole
+    trunk: Artifact | None = None  # the imp ticket a branch method starts from
+    timesteps: int = 0  # T the search trains at (T' for Early-Time)
+    job: Job | None = None
+
+    @property
+    def seed(self) -> int:
+        return self.run.seed
+
+    @property
+    def device(self) -> str:
+        return self.run.device
+
+    def prune(self, w: dict[str, torch.Tensor], sparsity: float,
+              current: masklib.Masks | None = None) -> masklib.Masks:
+        """A mask at `sparsity`, ranked by the configured criterion (--scope): every mask a
+        method or guard draws comes from here."""
+        return masklib.prune(w, sparsity, self.cfg.scope, current, self.keep_dense)
+
+    def rewind_weights(self) -> dict[str, torch.Tensor]:
+        """The weights a ticket restarts from: the dense run's snapshot at the rewind epoch, the
+        model's own weights ("given"), or a fresh initialization (epoch 0 of a model that kept
+        no snapshots)."""
+        if self.rewind_epoch == GIVEN:
+            return {k: v.detach().clone() for k, v in self.dense.model.state_dict().items()}
+        return self.dense.snapshot(self.rewind_epoch) or fresh_init(self.dense, self.seed)
+
+    def model_from(self, state: dict[str, torch.Tensor]) -> torch.nn.Module:
+        model = self.dense.spec.build()
+        model.load_state_dict(state)
+        return model.to(self.device)
+
+    def trainer(self, model, epochs: int, seed: int, masks=None) -> Trainer:
+        return Trainer(model, self.ds, self.timesteps, self.cfg.train_config(epochs), seed,
+                       self.run, masks)
+
+
+@dataclass
+class Found:
+    """A method's result: the mask, the weights it restarts from, and what it cost."""
+
+    mask: masklib.Masks
+    rewind: dict[str, torch.Tensor]
+    trained: dict[str, torch.Tensor] | None = None  # the weights the mask was drawn from
+    log: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    metrics: dict = field(default_factory=dict)
+
+
+def weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach() for n, p in prunable(model).items()}
+
+
+def fresh_init(dense: ModelInput, seed: int) -> dict[str, torch.Tensor]:
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return {k: v.clone() for k, v in dense.spec.build().state_dict().items()}

@@ -1,0 +1,47 @@
+"""Sparse storage of a conv/linear op's weights for the C runtime, chosen by what its input
+holds (see export/c_codegen.py): grouped by input for event-driven layers (conv: one row per
+(input channel, ky, kx) listing output channels; linear: CSC), by output for dense input
+(conv: one row per output channel listing taps; linear: CSR); index arrays in the smallest
+unsigned type that holds their values."""
+from __future__ import annotations
+
+import numpy as np
+
+from .c_text import uint_type
+
+
+def _rows(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """CSR of a 2-d array: (row pointers, column indices, values) of its non-zeros."""
+    nz = matrix != 0
+    ptr = np.concatenate([[0], np.cumsum(nz.sum(1))]).astype(np.int64)
+    rows, cols = np.nonzero(nz)
+    return ptr, cols.astype(np.int64), matrix[rows, cols].astype(np.float32)
+
+
+def layout(op: dict) -> dict:
+    """Sparse storage of a conv/linear op, chosen by what its input holds."""
+    w = op["weight"]
+    event = op["in_kind"] != "dense"
+    if op["kind"] == "conv2d":
+        o, i, kh, kw = w.shape
+        if event:  # rows (ci, ky, kx) -> output channels
+            m = w.transpose(1, 2, 3, 0).reshape(i * kh * kw, o)
+        else:  # rows co -> taps (ci, ky, kx)
+            m = w.reshape(o, i * kh * kw)
+    else:
+        m = w.T if event else w  # CSC for events (rows = input columns), CSR otherwise
+    ptr, idx, val = _rows(np.ascontiguousarray(m))
+    idx_t, idx_b = uint_type(max(int(m.shape[1]) - 1, 0))
+    ptr_t, ptr_b = uint_type(int(ptr[-1]))
+    if event and op["kind"] == "conv2d" and op.get("dense_rows"):
+        # every row stored whole (zeros included), so an event's update of all output
+        # channels is one vectorizable loop; the row pointers still skip empty rows
+        idx, val = np.zeros(0, np.int64), np.ascontiguousarray(m, np.float32).reshape(-1)
+        return {"event": True, "dense_rows": True, "ptr": ptr, "idx": idx, "val": val,
+                "nonzero": int(np.count_nonzero(m)), "idx_t": idx_t, "ptr_t": ptr_t,
+                "bytes": {"values": 4 * len(val), "indices": idx_b,
+                          "row_pointers": ptr_b * len(ptr)}}
+    return {"event": event, "ptr": ptr, "idx": idx, "val": val, "idx_t": idx_t,
+            "ptr_t": ptr_t, "bytes": {"values": 4 * max(len(val), 1),
+                                      "indices": idx_b * max(len(idx), 1),
+                                      "row_pointers": ptr_b * len(ptr)}}

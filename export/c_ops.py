@@ -1,0 +1,321 @@
+"""One C emitter per op kind of a C-runtime program (export/c_plan.py's annotated ops): each
+returns its C function, the statement that runs it, its weight arrays and what it needs from
+the context (export/c_codegen.py assembles the files). Variants (event-driven or gather,
+binary or valued input, dense rows, per-step bias) are chosen by parameters while the text is
+built; nothing edits generated text afterwards.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import numpy as np
+
+from edgeprune.neuron_kinds import KINDS
+
+from .c_layout import layout
+from .c_neurons import C_NEURONS
+from .c_text import comment, hexf
+
+
+@dataclass(frozen=True)
+class Site:
+    """Where an op runs in the generated program."""
+
+    part: str  # "stem" (runs once) or "body" (every timestep)
+    n: int  # its index in the part
+    prefix: str  # the C symbol prefix
+    src: str  # its input buffer, e.g. "ctx->buf0"
+    dst: str  # its output buffer
+
+    def fn(self, op: dict) -> str:
+        return f"{self.part}_{self.n}_{op['kind']}"
+
+    @property
+    def sym(self) -> str:  # its weight arrays' name stem
+        return f"{self.prefix}_{self.part}{self.n}"
+
+    @property
+    def step(self) -> str:  # the timestep as the function sees it
+        return "t" if self.part == "body" else "0"
+
+
+@dataclass(frozen=True)
+class Emitted:
+    call: str  # the statement that runs the op (every step in the body)
+    function: str = ""  # its static C function
+    arrays: tuple = ()  # weight arrays in model_weights.c: (name, C type, values, format)
+    weights_comment: str = ""  # the line that heads its arrays
+    states: tuple[str, ...] = ()  # neuron state arrays in the context (one float per neuron)
+    spiking: bool = False  # `call` returns the spike count (counted in ctx->spikes)
+    scratch: int = 0  # floats of ctx->scratch it needs
+    info: dict = field(default_factory=dict)  # facts for the summary
+
+
+def _bias_code(op: dict, sym: str, nout: int, plane: int) -> str:
+    """Add bias (then step_bias[t]) to `out`, `plane` outputs per channel."""
+    if op["bias"] is None and op["step_bias"] is None:
+        return ""
+    terms = []
+    if op["bias"] is not None:
+        terms.append(f"{sym}_bias[c]")
+    if op["step_bias"] is not None and op["step_bias"].ndim == 4 and plane > 1:
+        terms.append(f"{sym}_step_bias[(t * {nout} + c) * {plane} + p]")
+    elif op["step_bias"] is not None:
+        terms.append(f"{sym}_step_bias[t * {nout} + c]")
+    body = "".join(f"            o[p] += {term};\n" for term in terms)
+    if plane == 1:
+        body = "".join(f"        out[c] += {term};\n" for term in terms)
+        return f"    for (c = 0; c < {nout}; c++) {{\n{body}    }}\n"
+    return (f"    for (c = 0; c < {nout}; c++) {{\n"
+            f"        float *o = out + c * {plane};\n"
+            f"        for (p = 0; p < {plane}; p++) {{\n{body}        }}\n    }}\n")
+
+
+def _source(op: dict, lay: dict) -> str:
+    return f"event-driven over {op['in_kind']} input" if lay["event"] else "dense input"
+
+
+class _Conv(NamedTuple):
+    """A conv op's sizes, as its C loops use them."""
+
+    o: int  # output channels
+    i: int  # input channels
+    kh: int
+    kw: int
+    h: int  # input height and width
+    w: int
+    oh: int  # output height and width
+    ow: int
+    sh: int  # stride
+    sw: int
+    ph: int  # padding
+    pw: int
+
+    @classmethod
+    def of(cls, op: dict) -> "_Conv":
+        return cls(*op["weight"].shape, *op["in_shape"][1:], *op["out_shape"][1:],
+                   *op["stride"], *op["padding"])
+
+
+def _conv_fn(op: dict, fn: str, sym: str, lay: dict) -> str:
+    g = _Conv.of(op)
+    o, i, kh, kw, h, w, oh, ow, sh, sw, ph, pw = g
+    plane = oh * ow
+    event = lay["event"]
+    head = (f"/* {comment(op['name'])}: conv2d {i}->{o}, {kh}x{kw}, stride {sh}x{sw}, "
+            f"padding {ph}x{pw}, {h}x{w} -> {oh}x{ow}; {lay.get('nonzero', len(lay['val']))} "
+            f"non-zero weights, {_source(op, lay)} */\n"
+            f"static void {fn}(const float *restrict in, float *restrict out, int t"
+            f"{', float *restrict acc_' if event else ''})\n{{\n"
+            "    int c, p;\n    (void)t;\n"
+            f"    for (p = 0; p < {o * plane}; p++) {'acc_' if event else 'out'}[p] = 0.0f;\n")
+    loop = (_conv_events if event else _conv_gather)(g, op["in_kind"], sym, lay)
+    return head + loop + _bias_code(op, sym, o, plane) + "}\n"
+
+
+def _conv_events(g: _Conv, in_kind: str, sym: str, lay: dict) -> str:
+    """Each non-zero input scatters into the outputs its kept weights reach. Events accumulate
+    into `acc_` laid out position-major (HWC): one event's output channels are then adjacent (a
+    cache line or two) instead of a plane apart; the sums and their order are the same.
+    Transposed into `out` (CHW) at the end."""
+    o, i, kh, kw, h, w, oh, ow, sh, sw, ph, pw = g
+    kk, plane = kh * kw, oh * ow
+    binary = in_kind == "binary"  # 0/1 spikes: 1.0f*w == w, so no multiply
+    inner = f"for (k = r[0]; k < r[1]; k++) o[idx[k]] += {'' if binary else 'xv * '}val[k];"
+    if lay.get("dense_rows"):
+        inner = (f"if (r[0] != r[1]) {{\n"
+                 f"                            const float *wr = val + (c * {kk} + ky * {kw} "
+                 f"+ kx) * {o};\n"
+                 f"                            int co;\n"
+                 f"                            (void)idx;\n"
+                 f"                            for (co = 0; co < {o}; co++) o[co] += "
+                 f"{'wr[co]' if binary else 'xv * wr[co]'};\n"
+                 f"                        }}")
+    return f"""    for (c = 0; c < {i}; c++) {{
+        const {lay['ptr_t']} *rp = {sym}_ptr + c * {kk};
+        const float *x = in + c * {h * w};
+        int iy, ix;
+        if (rp[0] == rp[{kk}]) continue; /* every weight from this channel is pruned */
+        for (iy = 0; iy < {h}; iy++) {{
+            for (ix = 0; ix < {w}; ix++) {{
+                const float xv = x[iy * {w} + ix];{' /* 0 or 1 */' if binary else ''}
+                int ky, kx;
+                if (xv == 0.0f) continue;
+                for (ky = 0; ky < {kh}; ky++) {{
+                    const int ny = iy + {ph} - ky;
+                    if (ny < 0) break;
+                    if (ny % {sh} != 0 || ny / {sh} >= {oh}) continue;
+                    for (kx = 0; kx < {kw}; kx++) {{
+                        const int nx = ix + {pw} - kx;
+                        const {lay['ptr_t']} *r = rp + ky * {kw} + kx;
+                        const {lay['idx_t']} *idx = {sym}_idx;
+                        const float *val = {sym}_val;
+                        float *o;
+                        {lay['ptr_t']} k;
+                        if (nx < 0) break;
+                        if (nx % {sw} != 0 || nx / {sw} >= {ow}) continue;
+                        o = acc_ + ((ny / {sh}) * {ow} + nx / {sw}) * {o};
+                        {inner}
+                    }}
+                }}
+            }}
+        }}
+    }}
+    for (c = 0; c < {o}; c++)
+        for (p = 0; p < {plane}; p++) out[c * {plane} + p] = acc_[p * {o} + c];
+"""
+
+
+def _conv_gather(g: _Conv, in_kind: str, sym: str, lay: dict) -> str:
+    """Each output channel sweeps its kept taps over the output plane (vectorizable). The
+    input offset `xb` stays an int: a pointer formed before the row (ox < x0) would be
+    undefined behaviour even unread."""
+    o, i, kh, kw, h, w, oh, ow, sh, sw, ph, pw = g
+    kk, plane = kh * kw, oh * ow
+    return f"""    for (c = 0; c < {o}; c++) {{
+        float *oc = out + c * {plane};
+        {lay['ptr_t']} k;
+        for (k = {sym}_ptr[c]; k < {sym}_ptr[c + 1]; k++) {{
+            const int tap = (int){sym}_idx[k];
+            const float wv = {sym}_val[k];
+            const int ci = tap / {kk}, ky = (tap % {kk}) / {kw}, kx = tap % {kw};
+            const int y0 = ky < {ph} ? ({ph} - ky + {sh - 1}) / {sh} : 0;
+            const int x0 = kx < {pw} ? ({pw} - kx + {sw - 1}) / {sw} : 0;
+            int y1 = ({h - 1 + ph} - ky) / {sh} + 1, x1 = ({w - 1 + pw} - kx) / {sw} + 1;
+            const float *xc = in + ci * {h * w};
+            int oy, ox;
+            if (y1 > {oh}) y1 = {oh};
+            if (x1 > {ow}) x1 = {ow};
+            for (oy = y0; oy < y1; oy++) {{
+                const int xb = (oy * {sh} - {ph} + ky) * {w} - {pw} + kx;
+                float *orow = oc + oy * {ow};
+                for (ox = x0; ox < x1; ox++) orow[ox] += wv * xc[xb + ox * {sw}];
+            }}
+        }}
+    }}
+"""
+
+
+def _linear_fn(op: dict, fn: str, sym: str, lay: dict) -> str:
+    o, i = op["weight"].shape
+    head = (f"/* {comment(op['name'])}: linear {i}->{o}; {len(lay['val'])} non-zero weights, "
+            f"{_source(op, lay)} */\n"
+            f"static void {fn}(const float *restrict in, float *restrict out, int t)\n{{\n"
+            f"    int c;\n    {lay['ptr_t']} k;\n    (void)t;\n")
+    if lay["event"]:
+        acc = "out[{s}_idx[k]] += {s}_val[k];" if op["in_kind"] == "binary" else \
+              "out[{s}_idx[k]] += xv * {s}_val[k];"
+        loop = (f"    for (c = 0; c < {o}; c++) out[c] = 0.0f;\n"
+                f"    for (c = 0; c < {i}; c++) {{\n"
+                f"        const float xv = in[c];\n"
+                f"        if (xv == 0.0f) continue;\n"
+                f"        for (k = {sym}_ptr[c]; k < {sym}_ptr[c + 1]; k++) "
+                + acc.format(s=sym) + "\n    }\n")
+    else:
+        loop = (f"    for (c = 0; c < {o}; c++) {{\n"
+                f"        float acc = 0.0f;\n"
+                f"        for (k = {sym}_ptr[c]; k < {sym}_ptr[c + 1]; k++) "
+                f"acc += {sym}_val[k] * in[{sym}_idx[k]];\n"
+                f"        out[c] = acc;\n    }}\n")
+    return head + loop + _bias_code(op, sym, o, 1) + "}\n"
+
+
+def _pool_fn(op: dict, fn: str) -> str:
+    c, h, w = op["in_shape"]
+    _, oh, ow = op["out_shape"]
+    (kh, kw), (sh, sw) = op["kernel"], op["stride"]
+    avg = op["kind"] == "avgpool2d"
+    if avg:
+        init, step, fin = "0.0f", "s += v;", f"s / {float(kh * kw)!r}f"
+    else:
+        init, step, fin = "x[(oy * %d) * %d + ox * %d]" % (sh, w, sw), \
+            "if (v > s || v != v) s = v;", "s"
+    return (f"/* {comment(op['name'])}: {op['kind']} {kh}x{kw} stride {sh}x{sw}, "
+            f"{c}x{h}x{w} -> {c}x{oh}x{ow} */\n"
+            f"static void {fn}(const float *restrict in, float *restrict out)\n{{\n"
+            f"    int c, oy, ox, ky, kx;\n"
+            f"    for (c = 0; c < {c}; c++) {{\n"
+            f"        const float *x = in + c * {h * w};\n"
+            f"        float *o = out + c * {oh * ow};\n"
+            f"        for (oy = 0; oy < {oh}; oy++) {{\n"
+            f"            for (ox = 0; ox < {ow}; ox++) {{\n"
+            f"                float s = {init};\n"
+            f"                for (ky = 0; ky < {kh}; ky++) {{\n"
+            f"                    for (kx = 0; kx < {kw}; kx++) {{\n"
+            f"                        const float v = x[(oy * {sh} + ky) * {w} + ox * {sw} + kx];\n"
+            f"                        {step}\n"
+            f"                    }}\n"
+            f"                }}\n"
+            f"                o[oy * {ow} + ox] = {fin};\n"
+            f"            }}\n"
+            f"        }}\n"
+            f"    }}\n}}\n")
+
+
+def _weighted(op: dict, site: Site, lay: dict, function: str, call: str,
+              scratch: int = 0) -> Emitted:
+    """A conv/linear op: its function, its sparse weights (and bias, step bias) as arrays."""
+    arrays = [("ptr", lay["ptr_t"], lay["ptr"], str), ("idx", lay["idx_t"], lay["idx"], str),
+              ("val", "float", lay["val"], hexf)]
+    nbytes = dict(lay["bytes"])
+    if op["bias"] is not None:
+        arrays.append(("bias", "float", op["bias"], hexf))
+        nbytes["bias"] = 4 * op["bias"].size
+    if op["step_bias"] is not None:
+        arrays.append(("step_bias", "float", op["step_bias"].ravel(), hexf))
+        nbytes["step_bias"] = 4 * op["step_bias"].size
+    total = int(op["weight"].size)
+    nnz = int(lay.get("nonzero", len(lay["val"])))
+    mode = ("event, dense rows" if lay.get("dense_rows") else "event") if lay["event"] else "dense"
+    return Emitted(
+        call=call, function=function, scratch=scratch,
+        arrays=tuple((f"{site.sym}_{suffix}", ctype, vals, fmt)
+                     for suffix, ctype, vals, fmt in arrays),
+        weights_comment=(f"/* {comment(op['name'])}: {op['kind']} {list(op['weight'].shape)}, "
+                         f"{'by input' if lay['event'] else 'by output'} */\n"),
+        info=dict(weights=total, nonzero=nnz, sparsity=1.0 - nnz / total if total else 0.0,
+                  mode=mode, index_type=lay["idx_t"], pointer_type=lay["ptr_t"],
+                  bytes=sum(nbytes.values()), bytes_detail=nbytes))
+
+
+def _conv(op: dict, site: Site) -> Emitted:
+    lay = layout(op)
+    fn = site.fn(op)
+    if lay["event"]:
+        return _weighted(op, site, lay, _conv_fn(op, fn, site.sym, lay),
+                         f"{fn}({site.src}, {site.dst}, {site.step}, ctx->scratch);",
+                         scratch=int(np.prod(op["out_shape"])))
+    return _weighted(op, site, lay, _conv_fn(op, fn, site.sym, lay),
+                     f"{fn}({site.src}, {site.dst}, {site.step});")
+
+
+def _linear(op: dict, site: Site) -> Emitted:
+    lay = layout(op)
+    fn = site.fn(op)
+    return _weighted(op, site, lay, _linear_fn(op, fn, site.sym, lay),
+                     f"{fn}({site.src}, {site.dst}, {site.step});")
+
+
+def _pool(op: dict, site: Site) -> Emitted:
+    fn = site.fn(op)
+    return Emitted(call=f"{fn}({site.src}, {site.dst});", function=_pool_fn(op, fn))
+
+
+def _flatten(op: dict, site: Site) -> Emitted:
+    return Emitted(call=f"/* {comment(op['name'])}: flatten (no data movement) */")
+
+
+def _neuron(op: dict, site: Site) -> Emitted:
+    """A neuron kind (export/c_neurons.py): its state arrays live in the context."""
+    fn, kind = site.fn(op), KINDS[op["kind"]]
+    states = kind.states(op["params"])
+    state_args = ", ".join(f"ctx->{st}{site.n}" for st in states)
+    return Emitted(call=f"{fn}({site.src}, {site.dst}, {state_args});",
+                   function=C_NEURONS[op["kind"]].emit(op, fn), states=states,
+                   spiking=kind.spiking)
+
+
+# op kind -> emitter(annotated op, site) -> Emitted
+EMITTERS = {"conv2d": _conv, "linear": _linear, "avgpool2d": _pool, "maxpool2d": _pool,
+            "flatten": _flatten, **{k: _neuron for k in C_NEURONS}}
