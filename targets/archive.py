@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
+from edgeprune.bounded_read import shown
 from edgeprune.errors import UserError
 
 from . import names
@@ -105,7 +106,7 @@ class Contents:
 
 def _unsafe(m: tarfile.TarInfo) -> str | None:
     if m.issym() or m.islnk():
-        return f"a link (to {names.shown(m.linkname)})"
+        return f"a link (to {shown(m.linkname)})"
     if not (m.type in _FILE_TYPES or m.isdir()) or m.sparse is not None:
         return "a device, FIFO, sparse or other special file"
     return names.path_problem(m.name)
@@ -147,7 +148,7 @@ class _Members:
                 raise self.refuse(f"it has more than {MAX_MEMBERS:,} members")
             why = _unsafe(m)
             if why:
-                raise self.refuse(f"member {names.shown(m.name)} is {why}")
+                raise self.refuse(f"member {shown(m.name)} is {why}")
             rel = self._place(m)
             if rel is not None:
                 yield m, rel
@@ -159,23 +160,23 @@ class _Members:
         if self.top is None:
             self.top = parts[0]
         if parts[0] != self.top:
-            raise self.refuse(f"expected one top-level folder, found {names.shown(self.top)} "
-                              f"and {names.shown(parts[0])}")
+            raise self.refuse(f"expected one top-level folder, found {shown(self.top)} "
+                              f"and {shown(parts[0])}")
         if len(parts) == 1:
             if m.isdir():
                 return None
-            raise self.refuse(f"member {names.shown(m.name)} is a file outside the top folder")
+            raise self.refuse(f"member {shown(m.name)} is a file outside the top folder")
         rel = "/".join(parts[1:])
         for i in range(1, len(parts) - 1):  # the folders the member implies
             folder = "/".join(parts[1:i + 1])
             if self.kinds.setdefault(folder, True) is not True:
-                raise self.refuse(f"{names.shown(folder)} is both a file and a folder")
+                raise self.refuse(f"{shown(folder)} is both a file and a folder")
         if rel in self.kinds:
             if self.kinds[rel] and m.isdir():
                 return None
             what = "appears twice" if not self.kinds[rel] and not m.isdir() else \
                 "is both a file and a folder"
-            raise self.refuse(f"member {names.shown(m.name)} {what}")
+            raise self.refuse(f"member {shown(m.name)} {what}")
         self.kinds[rel] = m.isdir()
         return None if m.isdir() else rel
 
@@ -257,7 +258,7 @@ def _read_member(members: _Members, m: tarfile.TarInfo, cap: int) -> bytes:
         f = members.tar.extractfile(m)
         return f.read(cap) if f else b""
     except (OSError, EOFError, zlib.error, tarfile.TarError) as e:
-        raise UserError(f"{members.path} is damaged at {names.shown(m.name)}: {e}") from None
+        raise UserError(f"{members.path} is damaged at {shown(m.name)}: {e}") from None
 
 
 def _extract(path: Path, dest: Path, sizes: dict[str, int]) -> dict[str, Path]:
@@ -280,11 +281,11 @@ def _extract(path: Path, dest: Path, sizes: dict[str, int]) -> dict[str, Path]:
                     while left:
                         chunk = src.read(min(CHUNK, left))
                         if not chunk:
-                            raise EOFError(f"{names.shown(m.name)} ends early")
+                            raise EOFError(f"{shown(m.name)} ends early")
                         f.write(chunk)
                         left -= len(chunk)
             except (EOFError, zlib.error, tarfile.TarError, gzip.BadGzipFile) as e:
-                raise UserError(f"{path} is damaged at {names.shown(m.name)}: {e}") from None
+                raise UserError(f"{path} is damaged at {shown(m.name)}: {e}") from None
             except OSError as e:
                 raise UserError(f"cannot extract {path.name} into {dest}: "
                                 f"{e.strerror or e}") from None

@@ -25,7 +25,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import zipfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable
@@ -34,11 +33,13 @@ import numpy as np
 
 from edgeprune import __version__
 from edgeprune.artifacts import MANIFEST, Artifact, Job, Store, open_artifact
+from edgeprune.bounded_read import Budget, npz_arrays, shown
 from edgeprune.config import PackageConfig
 from edgeprune.errors import GateFailed, UserError
 from edgeprune.hashing import bytes_sha256, file_sha256, is_file_table
 
 from . import archive, modelcard, names, profiles as profiles_mod, runtime, signing
+from .stage import REFERENCE_BYTES
 from .validation import FAIL, parity, parity_ok
 
 # /2: the manifest (and its signature) lead the archive, so verify can bound what it reads;
@@ -54,7 +55,6 @@ MODEL_SUFFIXES = (".onnx", ".nir")
 INT8_FILE = "model.int8.onnx"
 C_SOURCES = ("model.h", "model.c", "model_weights.c", "runner.c")
 ORT_PLATFORM = {"x86_64": "amd64", "aarch64": "arm"}
-MAX_REFERENCE_BYTES = 512 * 1024 ** 2  # the arrays of reference.npz, inflated
 Progress = Callable[[str], None]
 UNTRUSTED_C = ("verify runs no native code from a bundle it cannot trust: pass --trust KEY.pub "
                "(the packager's public key, for a bundle made with `package --sign`) or "
@@ -241,7 +241,7 @@ def package(source: Path, cfg: PackageConfig = PackageConfig(), out_dir: Path | 
                     "lineage": lin,
                     "files": {n: {"sha256": bytes_sha256(b), "bytes": len(b)}
                               for n, b in sorted(files.items())}}
-        bad = [f"{names.shown(n)} ({why})" for n in sorted(files)
+        bad = [f"{shown(n)} ({why})" for n in sorted(files)
                for why in [names.path_problem(f"{name}/{n}")] if why]
         if bad:
             raise UserError(f"cannot package {val.path}: bundle member names that verify would "
@@ -363,21 +363,15 @@ def _run_c(runner: Path, prof, inputs: np.ndarray) -> runtime.TargetRun:
                              " ".join(out.command))
 
 
-def _reference(path: Path, bundle: Path) -> tuple[np.ndarray, np.ndarray, dict]:
-    """reference.npz's inputs, logits and int8 outputs, refusing one whose arrays declare more
-    than MAX_REFERENCE_BYTES before any is inflated."""
-    try:
-        with zipfile.ZipFile(path) as zf:
-            declared = sum(i.file_size for i in zf.infolist())
-        if declared > MAX_REFERENCE_BYTES:
-            raise UserError(f"bundle {bundle.name}: reference.npz declares {declared:,} bytes "
-                            f"of arrays (at most {MAX_REFERENCE_BYTES:,})")
-        with np.load(path, allow_pickle=False) as z:
-            return z["inputs"], z["logits"], {k.split(":", 1)[1]: z[k] for k in z.files
-                                              if k.startswith("int8:")}
-    except (OSError, ValueError, KeyError, EOFError, MemoryError, zipfile.BadZipFile) as e:
-        raise UserError(f"bundle {bundle.name}: reference.npz is unreadable "
-                        f"({str(e)[:200]})") from None
+def _reference(path: Path, manifest: dict) -> tuple[np.ndarray, np.ndarray, dict]:
+    """reference.npz's inputs, logits and the int8 outputs of the manifest's targets (only
+    those members are read, each within the reference budget before it is inflated)."""
+    int8 = [f"int8:{t['target']}" for t in manifest["targets"]]
+    z = npz_arrays(path, "bundle file", ("inputs", "logits", *int8),
+                   Budget("a reference file", REFERENCE_BYTES))
+    if "inputs" not in z or "logits" not in z:
+        raise UserError(f"{path.name} in the bundle lacks 'inputs' or 'logits'")
+    return z["inputs"], z["logits"], {k.split(":", 1)[1]: z[k] for k in int8 if k in z}
 
 
 def verify(bundle: Path, target: str | None = None, *, trust: Path | None = None,
@@ -409,7 +403,7 @@ def verify(bundle: Path, target: str | None = None, *, trust: Path | None = None
         profs = named or _profiles_for(manifest, signer is not None or rebuild_c, skipped)
         for s in skipped:
             progress(f"verify: target {s['target']} left out: {s['reason']}")
-        inputs, expected, int8_expected = _reference(root / "reference.npz", bundle)
+        inputs, expected, int8_expected = _reference(root / "reference.npz", manifest)
         if inputs.dtype.kind != "f" or expected.ndim != 2 or len(expected) != (
                 inputs.shape[1] if inputs.ndim == 5 else len(inputs)):
             raise UserError(f"bundle {bundle.name}: reference.npz holds no float inputs with "

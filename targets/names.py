@@ -9,17 +9,12 @@ from __future__ import annotations
 
 import re
 
+from edgeprune.bounded_read import shown
 from edgeprune.errors import UserError
 
 MAX_NAME = 255  # what common file systems allow for one component
 MAX_PATH = 255  # a whole bundle member name (the ustar header holds 255 without PAX)
 _PLAIN = re.compile(r"[A-Za-z0-9._+-]+")
-
-
-def shown(name: object, limit: int = 60) -> str:
-    """A name as an error line shows it: quoted, escaped, and cut to `limit` characters."""
-    text = repr(name)
-    return text if len(text) <= limit else f"{text[:limit]}…'"
 
 
 def problem(name: object) -> str | None:
