@@ -43,14 +43,14 @@ def validated(tmp_path_factory, digits_model):
     PyTorch on x86_64 and, with a compiler, c-x86_64. Returns the validate artifact."""
     import pipeline
     from edgeprune.artifacts import Store
-    from edgeprune.config import RetrainConfig, SearchConfig, ValidateConfig
+    from edgeprune.config import ImpSettings, RetrainConfig, SearchConfig, ValidateConfig
 
     run_dir = tmp_path_factory.mktemp("trust-runs")
     store = Store(run_dir)
     shutil.copytree(digits_model.path, run_dir / digits_model.path.name)
     dense = run_dir / digits_model.path.name / "model.pt"
     mask, _ = pipeline.search(store, dense, SearchConfig(method="imp", sparsity=0.5,
-                                                         prune_rate=0.5))
+                                                         imp=ImpSettings(0.5)))
     ticket, _ = pipeline.retrain(store, dense, mask.path, RetrainConfig(epochs=2))
     export, _ = pipeline.export(store, ticket.path / "model.pt")
     targets = "x86_64,c-x86_64" if CC else "x86_64"
@@ -219,7 +219,7 @@ def test_bad_keys_are_bad_input(validated, signed, keys, tmp_path, monkeypatch):
 # -- no foreign code by default ------------------------------------------------------------------
 
 @needs_cc
-def test_unsigned_runner_is_not_executed(unsigned, keys, tmp_path):
+def test_unsigned_runner_is_not_executed(unsigned, request, tmp_path):
     marker = tmp_path / "runner-ran"
     script = f"#!/bin/sh\ntouch {marker}\n".encode()
     evil = _rehashed(unsigned, tmp_path / "evil.tar.gz", {"c/c-x86_64/runner": script})
@@ -243,6 +243,7 @@ def test_unsigned_runner_is_not_executed(unsigned, keys, tmp_path):
     assert not marker.exists()
     # the control: signed by a key the user trusts, the bundled runner does run
     if HAVE_SSH_KEYGEN:
+        keys = request.getfixturevalue("keys")
         trusted = _rehashed(unsigned, tmp_path / "trusted.tar.gz",
                             {"c/c-x86_64/runner": script}, sign_with=keys / "packager")
         r = _verify(trusted, "--target", "c-x86_64", "--trust", keys / "packager.pub",
