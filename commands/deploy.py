@@ -136,13 +136,14 @@ def package(source: Path = typer.Argument(..., help="A run directory, a validate
                                                    "package artifact [default: the source's]."),
             as_json: bool = JsonOpt):
     """Build a release bundle (.tar.gz): ONNX models, manifest with lineage and sha256 of every
-    file, validation reports, reference inputs/outputs and MODEL_CARD.md."""
+    file, validation reports, reference inputs/outputs and MODEL_CARD.md; --sign KEY signs its
+    manifest (the member manifest.json.sig)."""
     with render.progress(as_json) as report:
         art, cached = pipeline.package(source, cfg, out_dir, report)
     m = art.metrics
     t = render.kv_table(f"package {art.id}" + render.cached_mark(cached),
                         {k: m.get(k) for k in ("bundle", "bytes", "files", "validated_targets",
-                                               "lineage")})
+                                               "lineage", "signed_by")})
     render.emit(as_json, {"stage": "package", "id": art.id, "cached": cached,
                           "bundle": str(art.path / m["bundle"]), "metrics": m}, t,
                 [f"bundle: {art.path / m['bundle']}"])
@@ -153,17 +154,33 @@ def verify(bundle_path: Path = typer.Argument(..., help="A bundle .tar.gz made b
            target: Optional[str] = typer.Option(None, "--target", help="Profiles to re-run the "
                                                 "reference inputs on [default: the bundle's "
                                                 "validated targets that run natively here]."),
+           trust: Optional[Path] = typer.Option(None, "--trust", help="The packager's OpenSSH "
+                                                "public key (KEY.pub): the bundle must carry "
+                                                "its signature (`package --sign`); then the "
+                                                "bundle's C runners may run here.",
+                                                dir_okay=False),
+           rebuild_c: bool = typer.Option(False, "--rebuild-c", help="Compile the bundle's C "
+                                          "sources with this host's compiler and run that "
+                                          "instead of the bundled runner (the sources come "
+                                          "from the bundle: read them if you do not know "
+                                          "where it came from)."),
            as_json: bool = JsonOpt):
-    """Check a bundle: safe extraction, every sha256, and the reference inputs re-run on the
-    target against the stored outputs. Needs only numpy and onnxruntime. Exit 1 on a mismatch."""
+    """Check a bundle: bounded, safe extraction, its signature (--trust), every sha256, and the
+    reference inputs re-run on the target against the stored outputs. Runs no native code from
+    the bundle without a trusted signature. Needs only numpy and onnxruntime. Exit 1 on a
+    mismatch."""
     from targets import bundle
 
-    result = bundle.verify(bundle_path, target, progress=lambda text: render.err.print(
-        f"[dim]{text}[/dim]", highlight=False))
+    result = bundle.verify(bundle_path, target, trust=trust, rebuild_c=rebuild_c,
+                           progress=lambda text: render.err.print(f"[dim]{text}[/dim]",
+                                                                  highlight=False))
     rows = [[r["target"], r["mode"], r["onnxruntime"], r["file"], str(r["inputs"]),
              f"{r['agreement']:.2%}", f"{r['max_abs_diff']:.2g}", "yes" if r["passed"] else "NO"]
             for r in result["runs"]]
     render.emit(as_json, result, render.columns(
         f"verify {bundle_path.name}", ["target", "mode", "onnxruntime", "file", "inputs",
                                        "agreement", "max |Δ|", "ok"], rows),
-                [f"{result['files_checked']} files match their sha256"])
+                [f"{result['files_checked']} files match their sha256"
+                 + (f"; signed by trusted key {result['signed_by']}" if result["signed_by"]
+                    else ""),
+                 *(f"left out {s['target']}: {s['reason']}" for s in result["skipped"])])

@@ -449,6 +449,12 @@ class ValidateConfig:
 @dataclass(frozen=True)
 class PackageConfig:
     ort: bool = option(False, "Also convert the model to ONNX Runtime's .ort format.")
+    sign: Optional[str] = option(None, "Sign the bundle with this OpenSSH private key (or a "
+                                 ".pub whose key ssh-agent holds), via `ssh-keygen -Y sign`; "
+                                 "`verify --trust KEY.pub` checks it.", show="unsigned")
+
+    def __post_init__(self):
+        _check(self.sign is None or bool(self.sign.strip()), "--sign needs a key file")
 
 
 # -- import -----------------------------------------------------------------------------------

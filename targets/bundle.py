@@ -1,6 +1,22 @@
 """Release bundles: `package` turns a validated run into a .tar.gz (ONNX models, optional .ort,
 validation reports, reference inputs/outputs, MODEL_CARD.md, manifest with lineage and sha256
-of every file); `verify` checks one on a device with only numpy and onnxruntime."""
+of every file); `verify` checks one on a device with only numpy and onnxruntime.
+
+Trust. The checksums prove a bundle is intact, not where it came from: anyone can recompute
+them. `package --sign KEY` signs the bundle's manifest.json with OpenSSH (targets/signing.py)
+and stores the signature as the member `manifest.json.sig`, right after the manifest. The
+manifest lists the sha256 and size of every other member, so the signature covers the whole
+bundle: change any member and either its sha256 no longer matches, or the manifest was edited
+(re-hashed) and the signature no longer fits it. `verify --trust KEY.pub` checks that signature
+before it reads anything else. Without a verified signature, verify executes no native code
+from the bundle: ONNX models run in ONNX Runtime (no bundle code), and a C target's bundled
+runner is replaced by one compiled here from the bundled sources on `--rebuild-c`, or the
+target is refused (when named) or left out (when chosen by default), with a line saying how to
+proceed.
+
+Package trusts no edited manifest: each validation's pass or fail is re-derived from the gates
+in its stored report.json (whose sha256 its manifest lists), and file and target names from
+manifests are checked as plain names (targets/names.py) before they are used as paths."""
 from __future__ import annotations
 
 import json
@@ -9,7 +25,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import zipfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable
@@ -18,28 +33,58 @@ import numpy as np
 
 from edgeprune import __version__
 from edgeprune.artifacts import MANIFEST, Artifact, Job, Store, open_artifact
+from edgeprune.bounded_read import Budget, npz_arrays, shown
 from edgeprune.config import PackageConfig
 from edgeprune.errors import GateFailed, UserError
-from edgeprune.hashing import bytes_sha256, is_file_table
+from edgeprune.hashing import bytes_sha256, file_sha256, is_file_table
 
-from . import archive, modelcard, profiles as profiles_mod, runtime
-from .validation import parity, parity_ok
+from . import archive, modelcard, names, profiles as profiles_mod, runtime, signing
+from .stage import REFERENCE_BYTES
+from .validation import FAIL, parity, parity_ok
 
-SCHEMA = "edgeprune.bundle/1"
+# /2: the manifest (and its signature) lead the archive, so verify can bound what it reads;
+# the schema is part of the package artifact's id, so no cached /1 bundle is handed out.
+SCHEMA = "edgeprune.bundle/2"
 STAGE = "package"
 SELF_KEY = "self_sha256"
+HEAD = archive.LEADING  # the manifest and its signature lead the bundle, read before any other
+SIGNATURE = HEAD[1]
+HEAD_CAP = {MANIFEST: 8 * 1024 ** 2, SIGNATURE: signing.MAX_SIGNATURE}
 ZERO = "0" * 64
 MODEL_SUFFIXES = (".onnx", ".nir")
 INT8_FILE = "model.int8.onnx"
 C_SOURCES = ("model.h", "model.c", "model_weights.c", "runner.c")
 ORT_PLATFORM = {"x86_64": "amd64", "aarch64": "arm"}
 Progress = Callable[[str], None]
+UNTRUSTED_C = ("verify runs no native code from a bundle it cannot trust: pass --trust KEY.pub "
+               "(the packager's public key, for a bundle made with `package --sign`) or "
+               "--rebuild-c (compile the bundle's C sources with this host's compiler)")
 
 
 # -- package -----------------------------------------------------------------------------------
 
-def _passed(art: Artifact) -> bool:
-    return bool(art.metrics.get("passed"))
+def _verdict(art: Artifact) -> dict:
+    """The validation's report.json (sha256 checked), after checking that what its manifest
+    says about pass or fail is what the report's gates decided; a manifest edited to say
+    otherwise is refused."""
+    try:
+        report = json.loads(art.file("report.json").read_text())
+        entries = report["targets"]
+        passed = [all(g["status"] != FAIL for g in e["gates"]) for e in entries]
+        claims = [bool(e["passed"]) for e in entries]
+        claimed = bool(report.get("passed"))
+        for e in entries:
+            names.plain(e.get("target"), f"validate artifact {art.path}: target name")
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise UserError(f"validate artifact {art.path}: report.json is not a validation report "
+                        f"({e.__class__.__name__})") from None
+    derived = bool(entries) and all(passed)
+    if claims != passed or claimed != derived or \
+            art.metrics.get("passed") is not derived:
+        raise UserError(f"validate artifact {art.path}: its manifest or report says "
+                        f"passed={art.metrics.get('passed')!r}, but the gates in its report.json "
+                        f"say {'pass' if derived else 'fail'}: edited by hand? Validate again")
+    return report
 
 
 def resolve(source: Path) -> Artifact:
@@ -63,7 +108,7 @@ def resolve(source: Path) -> Artifact:
     if not vals:
         raise UserError(f"{what} has no validation: run `edgeprune validate` on the exported "
                         "model.onnx first")
-    passing = [a for a in vals if _passed(a)]
+    passing = [a for a in vals if _verdict(a)["passed"]]
     if not passing:
         raise GateFailed(f"{what}: validation {vals[-1].id} failed its gates "
                          f"(see {vals[-1].path / 'report.md'}); a failing model is not packaged")
@@ -138,13 +183,15 @@ def package(source: Path, cfg: PackageConfig = PackageConfig(), out_dir: Path | 
         vals.append(val)
     config = {"validate": val.id, "validations": sorted(v.id for v in vals), "ort": cfg.ort,
               "schema": SCHEMA}
+    if cfg.sign:  # the signer is part of the id; an unsigned bundle's id has no key in it
+        config["signed_by"] = signing.key_fingerprint(Path(cfg.sign))
 
     def compute(job: Job) -> dict:
         progress(f"package: collecting export {export.id} and {len(vals)} validation(s)")
         files: dict[str, bytes] = {}
         reports = []
         for v in vals:
-            report = json.loads(v.file("report.json").read_text())
+            report = _verdict(v)
             files[f"reports/validate-{v.id}/report.json"] = v.file("report.json").read_bytes()
             files[f"reports/validate-{v.id}/report.md"] = v.file("report.md").read_bytes()
             reports.append({"id": v.id, "report": report})
@@ -153,6 +200,7 @@ def package(source: Path, cfg: PackageConfig = PackageConfig(), out_dir: Path | 
         ort = [e for e in entries if e.get("runtime", "onnxruntime") == "onnxruntime"]
         int8_ok = bool(ort) and all((e.get("int8") or {}).get("kept") for e in ort)
         for name in sorted(export.manifest["files"]):
+            names.plain(name, f"export artifact {export.path}: file")
             if name == INT8_FILE and not int8_ok:
                 progress("package: model.int8.onnx left out (not kept by every validation)")
                 continue
@@ -193,60 +241,94 @@ def package(source: Path, cfg: PackageConfig = PackageConfig(), out_dir: Path | 
                     "lineage": lin,
                     "files": {n: {"sha256": bytes_sha256(b), "bytes": len(b)}
                               for n, b in sorted(files.items())}}
+        bad = [f"{shown(n)} ({why})" for n in sorted(files)
+               for why in [names.path_problem(f"{name}/{n}")] if why]
+        if bad:
+            raise UserError(f"cannot package {val.path}: bundle member names that verify would "
+                            f"refuse: {archive.summary(bad)}")
         files[MANIFEST] = _manifest_bytes(manifest)
+        if cfg.sign:
+            progress(f"package: signing {MANIFEST} with {cfg.sign} ({config['signed_by']})")
+            files[SIGNATURE] = signing.sign(files[MANIFEST], Path(cfg.sign))
         bundle_name = f"{name}.tar.gz"
         blob = archive.pack(name, files)
         progress(f"package: writing {bundle_name}")
         (job.dir / bundle_name).write_bytes(blob)
         return {"bundle": bundle_name, "files": len(files), "bytes": len(blob),
                 "validated_targets": sorted({t["target"] for t in targets}),
-                "lineage": " → ".join(f"{e['stage']}-{e['id']}" for e in lin), "ort": cfg.ort}
+                "lineage": " → ".join(f"{e['stage']}-{e['id']}" for e in lin), "ort": cfg.ort,
+                "signed_by": config.get("signed_by")}
 
     return Store(out_dir or run_dir).run(STAGE, config, [val.id], compute)
 
 
 # -- verify ------------------------------------------------------------------------------------
 
-def _check_manifest(files: dict[str, bytes]) -> tuple[dict | None, list[str]]:
-    raw = files.get(MANIFEST)
-    if raw is None:
-        return None, [f"{MANIFEST} is missing"]
+def _check_manifest(head: dict[str, bytes],
+                    trust: Path | None) -> tuple[dict | None, str | None, list[str]]:
+    """(manifest, signer, problems) of a bundle's leading members: the signature first (with
+    `trust`), then the manifest's own sha256, schema and tables."""
+    raw = head[MANIFEST]
+    by = None
+    if trust is not None:
+        if SIGNATURE not in head:
+            return None, None, [f"it is not signed (no {SIGNATURE}), and --trust asks for a "
+                                "signature"]
+        try:
+            by = signing.verify(raw, head[SIGNATURE], trust, MANIFEST)
+        except GateFailed as e:
+            return None, None, [str(e)]
     try:
         manifest = json.loads(raw)
         claimed = manifest[SELF_KEY]
-    except (ValueError, KeyError, TypeError):
-        return None, [f"{MANIFEST} is damaged (not the JSON manifest it should be)"]
+    except (ValueError, KeyError, TypeError, RecursionError):
+        return None, by, [f"{MANIFEST} is damaged (not the JSON manifest it should be)"]
     text = raw.decode("utf-8", errors="replace")
     if not isinstance(claimed, str) or text.count(claimed) != 1 or \
             bytes_sha256(text.replace(claimed, ZERO, 1).encode()) != claimed:
-        return None, [f"{MANIFEST} does not match its own sha256 (modified or damaged)"]
+        return None, by, [f"{MANIFEST} does not match its own sha256 (modified or damaged)"]
     if manifest.get("schema") != SCHEMA:
-        return None, [f"{MANIFEST} is not an {SCHEMA} manifest"]
+        return None, by, [f"{MANIFEST} is not an {SCHEMA} manifest"]
     listed = manifest.get("files", {})
     targets = manifest.get("targets", [])
     if not is_file_table(listed) or not isinstance(targets, list) or not all(
             isinstance(t, dict) and isinstance(t.get("isa"), str)
-            and isinstance(t.get("target"), str) and isinstance(t.get("profile"), dict)
+            and names.problem(t.get("target")) is None and isinstance(t.get("profile"), dict)
             for t in targets):
-        return None, [f"{MANIFEST} is damaged (its files or targets table is malformed)"]
-    problems = []
-    for name, entry in sorted(listed.items()):
-        data = files.get(name)
-        if data is None:
-            problems.append(f"{name} is missing")
-        elif len(data) != entry["bytes"] or bytes_sha256(data) != entry["sha256"]:
-            problems.append(f"{name} does not match its sha256 in {MANIFEST}")
-    for name in sorted(set(files) - set(listed) - {MANIFEST}):
-        problems.append(f"{name} is not listed in {MANIFEST}")
-    return manifest, problems
+        return None, by, [f"{MANIFEST} is damaged (its files or targets table is malformed)"]
+    return manifest, by, []
 
 
-def _profiles_for(manifest: dict, target: str | None) -> list:
-    """--target's profiles, else every validated target this host runs: natively, and the C
+def _read(bundle: Path, dest: Path, trust: Path | None) -> tuple[dict, str | None, set[str]]:
+    """Extract `bundle` into `dest` within the bounds of archive.read, check the signature
+    (with `trust`), the manifest and every member's sha256: (manifest, signer, member names);
+    GateFailed naming the first few problems."""
+    checked: dict = {}
+
+    def declare(head: dict[str, bytes]) -> dict[str, int] | None:
+        manifest, by, problems = _check_manifest(head, trust)
+        checked.update(manifest=manifest, by=by, problems=problems)
+        return None if manifest is None else {n: e["bytes"] for n, e in
+                                              manifest["files"].items()}
+
+    contents = archive.read(bundle, dest, HEAD, HEAD_CAP, declare)
+    manifest = checked.get("manifest")
+    problems = checked.get("problems", []) + contents.problems
+    if not problems:
+        problems = [f"{n} does not match its sha256 in {MANIFEST}"
+                    for n, path in sorted(contents.files.items())
+                    if file_sha256(path) != manifest["files"][n]["sha256"]]
+    if problems:
+        raise GateFailed(f"bundle {bundle.name} failed verification: "
+                         + archive.summary(problems))
+    return manifest, checked["by"], contents.names
+
+
+def _profiles_for(manifest: dict, c_ok: bool, skipped: list[dict]) -> list:
+    """Every validated target this host runs: natively, and the C
     runtime's aarch64 runner under QEMU when qemu-aarch64-static is installed (ONNX Runtime
-    under QEMU only when named: it needs the emulated Python environment)."""
-    if target:
-        return profiles_mod.load_many(target)
+    under QEMU only when named: it needs the emulated Python environment). C targets only
+    with `c_ok` (a trusted bundle, or --rebuild-c); the others go to `skipped`."""
     host = runtime.host_isa()
     emulated_c = host == "x86_64" and any(shutil.which(q) for q in ("qemu-aarch64-static",
                                                                     "qemu-aarch64"))
@@ -255,6 +337,9 @@ def _profiles_for(manifest: dict, target: str | None) -> list:
         c_here = t.get("runtime") == "c" and t["isa"] == "aarch64" and emulated_c
         if (t["isa"] == host or c_here) and t["target"] not in seen:
             seen.add(t["target"])
+            if t.get("runtime") == "c" and not c_ok:
+                skipped.append({"target": t["target"], "reason": UNTRUSTED_C})
+                continue
             raw = {k: v for k, v in t["profile"].items() if v is not None}
             chosen.append(profiles_mod.from_dict(raw, t["target"], "bundle manifest"))
     if not chosen:
@@ -263,7 +348,8 @@ def _profiles_for(manifest: dict, target: str | None) -> list:
 
 
 def _run_c(runner: Path, prof, inputs: np.ndarray) -> runtime.TargetRun:
-    """The bundle's C runner for `prof` on the reference inputs (natively or under QEMU)."""
+    """The bundle's C runner for `prof` on the reference inputs (natively or under QEMU):
+    only for a bundle whose signature was verified."""
     from . import c_build, c_run
 
     runner.chmod(0o755)
@@ -277,28 +363,47 @@ def _run_c(runner: Path, prof, inputs: np.ndarray) -> runtime.TargetRun:
                              " ".join(out.command))
 
 
-def verify(bundle: Path, target: str | None = None,
-           progress: Progress = lambda m: None) -> dict:
-    """Checksums first, then the reference inputs re-run on each target; GateFailed naming the
-    file on any mismatch."""
+def _reference(path: Path, manifest: dict) -> tuple[np.ndarray, np.ndarray, dict]:
+    """reference.npz's inputs, logits and the int8 outputs of the manifest's targets (only
+    those members are read, each within the reference budget before it is inflated)."""
+    int8 = [f"int8:{t['target']}" for t in manifest["targets"]]
+    z = npz_arrays(path, "bundle file", ("inputs", "logits", *int8),
+                   Budget("a reference file", REFERENCE_BYTES))
+    if "inputs" not in z or "logits" not in z:
+        raise UserError(f"{path.name} in the bundle lacks 'inputs' or 'logits'")
+    return z["inputs"], z["logits"], {k.split(":", 1)[1]: z[k] for k in int8 if k in z}
+
+
+def verify(bundle: Path, target: str | None = None, *, trust: Path | None = None,
+           rebuild_c: bool = False, progress: Progress = lambda m: None) -> dict:
+    """Bounded extraction, the signature (with `trust`), every checksum, then the reference
+    inputs re-run on each target; GateFailed naming the file on any mismatch. C targets run
+    the bundle's runner only when its signature was verified; with `rebuild_c`, a runner
+    compiled here from the bundle's C sources; else they are refused (named) or left out."""
+    from . import c_target
+
     bundle = Path(bundle)
     if not bundle.is_file():
         raise UserError(f"bundle {bundle} does not exist")
+    if trust is not None:
+        signing.trusted_keys(trust)  # a bad key file is bad input, found before any work
+    named = profiles_mod.load_many(target) if target else None
+    if named and trust is None and not rebuild_c:
+        for p in named:
+            if p.kind == "c":
+                raise UserError(f"target {p.name}: {UNTRUSTED_C}")
     with tempfile.TemporaryDirectory(prefix="edgeprune-verify-") as d:
-        files = archive.extract(bundle, Path(d))
-        manifest, problems = _check_manifest(files)
-        if problems:
-            raise GateFailed(f"bundle {bundle.name} failed verification: " + "; ".join(problems))
-        progress(f"verify: {len(files)} files match their sha256")
-        profs = _profiles_for(manifest, target)
         root = Path(d)
-        try:
-            with np.load(root / "reference.npz", allow_pickle=False) as z:
-                inputs, expected = z["inputs"], z["logits"]
-                int8_expected = {k.split(":", 1)[1]: z[k] for k in z.files
-                                 if k.startswith("int8:")}
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
-            raise UserError(f"bundle {bundle.name}: reference.npz is unreadable ({e})") from None
+        manifest, signer, members = _read(bundle, root, trust)
+        progress(f"verify: {len(members)} files match their sha256"
+                 + (f"; signed by trusted key {signer}" if signer else
+                    "; signed, not checked (give --trust KEY.pub)" if SIGNATURE in members
+                    else ""))
+        skipped: list[dict] = []
+        profs = named or _profiles_for(manifest, signer is not None or rebuild_c, skipped)
+        for s in skipped:
+            progress(f"verify: target {s['target']} left out: {s['reason']}")
+        inputs, expected, int8_expected = _reference(root / "reference.npz", manifest)
         if inputs.dtype.kind != "f" or expected.ndim != 2 or len(expected) != (
                 inputs.shape[1] if inputs.ndim == 5 else len(inputs)):
             raise UserError(f"bundle {bundle.name}: reference.npz holds no float inputs with "
@@ -311,19 +416,28 @@ def verify(bundle: Path, target: str | None = None,
                                                max_inputs=max(prof.emulation.max_inputs,
                                                               len(expected)))
                                        if prof.emulation else None))
-            if prof.kind == "c":
+            if prof.kind == "c" and rebuild_c:
+                models = ["c/model.c (rebuilt here)"]
+                if not c_target.has_sources(root / "c"):
+                    failed.append(f"target {prof.name}: the bundle has no C sources to rebuild")
+                    continue
+            elif prof.kind == "c":
                 models = [f"c/{prof.name}/runner"]
-                if models[0] not in files:
+                if models[0] not in members:
                     failed.append(f"target {prof.name}: the bundle has no C runner for it "
                                   "(validate and package with this target)")
                     continue
             else:
-                models = ["model.onnx"] + [n for n in sorted(files)
+                models = ["model.onnx"] + [n for n in sorted(members)
                                            if n in (f"model.{ORT_PLATFORM[prof.isa]}.ort",
                                                     INT8_FILE)]
             for name in models:
-                run = (_run_c(root / name, quick, inputs) if prof.kind == "c"
-                       else runtime.run(root / name, quick, inputs, progress=progress))
+                if prof.kind == "c" and rebuild_c:
+                    run = c_target.run(root / "c", quick, inputs, progress=progress)
+                elif prof.kind == "c":
+                    run = _run_c(root / name, quick, inputs)
+                else:
+                    run = runtime.run(root / name, quick, inputs, progress=progress)
                 want = expected
                 if name == INT8_FILE:  # what the int8 model gave when it was validated
                     want = int8_expected.get(prof.name, next(iter(int8_expected.values()),
@@ -341,10 +455,10 @@ def verify(bundle: Path, target: str | None = None,
                     failed.append(f"{name} on {prof.name}: outputs differ from reference.npz "
                                   f"(agreement {par['agreement']:.2%}, max |Δlogit| "
                                   f"{par['max_abs_diff']:.3g} > {prof.parity.max_abs_logit_diff:g})")
-    result = {"bundle": str(bundle), "name": manifest["name"], "files_checked": len(files),
-              "runs": runs, "passed": not failed}
+    result = {"bundle": str(bundle), "name": manifest["name"], "files_checked": len(members),
+              "signed_by": signer, "runs": runs, "skipped": skipped, "passed": not failed}
     if failed:
-        e = GateFailed(f"bundle {bundle.name} failed verification: " + "; ".join(failed))
+        e = GateFailed(f"bundle {bundle.name} failed verification: " + archive.summary(failed))
         e.result = result
         raise e
     return result
