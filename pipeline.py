@@ -59,8 +59,8 @@ def _dense_data(data: DataConfig):
 
 def _fits(model: ModelConfig, optim: TrainConfig, ds, run: RunConfig) -> None:
     """Refuse, before the network is even built, a dense training the memory cannot hold."""
-    from .footprint import check_training
-    from .models import ModelSpec
+    from edgeprune.footprint import check_training
+    from edgeprune.models import ModelSpec
 
     check_training(ModelSpec.for_data(model, ds), min(optim.batch_size, len(ds.y_train)),
                    run.device)

@@ -6,7 +6,7 @@ its signature) as the first members, so `read` knows every member's size before 
 other member's data. `read` makes two passes over the stream:
 
 1. headers: every member must be a plain file or folder (no links, devices, FIFOs, sparse
-   files) whose name is plain names joined by '/' (targets/names.py), inside one top folder,
+   files) whose name is plain names joined by '/' (edgeprune/names.py), inside one top folder,
    never both a file and a folder, at most MAX_MEMBERS of them; PAX and GNU extended headers
    are capped at MAX_HEADER_BYTES each (refused before they are read). The leading members
    (the manifest, its signature) are read into memory, each capped; `declare` turns them into
@@ -31,10 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
+from edgeprune import names
 from edgeprune.bounded_read import shown
 from edgeprune.errors import UserError
 
-from . import names
 
 MAX_MEMBERS = 4096  # a bundle has a few dozen; 4096 leaves room for many validations
 MAX_HEADER_BYTES = 64 * 1024  # one PAX/GNU extended header; real ones are under 1 KiB

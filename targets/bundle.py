@@ -16,7 +16,7 @@ proceed.
 
 Package trusts no edited manifest: each validation's pass or fail is re-derived from the gates
 in its stored report.json (whose sha256 its manifest lists), and file and target names from
-manifests are checked as plain names (targets/names.py) before they are used as paths."""
+manifests are checked as plain names (edgeprune/names.py) before they are used as paths."""
 from __future__ import annotations
 
 import json
@@ -35,11 +35,12 @@ from edgeprune import __version__
 from edgeprune.artifacts import MANIFEST, Artifact, Job, Store, open_artifact
 from edgeprune.bounded_read import Budget, npz_arrays, shown
 from edgeprune.config import PackageConfig
+from edgeprune import names
 from edgeprune.errors import GateFailed, UserError
 from edgeprune.hashing import bytes_sha256, file_sha256, is_file_table
 
-from . import archive, modelcard, names, profiles as profiles_mod, runtime, signing
-from .stage import REFERENCE_BYTES
+from . import archive, modelcard, profiles as profiles_mod, runtime, signing
+from .validate_stage import REFERENCE_BYTES
 from .validation import FAIL, parity, parity_ok
 
 # /2: the manifest (and its signature) lead the archive, so verify can bound what it reads;
@@ -74,7 +75,7 @@ def _verdict(art: Artifact) -> dict:
         claims = [bool(e["passed"]) for e in entries]
         claimed = bool(report.get("passed"))
         for e in entries:
-            names.plain(e.get("target"), f"validate artifact {art.path}: target name")
+            names.plain_name(e.get("target"), f"validate artifact {art.path}: target name")
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise UserError(f"validate artifact {art.path}: report.json is not a validation report "
                         f"({e.__class__.__name__})") from None
@@ -200,7 +201,7 @@ def package(source: Path, cfg: PackageConfig = PackageConfig(), out_dir: Path | 
         ort = [e for e in entries if e.get("runtime", "onnxruntime") == "onnxruntime"]
         int8_ok = bool(ort) and all((e.get("int8") or {}).get("kept") for e in ort)
         for name in sorted(export.manifest["files"]):
-            names.plain(name, f"export artifact {export.path}: file")
+            names.plain_name(name, f"export artifact {export.path}: file")
             if name == INT8_FILE and not int8_ok:
                 progress("package: model.int8.onnx left out (not kept by every validation)")
                 continue

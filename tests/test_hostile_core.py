@@ -147,13 +147,13 @@ def test_seals_leave_ids_alone(chain):
 
 
 @pytest.mark.parametrize("name", ["", ".", "..", "a/b", "a\\b", "/abs", "nul\x00", "tab\t",
-                                  "é" * 128, 7])
+                                  "é", "a b", "x" * 256, 7])
 def test_plain_name_refuses(name):
     with pytest.raises(UserError, match="what it was"):
         plain_name(name, "what it was")
 
 
-@pytest.mark.parametrize("name", ["model.onnx", "x86_64.report.json", "..hidden", "a b", "é" * 127])
+@pytest.mark.parametrize("name", ["model.onnx", "x86_64.report.json", "..hidden", "c-x86_64.runner", "x" * 255])
 def test_plain_name_accepts(name):
     assert plain_name(name, "x") == name
 

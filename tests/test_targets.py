@@ -161,9 +161,11 @@ print('ok')
         assert "import torch" not in text and "from torch" not in text, src
         for line in text.splitlines():
             if line.strip().startswith(("from edgeprune", "import edgeprune")):
-                allowed = ("errors", "artifacts", "hashing", "config", "bounded_read")  # torch-free
+                allowed = ("errors", "artifacts", "hashing", "config", "bounded_read",
+                           "names", "diskspace")  # torch-free
                 assert (any(f"edgeprune.{m} " in line for m in allowed)
-                        or line.strip() == "from edgeprune import __version__"), (src, line)
+                        or line.strip() in [f"from edgeprune import {m}"
+                                            for m in ("__version__", *allowed)]), (src, line)
 
 
 # -- validate (native) ---------------------------------------------------------------------------
