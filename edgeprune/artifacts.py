@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import distributed, faults
+from .bounded_read import open_regular, regular_size
 from .diskspace import DiskFull, free_bytes, full_error, is_full
 from .errors import UserError
 from .hashing import bytes_sha256, file_sha256, is_file_table
@@ -126,7 +127,8 @@ class Artifact:
         p = self.path / name
         if not p.exists():
             raise UserError(f"{p} is missing (artifact damaged; delete {self.path} and rerun)")
-        if p.stat().st_size != entry["bytes"] or file_sha256(p) != entry["sha256"]:
+        # a FIFO or device in place of a file would hang or never end the hash: refused first
+        if regular_size(p, "artifact file") != entry["bytes"] or file_sha256(p) != entry["sha256"]:
             raise UserError(f"{p} does not match the sha256 in its manifest: the file is "
                             f"corrupted or was modified (delete {self.path} and rerun)")
         return p
@@ -160,9 +162,16 @@ def open_artifact(path: Path) -> Artifact:
     return Artifact(folder, manifest)
 
 
+MANIFEST_BYTES = 64 * 1024 * 1024  # a manifest is KiBs; a bundle's lineage of them, a few MiB
+
+
 def _read_manifest(mpath: Path):
+    if regular_size(mpath, "manifest") > MANIFEST_BYTES:
+        raise UserError(f"{mpath} is over {MANIFEST_BYTES >> 20} MiB: not a manifest edgeprune "
+                        "wrote")
     try:
-        return json.loads(mpath.read_text())
+        with open_regular(mpath, "manifest") as f:
+            return json.loads(f.read(MANIFEST_BYTES + 1))
     except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise UserError(f"{mpath} is unreadable or not JSON: {e}") from None
 

@@ -234,6 +234,24 @@ def test_fifo_is_refused_not_opened(tmp_path, command, name):
     _refused(r, out, f"{fifo} is a FIFO, not a regular file: refused")
 
 
+def test_artifact_manifest_or_file_that_is_a_fifo_is_refused(tmp_path, digits_model):
+    """A FIFO where an artifact's manifest.json or one of its files should be: one line, no hang."""
+    import shutil
+
+    folder = tmp_path / "train-abc"
+    folder.mkdir()
+    os.mkfifo(folder / "manifest.json")
+    r = _capped("show", folder, timeout=60)
+    assert r.returncode == 2 and "manifest" in r.stderr and "is a FIFO" in r.stderr, r.stderr
+    copy = tmp_path / digits_model.path.name
+    shutil.copytree(digits_model.path, copy)
+    (copy / "model.pt").unlink()
+    os.mkfifo(copy / "model.pt")
+    out = tmp_path / "runs"
+    r = _capped("export", copy / "model.pt", "--out", out, timeout=60)
+    _refused(r, out, "is a FIFO, not a regular file: refused")
+
+
 # -- CIFAR-10 python batches ----------------------------------------------------------------------
 
 class _Reduce:
