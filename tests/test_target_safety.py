@@ -209,3 +209,102 @@ def test_validate_refuses_a_missing_compiler_before_any_work(exported, tmp_path)
                        env=env, timeout=300)
     _one_line_exit_2(p, "apt-get install gcc")
     assert _tree(run_dir) == before
+
+
+# -- children and temporary folders do not outlive a killed edgeprune -------------------------
+
+def _stat(pid: int) -> tuple[str, int] | None:
+    """(state, ppid) of a process, None when it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    state, ppid = text[text.rindex(")") + 2:].split()[:2]
+    return state, int(ppid)
+
+
+def _alive(pid: int) -> bool:
+    s = _stat(pid)
+    return s is not None and s[0] not in "ZX"  # a zombie has run its last instruction
+
+
+def _child_running(parent: subprocess.Popen, word: str, timeout: float = 300) -> int:
+    """The pid of `parent`'s child whose command line contains `word`, once it runs."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert parent.poll() is None, f"edgeprune ended (exit {parent.returncode}) first"
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit() and (_stat(int(entry.name)) or ("", 0))[1] == parent.pid:
+                try:
+                    argv = (entry / "cmdline").read_bytes().split(b"\0")
+                except OSError:
+                    continue
+                if any(word.encode() in a for a in argv):
+                    return int(entry.name)
+        time.sleep(0.02)
+    raise AssertionError(f"no child running {word!r} within {timeout} s")
+
+
+def _start_validate(onnx: Path, target: Path, out: Path, tmp: Path) -> subprocess.Popen:
+    tmp.mkdir(exist_ok=True)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmp)}
+    return subprocess.Popen([sys.executable, "-m", "cli", "validate", str(onnx), "--target",
+                             str(target), "--no-dense", "--limit", "4", "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+
+
+def _ours(tmp: Path) -> list[Path]:
+    """What edgeprune left in a temp dir (ONNX Runtime keeps its own `.ses` id file there)."""
+    return [p for p in tmp.iterdir() if "edgeprune" in p.name]
+
+
+def _sigkill(p: subprocess.Popen) -> None:
+    p.send_signal(signal.SIGKILL)
+    p.wait(timeout=30)
+    p.stderr.close()
+
+
+@pytest.mark.parametrize("kind,word", [("onnxruntime", "runner.py"), ("c", "--bench")])
+def test_a_runner_dies_with_a_killed_edgeprune(exported, tmp_path, kind, word):
+    """Before: the ONNX Runtime runner of a 10^6-run profile ran on at 99% CPU under init."""
+    if kind == "c":
+        _need_cc()
+    run_dir, onnx = exported
+    prof = _profile(tmp_path / "long.toml", f'name = "long"\nisa = "x86_64"\n[runtime]\n'
+                    f'kind = "{kind}"\n[latency]\nruns = 1_000_000\nwarmup = 0\n'
+                    'budget_ms = 1000.0\n')  # minutes of timed runs
+    parent = _start_validate(onnx, prof, tmp_path / "runs", tmp_path / "tmp")
+    try:
+        pid = _child_running(parent, word)
+        assert _alive(pid)
+    finally:
+        _sigkill(parent)
+    deadline = time.monotonic() + 5
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not _alive(pid), f"runner {pid} outlived its killed parent"
+    assert not _ours(tmp_path / "tmp")  # nothing in the system temp dir
+
+
+def test_a_killed_c_validation_leaves_no_temp_folder_and_the_next_run_cleans_up(exported,
+                                                                                 tmp_path):
+    """Before: edgeprune-run-*, -keep-* and -c-* folders stayed in the system temp dir."""
+    _need_cc()
+    run_dir, onnx = exported
+    prof = _profile(tmp_path / "c.toml", 'name = "c"\nisa = "x86_64"\n[runtime]\nkind = "c"\n'
+                    '[latency]\nruns = 50_000\nwarmup = 0\nbudget_ms = 1000.0\n')  # ~2 s
+    out, tmp = tmp_path / "runs", tmp_path / "tmp"
+    parent = _start_validate(onnx, prof, out, tmp)
+    try:
+        _child_running(parent, "--bench")  # killed mid-run: built, inputs run, timing
+    finally:
+        _sigkill(parent)
+    assert not _ours(tmp)
+    stale = [p for p in out.iterdir() if p.name.startswith(".validate-")]
+    assert len(stale) == 1 and list(stale[0].glob(".scratch-*/edgeprune-c-*/build/runner"))
+    again = _start_validate(onnx, prof, out, tmp)
+    _, err = again.communicate(timeout=600)
+    assert again.returncode == 0, err.decode()[-2000:]
+    assert not stale[0].exists() and not _ours(tmp)
+    art = next(out.glob("validate-*"))
+    assert (art / "c.runner").is_file() and not list(art.glob(".*"))  # no scratch shipped
