@@ -204,11 +204,10 @@ def from_dict(raw: dict, default_name: str = "custom", source: str = "<dict>") -
                    description=raw.get("description", ""), source=source, **sections)
 
 
-def check_name(name: str, where: str) -> str:
-    """`name` when it is a plain name (one path component); a UserError otherwise."""
+def check_name(name: str, where: str) -> None:
+    """A UserError unless `name` is a plain name (one path component)."""
     if not isinstance(name, str) or not NAME.fullmatch(name):
         raise UserError(f"{where}: name {str(name)[:80]!r} is not a plain name ({NAME_RULE})")
-    return name
 
 
 def _section(where: str, name: str, cls, values: dict):
