@@ -131,14 +131,10 @@ def validate(store: Store, model: Path, cfg: ValidateConfig = ValidateConfig(), 
     from edgeprune import stage_inputs
     import numpy as np
 
-    from targets import modelfile, profiles as profiles_mod, validate_stage
+    from targets import modelfile, validate_stage
     from targets.validation import take
 
-    profs = profiles_mod.load_many(cfg.target)
-    if cfg.latency_budget_ms is not None:
-        profs = [p.with_latency_budget(cfg.latency_budget_ms) for p in profs]
-    profs = [p.with_dense_gates(cfg.min_speedup, cfg.max_accuracy_drop) for p in profs]
-    _tools_for(profs)
+    profs = _profiles(cfg)
     if against is not None and reference is not None:
         raise UserError("give --against (PyTorch reference) or --reference (npz), not both")
     model = Path(model)
@@ -185,15 +181,28 @@ def _trained_on(model_pt: Path | None) -> str | None:
 C_FILES = ("model.h", "model.c", "model_weights.c", "runner.c")
 
 
+def _profiles(cfg: ValidateConfig) -> list:
+    """The target profiles `cfg` names, with its overrides; refused before any work when one is
+    bad or needs a tool (compiler, cross compiler, emulator) that is not installed."""
+    from targets import profiles as profiles_mod
+
+    profs = profiles_mod.load_many(cfg.target)
+    if cfg.latency_budget_ms is not None:
+        profs = [p.with_latency_budget(cfg.latency_budget_ms) for p in profs]
+    profs = [p.with_dense_gates(cfg.min_speedup, cfg.max_accuracy_drop) for p in profs]
+    _tools_for(profs)
+    return profs
+
+
 def _tools_for(profs: list) -> None:
     """Refuse, before any work, targets whose compiler (or emulator) is not installed."""
     from targets import c_build, emulation, runtime
 
     for p in profs:
-        if p.kind != "c":
-            continue
-        c_build.find_compiler(p.isa)
-        if runtime.mode(p) == "emulated":
+        emulated = runtime.mode(p) == "emulated"  # refuses an ISA this host cannot run at all
+        if p.kind == "c":
+            c_build.find_tools(p.isa)
+        if emulated:
             emulation.find_qemu()
 
 
@@ -387,6 +396,7 @@ def compress(store: Store, plan: Plan, model: Path | None = None, *,
     model (`model_def` + `state_dict`) or a NIR file (`model` ending in .nir) is imported
     first, and with neither a dense model is trained on `plan.data`. A failed gate raises GateFailed after the report is stored."""
     out = Compressed()
+    profs = _profiles(plan.validate)  # a bad profile or a missing compiler: refused before training
     device(plan.run)
     if is_nir(model) and not (model_def or state_dict):
         model, state_dict = None, model  # a NIR file is imported first, like a model from code
@@ -416,9 +426,7 @@ def compress(store: Store, plan: Plan, model: Path | None = None, *,
     data_name = ticket.config["data"]["name"]
     dense = None
     if plan.validate.dense:  # the dense model measured beside the ticket: a chain step of its own
-        from targets import profiles as profiles_mod
-
-        dense = dense_export(store, onnx, profiles_mod.load_many(plan.validate.target), report)
+        dense = dense_export(store, onnx, profs, report)
         if dense.artifact is not None:
             out.add("dense-export", (dense.artifact, dense.cached))
     try:

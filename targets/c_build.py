@@ -21,6 +21,8 @@ from pathlib import Path
 
 from edgeprune.errors import UserError
 
+from . import child
+
 SOURCES = ("model.c", "model_weights.c")
 RUNNER_SOURCE = "runner.c"
 BASE_FLAGS = ("-std=c99", "-ffp-contract=off", "-Wall", "-Wextra")
@@ -73,6 +75,13 @@ def find_compiler(isa: str) -> str:
                     f"(supported: {', '.join(ISAS)}; aarch64 cross-builds from x86_64)")
 
 
+def find_tools(isa: str) -> tuple[str, str]:
+    """The compiler and the archiver for `isa`; a UserError naming the package when one is
+    missing (checked before any work)."""
+    compiler = find_compiler(isa)
+    return compiler, _archiver(compiler)
+
+
 def _archiver(compiler: str) -> str:
     """`ar` matching the compiler (aarch64-linux-gnu-ar for the cross compiler)."""
     name = Path(compiler).name
@@ -90,7 +99,7 @@ def _archiver(compiler: str) -> str:
 
 def _run(argv: list[str], what: str) -> str:
     try:
-        p = subprocess.run(argv, capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S)
+        p = child.run(argv, text=True, timeout=COMPILE_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         raise UserError(f"{what}: took over {COMPILE_TIMEOUT_S} s") from None
     except OSError as e:
@@ -118,7 +127,7 @@ def build(src: Path, out: Path | None = None, *, isa: str = "native", sanitize: 
     if sanitize and not native:
         raise UserError("sanitizer builds are native only (ASan/UBSan runtimes do not run "
                         "under qemu user emulation)")
-    compiler = find_compiler(isa)
+    compiler, archiver = find_tools(isa)
     out = Path(out) if out else src / f"build-{isa}{'-sanitize' if sanitize else ''}"
     out.mkdir(parents=True, exist_ok=True)
     flags = [*BASE_FLAGS, *(SANITIZE_FLAGS if sanitize else OPT_FLAGS)]
@@ -135,7 +144,7 @@ def build(src: Path, out: Path | None = None, *, isa: str = "native", sanitize: 
         objects.append(obj)
     library = out / "libmodel.a"
     library.unlink(missing_ok=True)
-    _run([_archiver(compiler), "rcs", str(library), *map(str, objects)], "archiving libmodel.a")
+    _run([archiver, "rcs", str(library), *map(str, objects)], "archiving libmodel.a")
     runner = out / "runner"
     link = [compiler, *flags, "-I", str(src), str(src / RUNNER_SOURCE), str(library),
             "-o", str(runner)]

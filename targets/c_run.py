@@ -20,7 +20,7 @@ import numpy as np
 
 from edgeprune.errors import UserError
 
-from . import emulation
+from . import child, emulation
 from .c_build import CBuild
 
 NATIVE_TIMEOUT_S = 900
@@ -62,7 +62,7 @@ def _argv(build: CBuild, args: list[str], qemu_cpu: str) -> tuple[list[str], str
 def _call(argv: list[str], stdin: bytes, mode: str, timeout: int | None) -> bytes:
     timeout = timeout or (EMULATED_TIMEOUT_S if mode == "emulated" else NATIVE_TIMEOUT_S)
     try:
-        p = subprocess.run(argv, input=stdin, capture_output=True, timeout=timeout)
+        p = child.run(argv, input=stdin, timeout=timeout)
     except subprocess.TimeoutExpired:
         raise UserError(f"the C runner took over {timeout} s ({mode})") from None
     if p.returncode != 0:

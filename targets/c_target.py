@@ -32,8 +32,10 @@ def has_sources(folder: Path) -> bool:
 
 
 def run(src: Path, profile: Profile, inputs: np.ndarray, *, keep: Path | None = None,
-        progress: Callable[[str], None] = lambda m: None) -> runtime.TargetRun:
-    """Build `src` for `profile` and run `inputs` (N, C, H, W) through its runner."""
+        progress: Callable[[str], None] = lambda m: None,
+        scratch: Path | None = None) -> runtime.TargetRun:
+    """Build `src` for `profile` and run `inputs` (N, C, H, W) through its runner. The build
+    folder goes under `scratch` (default: the system temp dir)."""
     how = runtime.mode(profile)
     if inputs.ndim != 4:
         raise UserError(f"target {profile.name}: the C runtime takes images (N, C, H, W), got "
@@ -42,7 +44,7 @@ def run(src: Path, profile: Profile, inputs: np.ndarray, *, keep: Path | None = 
     warmup, runs = ((profile.emulation.warmup, profile.emulation.runs) if emulated
                     else (profile.latency.warmup, profile.latency.runs))
     qemu_cpu = profile.emulation.qemu_cpu if profile.emulation else "cortex-a72"
-    with tempfile.TemporaryDirectory(prefix="edgeprune-c-") as d:
+    with tempfile.TemporaryDirectory(prefix="edgeprune-c-", dir=scratch) as d:
         work = Path(d) / "src"
         work.mkdir()
         for name in SOURCES:

@@ -31,6 +31,8 @@ from typing import Callable
 
 from edgeprune.errors import UserError
 
+from . import child
+
 GUEST_PYTHON = "3.11"
 PACKAGES = ("libc6", "libgcc-s1", "libstdc++6", "zlib1g", "libexpat1", "libffi8",
             f"python{GUEST_PYTHON}-minimal", f"libpython{GUEST_PYTHON}-minimal",
@@ -89,7 +91,7 @@ def check_core(core: str, qemu: str) -> None:
     if core not in CORES:
         raise UserError(f"emulation.qemu_cpu {core!r} is not supported: choose one of "
                         f"{', '.join(CORES)}")
-    listed = subprocess.run([qemu, "-cpu", "help"], capture_output=True, text=True).stdout
+    listed = child.run([qemu, "-cpu", "help"], text=True).stdout
     if core not in listed.split():
         raise UserError(f"this QEMU ({qemu}) does not emulate {core}; upgrade qemu-user-static")
 
@@ -166,7 +168,7 @@ def _lock(path: Path):
 
 def _run(argv: list[str], what: str, cwd: Path | None = None, timeout: int = 900):
     try:
-        p = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+        p = child.run(argv, cwd=cwd, text=True, timeout=timeout)
     except FileNotFoundError:
         raise UserError(f"{what}: {argv[0]} is not installed") from None
     except subprocess.TimeoutExpired:
@@ -255,7 +257,7 @@ def _smoke_test(emu: Emulator, progress: Progress) -> None:
     progress("arm64: checking onnxruntime imports under qemu-aarch64")
     argv, env = emu.command("cortex-a72", ["-c", "import platform, onnxruntime; "
                                            "print(platform.machine(), onnxruntime.__version__)"])
-    p = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+    p = child.run(argv, env=env, text=True, timeout=300)
     if p.returncode != 0 or "aarch64" not in p.stdout:
         raise UserError(f"the emulated onnxruntime does not start (exit {p.returncode}: "
                         f"{_tail(p.stderr or p.stdout)}); delete {cache_root()} and retry")

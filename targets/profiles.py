@@ -7,8 +7,10 @@ to its default would pass a gate the user meant to tighten.
 """
 from __future__ import annotations
 
+import math
+import re
 import tomllib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from edgeprune.errors import UserError
@@ -16,6 +18,12 @@ from edgeprune.errors import UserError
 PROFILE_DIR = Path(__file__).parent / "profiles"
 ISAS = ("x86_64", "aarch64")
 OPT_LEVELS = ("disable", "basic", "extended", "all")
+# A profile's name names files and folders (a validation's `<name>.runner`, a bundle's
+# `c/<name>/`): one plain path component, never a path.
+NAME_RULE = "1-64 letters, digits, '.', '_' or '-', not starting with '.'"
+NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
+# Timing plans beyond these are mistakes (10^9 runs would time for days), not budgets.
+MAX_RUNS, MAX_WARMUP, MAX_BATCH, MAX_THREADS = 1_000_000, 100_000, 4096, 1024
 
 
 RUNTIME_KINDS = ("onnxruntime", "c")
@@ -93,6 +101,13 @@ class Profile:
     accuracy: Accuracy = field(default_factory=Accuracy)
     dense: Dense = field(default_factory=Dense)
     emulation: Emulation | None = None
+
+    def __post_init__(self):
+        # Every Profile is checked, however it was made (a file, a bundle's manifest,
+        # dataclasses.replace with a command-line budget): code may use its name as a path.
+        where = f"target profile {self.source}" if self.source else "a target profile"
+        check_name(self.name, where)
+        _check_values(where, self)
 
     @property
     def kind(self) -> str:
@@ -183,10 +198,16 @@ def from_dict(raw: dict, default_name: str = "custom", source: str = "<dict>") -
                 for name, cls in SECTIONS.items() if name in raw or name != "emulation"}
     if raw["isa"] == "aarch64" and "emulation" not in raw:
         sections["emulation"] = Emulation()  # so the profile still runs on an x86-64 host
-    profile = Profile(name=raw.get("name", default_name), isa=raw["isa"],
-                      description=raw.get("description", ""), source=source, **sections)
-    _check_values(where, profile)
-    return profile
+    if "name" not in raw:  # named after its file: say how to name it when that name is no name
+        check_name(default_name, f"{where} (named after its file; set name = \"...\" in it)")
+    return Profile(name=raw.get("name", default_name), isa=raw["isa"],
+                   description=raw.get("description", ""), source=source, **sections)
+
+
+def check_name(name: str, where: str) -> None:
+    """A UserError unless `name` is a plain name (one path component)."""
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        raise UserError(f"{where}: name {str(name)[:80]!r} is not a plain name ({NAME_RULE})")
 
 
 def _section(where: str, name: str, cls, values: dict):
@@ -213,7 +234,21 @@ def _tname(v) -> str:
 
 
 def _check_values(where: str, p: Profile) -> None:
-    problems = []
+    problems = [f"{section}.{f.name} must be a finite number, got {value!r}"
+                for section in SECTIONS if (table := getattr(p, section)) is not None
+                for f in fields(table) if isinstance(value := getattr(table, f.name), float)
+                and not math.isfinite(value)]
+    plans = [("latency", p.latency)] + ([("emulation", p.emulation)] if p.emulation else [])
+    problems += [f"{section}.{key} must be at most {most:,} (got {getattr(plan, key):,})"
+                 for section, plan in plans
+                 for key, most in (("runs", MAX_RUNS), ("warmup", MAX_WARMUP))
+                 if getattr(plan, key) > most]
+    if p.latency.batch_size > MAX_BATCH:
+        problems.append(f"latency.batch_size must be at most {MAX_BATCH:,}")
+    if p.runtime.intra_op_threads > MAX_THREADS:
+        problems.append(f"runtime.intra_op_threads must be at most {MAX_THREADS:,}")
+    if p.parity.int8_max_abs_logit_diff < 0:
+        problems.append("parity.int8_max_abs_logit_diff must be >= 0 (0: not gated)")
     if p.runtime.kind not in RUNTIME_KINDS:
         problems.append(f"runtime.kind must be one of {', '.join(RUNTIME_KINDS)}")
     if p.dense.min_speedup < 0 or not 0 <= p.dense.max_accuracy_drop <= 100:
@@ -241,6 +276,7 @@ def _check_values(where: str, p: Profile) -> None:
         problems.append("accuracy.max_drop must be in [0, 1] (a fraction, not a percentage)")
     if p.emulation is not None and (p.emulation.max_inputs < 1 or p.emulation.runs < 1
                                     or p.emulation.warmup < 0):
-        problems.append("emulation.max_inputs and emulation.runs must be >= 1")
+        problems.append("emulation.max_inputs and emulation.runs must be >= 1, "
+                        "emulation.warmup >= 0")
     if problems:
         raise UserError(f"{where}: {problems[0]}")

@@ -17,7 +17,7 @@ import numpy as np
 
 from edgeprune.errors import UserError
 
-from . import emulation
+from . import child, emulation
 from .profiles import Profile
 
 RUNNER = Path(__file__).with_name("runner.py")
@@ -50,13 +50,15 @@ class TargetRun:
 
 
 def run(model: Path, profile: Profile, inputs: np.ndarray, *, emulator: emulation.Emulator | None
-        = None, progress: Callable[[str], None] = lambda m: None) -> TargetRun:
-    """Feed `inputs` to `model` on `profile`'s target; time `runs` batches after `warmup`."""
+        = None, progress: Callable[[str], None] = lambda m: None,
+        scratch: Path | None = None) -> TargetRun:
+    """Feed `inputs` to `model` on `profile`'s target; time `runs` batches after `warmup`.
+    The runner's job folder goes under `scratch` (default: the system temp dir)."""
     how = mode(profile)
     emulated = how == "emulated"
     warmup, runs = ((profile.emulation.warmup, profile.emulation.runs) if emulated
                     else (profile.latency.warmup, profile.latency.runs))
-    job_dir = Path(tempfile.mkdtemp(prefix="edgeprune-run-"))
+    job_dir = Path(tempfile.mkdtemp(prefix="edgeprune-run-", dir=scratch))
     try:
         np.save(job_dir / "inputs.npy", np.ascontiguousarray(inputs, dtype=np.float32))
         (job_dir / "job.json").write_text(json.dumps({
@@ -80,7 +82,7 @@ def run(model: Path, profile: Profile, inputs: np.ndarray, *, emulator: emulatio
         progress(f"{profile.name}: running {inputs.shape[1 if inputs.ndim == 5 else 0]} inputs"
                  f" + {warmup}+{runs} timed batches ({how})")
         try:
-            p = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
+            p = child.run(argv, env=env, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
             raise UserError(f"target {profile.name}: the {how} run took over {timeout} s; "
                             "lower the profile's runs or max_inputs") from None

@@ -75,10 +75,14 @@ def run_validate(store: Store, model: Path, profiles: list[Profile], inputs: np.
         inputs_ids.append(d.artifact)
 
     def compute(job: Job) -> dict:
-        with tempfile.TemporaryDirectory(prefix="edgeprune-keep-") as keep:
+        # Scratch lives in the job's folder in the run directory: a killed run leaves nothing
+        # in the system temp dir, and the next run of this artifact removes it (under its lock).
+        with tempfile.TemporaryDirectory(prefix=".scratch-", dir=job.dir) as scratch:
+            keep = Path(scratch) / "keep"
+            keep.mkdir()
             v = validate(info, profiles, inputs, labels, reference, reference_source, progress,
-                         replace(extras, keep=Path(keep)))
-            for folder in sorted(Path(keep).iterdir()):  # the validated C binaries, per target
+                         replace(extras, keep=keep, scratch=Path(scratch)))
+            for folder in sorted(keep.iterdir()):  # the validated C binaries, per target
                 for f in ("runner", "libmodel.a"):
                     shutil.copyfile(folder / f, job.dir / f"{folder.name}.{f}")
         v.report["model"]["artifact"] = source.id if source else None

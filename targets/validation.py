@@ -51,6 +51,7 @@ class Extras:
     int8: ModelInfo | None = None  # the int8-weight model, tried on onnxruntime targets
     int8_required: bool = False  # a failing int8 model fails the validation (exit 1)
     keep: Path | None = None  # where c targets leave their validated runner and library
+    scratch: Path | None = None  # where runs keep their temporary folders (None: system temp)
 
 
 def batch_size(inputs: np.ndarray) -> int:
@@ -63,16 +64,19 @@ def take(inputs: np.ndarray, n: int) -> np.ndarray:
 
 
 def _run(profile: Profile, onnx: ModelInfo | None, c_sources: Path | None, what: str,
-         inputs: np.ndarray, emulator, progress, keep: Path | None = None) -> runtime.TargetRun:
+         inputs: np.ndarray, emulator, progress, scratch: Path | None,
+         keep: Path | None = None) -> runtime.TargetRun:
     if profile.kind == "c":
         if c_sources is None:
             raise UserError(f"target {profile.name} runs the C runtime, but the {what} was "
                             "exported without it (export with --c-runtime; models with "
                             "residual blocks or poisson encoding cannot be expressed in C)")
-        return c_target.run(c_sources, profile, inputs, keep=keep, progress=progress)
+        return c_target.run(c_sources, profile, inputs, keep=keep, progress=progress,
+                            scratch=scratch)
     if onnx is None:
         raise UserError(f"target {profile.name} runs ONNX Runtime, but there is no ONNX {what}")
-    return runtime.run(onnx.path, profile, inputs, emulator=emulator, progress=progress)
+    return runtime.run(onnx.path, profile, inputs, emulator=emulator, progress=progress,
+                       scratch=scratch)
 
 
 def validate(info: ModelInfo, profiles: list[Profile], inputs: np.ndarray,
@@ -96,9 +100,10 @@ def validate(info: ModelInfo, profiles: list[Profile], inputs: np.ndarray,
         n = min(n_all, profile.emulation.max_inputs) if how == "emulated" else n_all
         if how == "emulated" and emulator is None and profile.kind == "onnxruntime":
             emulator = emulation.setup(progress)
+        # profile.name is a plain name (a Profile checks it): the folder stays inside keep
         keep = extras.keep / profile.name if extras.keep and profile.kind == "c" else None
         run = _run(profile, info, extras.c_sources, "model", take(inputs, n), emulator,
-                   progress, keep)
+                   progress, extras.scratch, keep)
         outputs[profile.name] = run.outputs
         entry = _measure(profile, run, n, labels, reference, info)
         entry["runtime"] = profile.kind
@@ -107,7 +112,7 @@ def validate(info: ModelInfo, profiles: list[Profile], inputs: np.ndarray,
         if extras.int8 is not None and profile.kind == "onnxruntime":
             progress(f"{profile.name}: the int8 model")
             q = runtime.run(extras.int8.path, profile, take(inputs, n), emulator=emulator,
-                            progress=progress)
+                            progress=progress, scratch=extras.scratch)
             entry["int8"] = _int8(profile, q, n, labels, reference, extras)
             entry["gates"].append(entry["int8"].pop("gate"))
             int8_outputs[profile.name] = q.outputs
@@ -197,7 +202,8 @@ def _vs_dense(profile: Profile, entry: dict, run: runtime.TargetRun, n: int, lab
                            {"gate": "accuracy vs dense", "status": SKIP, "detail": why}]
         return
     progress(f"{profile.name}: the dense model (export {d.artifact})")
-    dr = _run(profile, d.onnx, d.c_sources, "dense model", take(inputs, n), emulator, progress)
+    dr = _run(profile, d.onnx, d.c_sources, "dense model", take(inputs, n), emulator, progress,
+              extras.scratch)
     dense_p50 = float(np.percentile(dr.result["latencies_ms"], 50))
     p50 = entry["latency"]["p50_ms"]
     dense_bytes = dr.result.get("deploy_bytes", d.onnx.bytes if d.onnx else None)
