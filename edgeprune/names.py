@@ -22,7 +22,7 @@ def problem(name: object) -> str | None:
     if len(name) > MAX_NAME:
         return f"{len(name)} characters long (at most {MAX_NAME})"
     if "/" in name or "\\" in name:
-        return "a path, not one component"
+        return "more than one path component"
     if name in (".", ".."):
         return "'.' or '..'"
     if not _PLAIN.fullmatch(name):

@@ -260,9 +260,14 @@ def _copy_artifact(src: Path, run_dir: Path) -> Path:
 
 
 def _edit_manifest(folder: Path, edit) -> None:
+    """Edit a manifest the way someone who knows the format would: resealed, so the artifact's
+    own seal passes and what is left to catch the edit is the package's re-derivation."""
+    from edgeprune.artifacts import seal
+
     path = folder / "manifest.json"
     m = json.loads(path.read_text())
     edit(m)
+    m["seal"] = seal(m)
     path.write_text(json.dumps(m, indent=2, sort_keys=True))
 
 
@@ -302,6 +307,15 @@ def test_manifest_file_names_must_be_plain(validated, tmp_path):
     entry = {"sha256": hashlib.sha256(b"secret").hexdigest(), "bytes": 6}
     rel = os.path.relpath(secret, export)
     _edit_manifest(export, lambda m: m["files"].update({rel: entry}))
+    r = run_cli("package", run_dir / validated.path.name, "--out", tmp_path / "out")
+    # the validation recorded the export's seal: the edit is caught there first ...
+    line = _one_line(r)
+    assert r.returncode == 2 and "changed after validate" in line, line
+    # ... and with the whole chain below it resealed, by the name check itself
+    new_seal = json.loads((export / "manifest.json").read_text())["seal"]
+    for child in run_dir.glob("validate-*"):
+        _edit_manifest(child, lambda m: m["input_seals"].update(
+            {k: new_seal for k in m["input_seals"] if export.name.endswith(k)}))
     r = run_cli("package", run_dir / validated.path.name, "--out", tmp_path / "out")
     line = _one_line(r)
     assert r.returncode == 2 and "not a plain file name" in line and "secret" in line, line
