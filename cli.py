@@ -10,7 +10,7 @@ import sys
 import typer
 
 import edgeprune  # noqa: F401  (filters Norse's import warnings before anything imports it)
-from commands import deploy, imports, inspect, ticket, train
+from commands import deploy, doctor, imports, inspect, ticket, train
 from commands.render import err
 from edgeprune.errors import GateFailed, UserError
 
@@ -73,7 +73,7 @@ for name, fn in [("train", train.train), ("search", ticket.search),
                  ("export", deploy.export), ("validate", deploy.validate),
                  ("package", deploy.package), ("verify", deploy.verify),
                  ("import-model", imports.import_model), ("show", inspect.show),
-                 ("ls", inspect.ls)]:
+                 ("ls", inspect.ls), ("doctor", doctor.doctor)]:
     app.command(name, help=_help(fn))(fn)
 
 
