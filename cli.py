@@ -10,7 +10,7 @@ import sys
 import typer
 
 import edgeprune  # noqa: F401  (filters Norse's import warnings before anything imports it)
-from commands import deploy, doctor, imports, inspect, ticket, train
+from commands import deploy, doctor, imports, inspect, options, ticket, train
 from commands.render import err
 from edgeprune.errors import GateFailed, UserError
 
@@ -27,6 +27,8 @@ def run(argv: list[str]) -> int:
     on stderr instead of a traceback (`--debug` shows it). Tests call this in-process."""
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
+    if "--help-all" in argv:
+        return _help_all(argv)
     try:
         rc = typer.Typer.__call__(app, args=argv, prog_name="edgeprune", standalone_mode=False)
         return rc if isinstance(rc, int) else 0
@@ -48,6 +50,19 @@ def run(argv: list[str]) -> int:
         if type(e).__name__ == "Exit":
             return e.exit_code
         return fail(e.format_message(), 2)
+
+
+def _help_all(argv: list[str]) -> int:
+    """--help with every option, not only the common ones (and no line about the rest)."""
+    epilogs = [(c, c.epilog) for c in app.registered_commands]
+    with options.all_shown():
+        for c, _ in epilogs:
+            c.epilog = None
+        try:
+            return run(["--help" if a == "--help-all" else a for a in argv])
+        finally:
+            for c, e in epilogs:
+                c.epilog = e
 
 
 def fail(message: str, code: int) -> int:
@@ -74,7 +89,7 @@ for name, fn in [("train", train.train), ("search", ticket.search),
                  ("package", deploy.package), ("verify", deploy.verify),
                  ("import-model", imports.import_model), ("show", inspect.show),
                  ("ls", inspect.ls), ("doctor", doctor.doctor)]:
-    app.command(name, help=_help(fn))(fn)
+    app.command(name, help=_help(fn), epilog=options.folded_help(fn))(fn)
 
 
 def main() -> None:
