@@ -19,7 +19,7 @@ FIGURES = (("test_accuracy", "acc", lambda v: render.pct(v, 1)),
            ("test_acc", "acc", lambda v: render.pct(v, 1)),
            ("sparsity", "sparsity", lambda v: render.pct(v, 1)),
            ("latency_p50_ms", "p50", lambda v: f"{v:.3g} ms"),
-           ("search_seconds", "search", lambda v: f"{v:.0f} s"),
+           ("search_seconds", "search", lambda v: f"{v:.0f} s" if v >= 10 else f"{v:.2g} s"),
            ("max_abs_diff", "|Δ|", lambda v: f"{v:.1g}"),
            ("bytes", "size", lambda v: f"{v / 2 ** 20:.1f} MiB"))
 

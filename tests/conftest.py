@@ -12,11 +12,11 @@ from targets import tools
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_cli(*args, cwd=None, timeout=600):
+def run_cli(*args, cwd=None, timeout=600, env_extra=None):
     """Run the installed CLI as a user would; returns CompletedProcess."""
     return subprocess.run([sys.executable, "-m", "cli", *map(str, args)], cwd=cwd or ROOT,
                           capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+                          env={**os.environ, "PYTHONPATH": str(ROOT), **(env_extra or {})})
 
 
 # Skip markers for optional tools and data, from the lookups the runtime and `edgeprune doctor`
