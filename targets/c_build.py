@@ -80,7 +80,7 @@ def _archiver(compiler: str) -> str:
         if found:
             return found
     raise UserError("building the C runtime's static library needs `ar`: install it with "
-                    "`apt-get install binutils` (Debian/Ubuntu)")
+                    f"`apt-get install binutils` (Debian/Ubuntu) {tools.SEE_DOCTOR}")
 
 
 def _run(argv: list[str], what: str) -> str:
