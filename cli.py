@@ -73,8 +73,9 @@ def fail(message: str, code: int) -> int:
 
 app = App(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
           help="Compress spiking neural networks for edge devices: find a lottery ticket, "
-               "retrain it, export it to ONNX and validate it.  Add --debug to any command to "
-               "see tracebacks.")
+               "retrain it, export it to ONNX and validate it.  Start with `edgeprune doctor` "
+               "(what this host can run).  COMMAND --help-all lists every option; add --debug "
+               "to any command to see tracebacks.")
 
 
 
