@@ -10,8 +10,7 @@ import sys
 import typer
 
 import edgeprune  # noqa: F401  (filters Norse's import warnings before anything imports it)
-from commands import deploy, imports, inspect, ticket, train
-from commands import render
+from commands import deploy, doctor, imports, inspect, options, render, ticket, train
 from commands.render import err
 from edgeprune.diskspace import full_error, is_full
 from edgeprune.errors import GateFailed, UserError
@@ -29,6 +28,8 @@ def run(argv: list[str]) -> int:
     on stderr instead of a traceback (`--debug` shows it). Tests call this in-process."""
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
+    if "--help-all" in argv:
+        return _help_all(argv)
     try:
         rc = typer.Typer.__call__(app, args=argv, prog_name="edgeprune", standalone_mode=False)
         with render.stdout():  # flushed here: what is still buffered meets a full disk now
@@ -64,6 +65,19 @@ def run(argv: list[str]) -> int:
         return fail(e.format_message(), 2)
 
 
+def _help_all(argv: list[str]) -> int:
+    """--help with every option, not only the common ones (and no line about the rest)."""
+    epilogs = [(c, c.epilog) for c in app.registered_commands]
+    with options.all_shown():
+        for c, _ in epilogs:
+            c.epilog = None
+        try:
+            return run(["--help" if a == "--help-all" else a for a in argv])
+        finally:
+            for c, e in epilogs:
+                c.epilog = e
+
+
 def fail(message: str, code: int) -> int:
     line = " ".join(str(message).split())  # one line, whatever the message held
     print(f"edgeprune: error: {line}", file=sys.stderr)
@@ -72,8 +86,9 @@ def fail(message: str, code: int) -> int:
 
 app = App(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
           help="Compress spiking neural networks for edge devices: find a lottery ticket, "
-               "retrain it, export it to ONNX and validate it.  Add --debug to any command to "
-               "see tracebacks.")
+               "retrain it, export it to ONNX and validate it.  Start with `edgeprune doctor` "
+               "(what this host can run).  COMMAND --help-all lists every option; add --debug "
+               "to any command to see tracebacks.")
 
 
 
@@ -87,8 +102,8 @@ for name, fn in [("train", train.train), ("search", ticket.search),
                  ("export", deploy.export), ("validate", deploy.validate),
                  ("package", deploy.package), ("verify", deploy.verify),
                  ("import-model", imports.import_model), ("show", inspect.show),
-                 ("ls", inspect.ls)]:
-    app.command(name, help=_help(fn))(fn)
+                 ("ls", inspect.ls), ("doctor", doctor.doctor)]:
+    app.command(name, help=_help(fn), epilog=options.folded_help(fn))(fn)
 
 
 def main() -> None:

@@ -14,6 +14,14 @@ from .options import JsonOpt
 
 KEY_METRICS = ("test_accuracy", "sparsity", "search_seconds", "timesteps_search",
                "max_abs_diff", "latency_p50_ms")
+# `ls` shows the first two of these an artifact has, with short labels (--wide: KEY_METRICS)
+FIGURES = (("test_accuracy", "acc", lambda v: render.pct(v, 1)),
+           ("test_acc", "acc", lambda v: render.pct(v, 1)),
+           ("sparsity", "sparsity", lambda v: render.pct(v, 1)),
+           ("latency_p50_ms", "p50", lambda v: f"{v:.3g} ms"),
+           ("search_seconds", "search", lambda v: f"{v:.0f} s" if v >= 10 else f"{v:.2g} s"),
+           ("max_abs_diff", "|Δ|", lambda v: f"{v:.1g}"),
+           ("bytes", "size", lambda v: f"{v / 2 ** 20:.1f} MiB"))
 
 
 def show(artifact: Path = typer.Argument(..., help="An artifact folder or a file inside one."),
@@ -36,19 +44,39 @@ def show(artifact: Path = typer.Argument(..., help="An artifact folder or a file
 
 
 def ls(run_dir: Path = typer.Argument(Path("runs"), help="Run directory."),
+       wide: bool = typer.Option(False, "--wide", help="Every key metric, full names and "
+                                 "times (the short view fits 80 columns)."),
        as_json: bool = JsonOpt):
-    """List the artifacts of a run directory with stage, id, key metrics and lineage."""
+    """List the artifacts of a run directory with stage, id, age, key figures and lineage."""
     if not run_dir.is_dir():
         raise UserError(f"run directory {run_dir} does not exist")
+    arts = list(Store(run_dir).artifacts())
     rows = [{"stage": a.stage, "id": a.id, "path": str(a.path), "inputs": a.manifest["inputs"],
              "created": a.manifest.get("created"),
              "metrics": {k: a.metrics[k] for k in KEY_METRICS if k in a.metrics}}
-            for a in Store(run_dir).artifacts()]
-    t = render.columns(str(run_dir), ["stage", "id", "created", "key metrics", "inputs"],
-                       [[r["stage"], r["id"], r["created"] or "",
-                         "  ".join(f"{k}={render.fmt(v)}" for k, v in r["metrics"].items()),
-                         ", ".join(r["inputs"]) or "-"] for r in rows])
+            for a in arts]
+    if wide:
+        t = render.columns(str(run_dir), ["stage", "id", "created", "key metrics", "inputs"],
+                           [[r["stage"], r["id"], r["created"] or "",
+                             "  ".join(f"{k}={render.fmt(v)}" for k, v in r["metrics"].items()),
+                             ", ".join(r["inputs"]) or "-"] for r in rows])
+    else:
+        t = render.columns(str(run_dir), ["stage", "id", "created", "figures", "inputs"],
+                           [[r["stage"], r["id"], render.age(r["created"]),
+                             "\n".join(_figures(a.metrics)), "\n".join(r["inputs"]) or "-"]
+                            for r, a in zip(rows, arts)])
     render.emit(as_json, {"run_dir": str(run_dir), "artifacts": rows}, t)
+
+
+def _figures(metrics: dict) -> list[str]:
+    """An artifact's one or two key figures, labelled short ("acc 98.9%", "p50 0.12 ms")."""
+    shown, labels = [], set()
+    for key, label, form in FIGURES:
+        v = metrics.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and label not in labels:
+            shown.append(f"{label} {form(v)}")
+            labels.add(label)
+    return shown[:2] or ["-"]
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

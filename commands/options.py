@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -25,6 +26,47 @@ PANELS = {"run": "Data and run", "import": "Import (--model-def)",
           "train": "Dense training (without MODEL)", "search": "Ticket search",
           "retrain": "Retraining", "export": "Export", "validate": "Validation",
           "package": "Package"}
+
+
+# Help that fits a screen: `--help` shows the options of these fields (plain, not stage-prefixed)
+# and one line per panel for the rest; `--help-all` (cli.py, with all_shown) shows every option.
+COMMON = frozenset({"data", "seed", "device", "arch", "method", "sparsity", "target"})
+_folded: list = []  # the typer.Option of every option --help leaves out
+
+
+@contextmanager
+def all_shown():
+    """Within it, --help lists every option (for --help-all)."""
+    for info in _folded:
+        info.hidden = False
+    try:
+        yield
+    finally:
+        for info in _folded:
+            info.hidden = True
+
+
+def _fold(opts: list[_Option], params: list[inspect.Parameter]) -> dict[str, list[str]]:
+    """Hide the options outside COMMON from --help; returns panel -> the flags hidden there."""
+    folded: dict[str, list[str]] = defaultdict(list)
+    for opt, param in zip(opts, params):
+        info = param.default
+        if opt.prefixed or opt.field.name not in COMMON:
+            info.hidden = True
+            _folded.append(info)
+            panel = info.rich_help_panel or PANELS[opt.targets[0].stage]
+            folded[panel].append(info.param_decls[0].split("/")[0])
+    return dict(folded)
+
+
+def folded_help(fn: Callable) -> str | None:
+    """One line per panel of options `--help` leaves out (the command's epilog)."""
+    folded = getattr(fn, "folded", {})
+    if not folded:
+        return None
+    return "\n".join(["More options, shown by --help-all:"] + [
+        f"  {panel}: {', '.join(flags[:2])}{f' and {len(flags) - 2} more' if len(flags) > 2 else ''}"
+        for panel, flags in folded.items()])
 
 
 @dataclass(frozen=True)
@@ -104,8 +146,8 @@ def _parameter(opt: _Option, groups: tuple[Group, ...], multi_stage: bool) -> in
                              annotation=_annotation(opt.field))
 
 
-ConfigOpt = typer.Option(None, "--config", help="TOML recipe: one table per stage ([train], "
-                         "[search], ...) with option values; the command line overrides it.",
+ConfigOpt = typer.Option(None, "--config", help="TOML recipe: one table per stage (\\[train], "
+                         "\\[search], ...) with option values; the command line overrides it.",
                          dir_okay=False)
 
 
@@ -123,6 +165,7 @@ def configured(*groups: Group) -> Callable:
         params = own + [_parameter(o, groups, len(stages) > 1) for o in opts] + [
             inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, default=ConfigOpt,
                               annotation=Optional[Path])]
+        folded = _fold(opts, params[len(own):len(own) + len(opts)])
         # Typer lists required arguments first; keyword-only options keep their order.
         params.sort(key=lambda p: p.kind)
 
@@ -135,6 +178,7 @@ def configured(*groups: Group) -> Callable:
             return fn(**kwargs)
 
         command.__name__, command.__doc__ = fn.__name__, fn.__doc__
+        command.folded = folded
         command.__signature__ = inspect.Signature(params)
         command.__annotations__ = {p.name: p.annotation for p in params}
         return command

@@ -5,6 +5,7 @@ import json
 import os
 import sys
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from typing import Callable
 
 from rich.console import Console
@@ -114,6 +115,24 @@ def pct(v, digits: int = 2) -> str:
         digits += 1
         text = f"{v:.{digits}%}"
     return text
+
+
+def age(iso: str | None, now: datetime | None = None) -> str:
+    """How long ago an ISO-8601 UTC time was, short ("40s ago", "5m ago", "3h ago", "2d ago"),
+    and the date itself beyond a week."""
+    try:
+        then = datetime.fromisoformat(str(iso).replace("Z", "+00:00"))
+    except ValueError:
+        return str(iso or "-")
+    if then.tzinfo is None:
+        then = then.replace(tzinfo=timezone.utc)
+    seconds = ((now or datetime.now(timezone.utc)) - then).total_seconds()
+    if seconds < 0 or seconds >= 7 * 86400:
+        return then.strftime("%Y-%m-%d")
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit} ago"
+    return f"{int(seconds)}s ago"
 
 
 def kv_table(title: str, rows: dict) -> Table:

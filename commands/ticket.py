@@ -64,34 +64,38 @@ def ticket_table(m: dict, cached: bool = False):
     st = m.get("search_seconds")
     return render.columns(
         f"{m.get('method')} ticket" + render.cached_mark(cached),
-        ["dense acc", "ticket acc", "sparsity", "T", "search T'", "search time", "spike rate"],
+        ["dense acc", "ticket acc", "sparsity", "T", "T'", "search time", "spike rate"],
         [[render.pct(m.get("dense_test_accuracy")), render.pct(m["test_accuracy"]),
           render.pct(m["sparsity"]), str(m["timesteps"]), str(m.get("timesteps_search")),
           "-" if st is None else f"{st:.1f} s", f"{m['mean_spike_rate']:.3f}"]])
 
 
 def compression_table(rows: list[dict], report: dict):
+    """Dense and ticket on two rows per target, one figure per cell: fits 80 columns."""
     def ms(v, emulated):
-        return "n/a" if v is None else f"{v:.3g}" + (" (emulated)" if emulated else "")
+        if v is None:
+            return "n/a"
+        return (f"{v:,.0f}" if v >= 100 else f"{v:.3g}") + ("*" if emulated else "")
 
-    def size(v):
-        return "n/a" if v is None else f"{v / 1024:,.1f} KiB"
+    def kib(v):
+        return "n/a" if v is None else f"{v / 1024:,.1f}"
 
     out = []
     for r in rows:
         ratio, sp = r["size_ratio_vs_dense"], r["speedup_vs_dense"]
-        out.append([f"{r['target']}\n({r['runtime']})",
-                    f"{render.pct(r['dense_accuracy'])} → {render.pct(r['accuracy'])}",
-                    f"{size(r['dense_size_bytes'])} → {size(r['size_bytes'])}"
-                    + ("" if not ratio else f"\n(1/{1 / ratio:.1f})"),
-                    f"{ms(r['dense_latency_p50_ms'], False)} → "
-                    f"{ms(r['latency_p50_ms'], r['emulated'])}",
-                    "n/a" if sp is None else f"{sp:.2f}x"])
+        out.append([r["target"], "dense", render.pct(r["dense_accuracy"]),
+                    kib(r["dense_size_bytes"]), ms(r["dense_latency_p50_ms"], r["emulated"]), ""])
+        out.append([f"({r['runtime']})", "ticket", render.pct(r["accuracy"]),
+                    kib(r["size_bytes"]) + ("" if not ratio else f" (1/{1 / ratio:.1f})"),
+                    ms(r["latency_p50_ms"], r["emulated"]), "n/a" if sp is None else f"{sp:.2f}x"])
     title = "dense vs ticket, same target, same run"
     if not any(r["dense_accuracy"] is not None for r in rows):
         title += f" (dense not measured: {report.get('dense_note')})"
-    return render.columns(title, ["target", "accuracy", "deployable size", "p50 latency ms",
-                                  "speed-up"], out)
+    t = render.columns(title, ["target", "model", "acc", "size KiB", "p50 ms", "speed-up"],
+                       out)
+    if any(r["emulated"] for r in rows):
+        t.caption = "* emulated: latency is not indicative"
+    return t
 
 
 @configured(DATA, RUN, Group("imports", "import", ImportConfig, exclude=("input_shape",

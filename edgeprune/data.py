@@ -18,10 +18,10 @@ import numpy as np
 import torch
 
 from .bounded_read import GiB, Budget, npz_arrays, open_regular, read_exact, shown, size_text
+from .data_sources import FASHION_MNIST_DIR, find_idx
 from .errors import UserError
 from .hashing import arrays_digest
 
-FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat",
                    "sandal", "shirt", "sneaker", "bag", "ankle-boot"]
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer",
@@ -190,10 +190,9 @@ def _digits() -> Dataset:
 # -- Fashion-MNIST (IDX) ---------------------------------------------------------------------
 
 def _find_idx(directory: Path, stem: str) -> Path:
-    for candidate in (directory / f"{stem}.gz", directory / stem,
-                      directory / f"{stem.replace('-idx', '.idx')}.gz"):
-        if candidate.exists():
-            return candidate
+    found = find_idx(directory, stem)
+    if found:
+        return found
     raise UserError(f"Fashion-MNIST file {stem}[.gz] not found in {directory} "
                     "(install Debian's dataset-fashion-mnist or pass --data fashion-mnist:DIR)")
 

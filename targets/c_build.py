@@ -12,7 +12,6 @@ AddressSanitizer + UndefinedBehaviorSanitizer (native only; any finding aborts t
 """
 from __future__ import annotations
 
-import platform
 import shutil
 import struct
 import subprocess
@@ -21,7 +20,8 @@ from pathlib import Path
 
 from edgeprune.errors import UserError
 
-from . import child
+from . import child, tools
+from .tools import host_isa
 
 SOURCES = ("model.c", "model_weights.c")
 RUNNER_SOURCE = "runner.c"
@@ -31,11 +31,6 @@ SANITIZE_FLAGS = ("-O1", "-g", "-fsanitize=address,undefined", "-fno-omit-frame-
                   "-fno-sanitize-recover=all")
 COMPILE_TIMEOUT_S = 600
 ISAS = ("x86_64", "aarch64")
-
-
-def host_isa() -> str:
-    m = platform.machine().lower()
-    return {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64"}.get(m, m)
 
 
 @dataclass(frozen=True)
@@ -56,21 +51,19 @@ class CBuild:
 
 def find_compiler(isa: str) -> str:
     """The C compiler for `isa` on this host; a UserError naming the package when missing."""
-    if isa == host_isa():
-        for name in ("cc", "gcc", "clang"):
-            found = shutil.which(name)
-            if found:
-                return found
+    tool = tools.compiler_for(isa)
+    found = tool and tool.find()
+    if found:
+        return found
+    if tool is tools.CC:
         raise UserError("building the C runtime needs a C compiler, and none (cc, gcc, clang) "
-                        "is installed: install one with `apt-get install gcc` (Debian/Ubuntu)")
-    if isa == "aarch64" and host_isa() == "x86_64":
-        found = shutil.which("aarch64-linux-gnu-gcc")
-        if found:
-            return found
+                        f"is installed: install one with `apt-get install {tool.package}` "
+                        f"(Debian/Ubuntu) {tools.SEE_DOCTOR}")
+    if tool is tools.CROSS_CC:
         raise UserError("building the C runtime for aarch64 needs the cross compiler "
-                        "aarch64-linux-gnu-gcc: install it with `apt-get install "
-                        "gcc-aarch64-linux-gnu` (Debian/Ubuntu); running it here also needs "
-                        "`apt-get install qemu-user-static`")
+                        f"aarch64-linux-gnu-gcc: install it with `apt-get install {tool.package}`"
+                        f" (Debian/Ubuntu); running it here also needs `apt-get install "
+                        f"{tools.QEMU.package}` {tools.SEE_DOCTOR}")
     raise UserError(f"cannot build the C runtime for {isa} on this {host_isa()} host "
                     f"(supported: {', '.join(ISAS)}; aarch64 cross-builds from x86_64)")
 
@@ -94,7 +87,7 @@ def _archiver(compiler: str) -> str:
         if found:
             return found
     raise UserError("building the C runtime's static library needs `ar`: install it with "
-                    "`apt-get install binutils` (Debian/Ubuntu)")
+                    f"`apt-get install binutils` (Debian/Ubuntu) {tools.SEE_DOCTOR}")
 
 
 def _run(argv: list[str], what: str) -> str:

@@ -31,7 +31,7 @@ from typing import Callable
 
 from edgeprune.errors import UserError
 
-from . import child
+from . import child, tools
 
 GUEST_PYTHON = "3.11"
 PACKAGES = ("libc6", "libgcc-s1", "libstdc++6", "zlib1g", "libexpat1", "libffi8",
@@ -59,6 +59,11 @@ def cache_root() -> Path:
     return (Path(base) if base else Path.home() / ".cache" / "edgeprune") / "arm64"
 
 
+def ready() -> bool:
+    """Whether the cache holds a built, smoke-tested emulator (else the first run builds it)."""
+    return (cache_root() / "ready.json").is_file()
+
+
 @dataclass(frozen=True)
 class Emulator:
     qemu: str
@@ -78,13 +83,12 @@ class Emulator:
 
 
 def find_qemu() -> str:
-    for name in ("qemu-aarch64-static", "qemu-aarch64"):
-        found = shutil.which(name)
-        if found:
-            return found
+    found = tools.QEMU.find()
+    if found:
+        return found
     raise UserError("ARM64 emulation needs qemu-aarch64-static, which is not installed: "
-                    "install it with `apt-get install qemu-user-static` (Debian/Ubuntu), or run "
-                    "the ARM64 targets on an aarch64 machine")
+                    f"install it with `apt-get install {tools.QEMU.package}` (Debian/Ubuntu), or "
+                    f"run the ARM64 targets on an aarch64 machine {tools.SEE_DOCTOR}")
 
 
 def check_core(core: str, qemu: str) -> None:

@@ -4,7 +4,6 @@ process, so the two paths differ only in how that process is started."""
 from __future__ import annotations
 
 import json
-import platform
 import shutil
 import subprocess
 import sys
@@ -17,26 +16,21 @@ import numpy as np
 
 from edgeprune.errors import UserError
 
-from . import child, emulation
+from . import child, emulation, tools
 from .profiles import Profile
+from .tools import host_isa
 
 RUNNER = Path(__file__).with_name("runner.py")
 NATIVE_TIMEOUT_S = 900
 EMULATED_TIMEOUT_S = 1800
 
 
-def host_isa() -> str:
-    m = platform.machine().lower()
-    return {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64"}.get(m, m)
-
-
 def mode(profile: Profile) -> str:
     """"native" or "emulated"; a UserError when this host cannot run the target at all."""
+    how = tools.mode(profile.isa)
+    if how is not None:
+        return how
     host = host_isa()
-    if profile.isa == host:
-        return "native"
-    if profile.isa == "aarch64" and host == "x86_64":
-        return "emulated"
     raise UserError(f"target {profile.name} ({profile.isa}) cannot run on this {host} host: "
                     f"validate it on a {profile.isa} machine")
 

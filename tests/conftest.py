@@ -6,25 +6,48 @@ from pathlib import Path
 import pytest
 
 import edgeprune  # noqa: F401  (quiets Norse's import warnings)
-from edgeprune.data import FASHION_MNIST_DIR
+from edgeprune import data_sources
+from targets import tools
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_cli(*args, cwd=None, timeout=600):
+def run_cli(*args, cwd=None, timeout=600, env_extra=None):
     """Run the installed CLI as a user would; returns CompletedProcess."""
     return subprocess.run([sys.executable, "-m", "cli", *map(str, args)], cwd=cwd or ROOT,
                           capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+                          env={**os.environ, "PYTHONPATH": str(ROOT), **(env_extra or {})})
 
 
-def fashion_available() -> bool:
-    return (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").exists()
+# Skip markers for optional tools and data, from the lookups the runtime and `edgeprune doctor`
+# use; an EDGEPRUNE_REQUIRE_* variable set to 1 makes the need mandatory (the test runs, and fails).
+def _requirement(present: bool, env: str, reason: str):
+    return pytest.mark.skipif(not present and os.environ.get(env) != "1", reason=reason)
 
 
-requires_fashion = pytest.mark.skipif(
-    not fashion_available() and os.environ.get("EDGEPRUNE_REQUIRE_FASHION") != "1",
-    reason="Debian's dataset-fashion-mnist is not installed")
+HAVE_QEMU = tools.QEMU.find() is not None
+requires_cc = _requirement(tools.CC.find() is not None, "EDGEPRUNE_REQUIRE_CC",
+                           f"no C compiler installed (apt-get install {tools.CC.package})")
+requires_qemu = _requirement(HAVE_QEMU, "EDGEPRUNE_REQUIRE_ARM64",
+                             "qemu-aarch64-static is not installed "
+                             f"(apt-get install {tools.QEMU.package})")
+requires_cross_cc = _requirement(tools.CROSS_CC.find() is not None and HAVE_QEMU,
+                                 "EDGEPRUNE_REQUIRE_ARM64",
+                                 f"{tools.CROSS_CC.package} and {tools.QEMU.package} are not "
+                                 "installed")
+requires_fashion = _requirement(data_sources.fashion_available(), "EDGEPRUNE_REQUIRE_FASHION",
+                                "Debian's dataset-fashion-mnist is not installed")
+
+
+def available(requirement) -> bool:
+    """Whether a requires_* marker lets its tests run (the tool is there, or it is mandatory)."""
+    return not requirement.mark.args[0]
+
+
+def skip_unless(requirement) -> None:
+    """A requires_* marker applied inside a fixture or helper, where marks do not reach."""
+    if not available(requirement):
+        pytest.skip(requirement.mark.kwargs["reason"])
 
 
 @pytest.fixture(scope="session")

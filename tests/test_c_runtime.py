@@ -2,7 +2,6 @@
 natively, with ASan+UBSan, and for aarch64 under qemu-aarch64-static."""
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -13,7 +12,7 @@ import torch
 
 from edgeprune.errors import UserError
 
-from .conftest import ROOT
+from .conftest import ROOT, requires_cc, requires_cross_cc, skip_unless
 
 T = 5
 SPARSITY = 0.95
@@ -21,18 +20,6 @@ SPARSITY = 0.95
 # conv/linear sums differs (measured ~1e-6 on digits logits of magnitude ~10-40).
 MAX_LOGIT_DIFF = 1e-4
 
-HAVE_CC = any(shutil.which(c) for c in ("cc", "gcc", "clang"))
-
-
-def _need_cc():
-    if not HAVE_CC and os.environ.get("EDGEPRUNE_REQUIRE_CC") != "1":
-        pytest.skip("no C compiler installed (apt-get install gcc)")
-
-HAVE_CROSS = bool(shutil.which("aarch64-linux-gnu-gcc")) and bool(
-    shutil.which("qemu-aarch64-static") or shutil.which("qemu-aarch64"))
-requires_arm64 = pytest.mark.skipif(
-    not HAVE_CROSS and os.environ.get("EDGEPRUNE_REQUIRE_ARM64") != "1",
-    reason="gcc-aarch64-linux-gnu and qemu-user-static are not installed")
 
 
 def _digits():
@@ -92,7 +79,7 @@ def generated(ticket, tmp_path_factory):
 def native(generated):
     from targets import c_build
 
-    _need_cc()
+    skip_unless(requires_cc)
     return c_build.build(generated[2])
 
 
@@ -205,7 +192,7 @@ def test_sanitizer_build_is_clean(generated, native, reference):
     assert p.returncode == 0 and len(p.stdout) == 2 * 10 * 4, p.stderr.decode()[-500:]
 
 
-@requires_arm64
+@requires_cross_cc
 def test_aarch64_under_qemu_matches_native(generated, native, reference):
     from targets import c_build, c_run
 
@@ -238,7 +225,7 @@ def _c_vs_torch(spec, model, tmp_path, timesteps=T, edit=None, reference=None):
     from export.c_program import program_from_model
     from targets import c_build, c_run
 
-    _need_cc()
+    skip_unless(requires_cc)
     program = program_from_model(model, timesteps, spec.input_shape)
     if edit:
         edit(program)

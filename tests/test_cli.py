@@ -70,7 +70,7 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path):
 
 
 def test_help_lists_defaults():
-    r = run_cli("train", "--help")
+    r = run_cli("train", "--help-all")
     assert r.returncode == 0 and "--timesteps" in r.stdout and "convnet" in r.stdout
 
 

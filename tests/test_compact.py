@@ -1,11 +1,12 @@
 """Exact compaction (export/compact.py): a 97%-pruned digits convnet, with dead units that spike
 and dead units that stay silent, compacted and compared with the folded original on the whole
 test set: in PyTorch, in ONNX Runtime (spike counts and logits) and in the C runtime."""
-import shutil
 
 import numpy as np
 import pytest
 import torch
+
+from .conftest import requires_cc
 
 T = 5
 
@@ -133,7 +134,7 @@ def test_compacted_onnx_matches_uncompacted_on_onnx_runtime(pruned, compacted, t
     assert small[UNROLLED]["bytes"] < full[UNROLLED]["bytes"]
 
 
-@pytest.mark.skipif(not any(shutil.which(c) for c in ("cc", "gcc")), reason="no C compiler")
+@requires_cc
 def test_compacted_c_runtime_with_per_position_step_bias(pruned, compacted, tmp_path):
     """The C runtime computes the compacted program (incl. a (T, O, H, W) step bias), also under
     ASan+UBSan, and agrees with the folded original."""

@@ -85,8 +85,11 @@ def test_precedence_prefixed_then_plain_then_recipe_table_then_default(tmp_path)
 
 
 def test_help_shows_each_stage_prefixed_option_with_its_default():
+    from commands.options import all_shown
+
     app, _ = _probe_app()
-    text = CliRunner().invoke(app, ["--help"], terminal_width=200).output
+    with all_shown():  # what --help-all shows
+        text = CliRunner().invoke(app, ["--help"], terminal_width=200).output
     for flag in ("--epochs", "--train-epochs", "--retrain-epochs", "--seed", "--config"):
         assert flag in text, flag
     assert "as the dense model" in text and "default: 30" in text

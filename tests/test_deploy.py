@@ -11,14 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from .conftest import run_cli
+from .conftest import requires_cc, requires_cross_cc, run_cli
 
-HAVE_CC = any(shutil.which(c) for c in ("cc", "gcc", "clang"))
-HAVE_ARM = bool(shutil.which("aarch64-linux-gnu-gcc")) and bool(
-    shutil.which("qemu-aarch64-static") or shutil.which("qemu-aarch64"))
-REQUIRED = os.environ.get("EDGEPRUNE_REQUIRE_ARM64") == "1"
-pytestmark = pytest.mark.skipif(not (HAVE_CC and HAVE_ARM) and not REQUIRED,
-                                reason="needs cc, gcc-aarch64-linux-gnu and qemu-user-static")
+pytestmark = [requires_cc, requires_cross_cc]
 TARGETS = "x86_64,c-x86_64,c-arm64-cortex-a72"
 
 

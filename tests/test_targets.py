@@ -14,12 +14,7 @@ import pytest
 
 from edgeprune.errors import GateFailed, UserError
 
-from .conftest import ROOT, run_cli
-
-ARM64_REQUIRED = os.environ.get("EDGEPRUNE_REQUIRE_ARM64") == "1"
-HAVE_QEMU = shutil.which("qemu-aarch64-static") is not None
-requires_arm64 = pytest.mark.skipif(not HAVE_QEMU and not ARM64_REQUIRED,
-                                    reason="qemu-aarch64-static is not installed")
+from .conftest import ROOT, available, requires_qemu, run_cli, skip_unless
 
 
 # -- fixtures --------------------------------------------------------------------------------
@@ -53,13 +48,12 @@ def emulator():
     need it skip where qemu-aarch64-static is missing, unless CI says ARM64 is mandatory."""
     from targets import emulation
 
-    if not HAVE_QEMU and not ARM64_REQUIRED:
-        pytest.skip("qemu-aarch64-static is not installed")
+    skip_unless(requires_qemu)
     return emulation.setup(lambda m: print(m, file=sys.stderr))
 
 
 # The bundle's targets: emulated Cortex-A72 too where this host can run it.
-BUNDLE_TARGETS = ["x86_64", "arm64-cortex-a72"] if HAVE_QEMU or ARM64_REQUIRED else ["x86_64"]
+BUNDLE_TARGETS = ["x86_64", "arm64-cortex-a72"] if available(requires_qemu) else ["x86_64"]
 
 
 def _profile(name: str, **overrides):
@@ -241,7 +235,7 @@ def test_bad_onnx_is_user_error_and_writes_nothing(tmp_path, exported):
 
 # -- ARM64 under QEMU --------------------------------------------------------------------------
 
-@requires_arm64
+@requires_qemu
 def test_arm64_emulated_matches_x86(exported, run_dir, emulator):
     from targets import modelfile, validate_stage
     from edgeprune.artifacts import Store
@@ -377,7 +371,7 @@ def test_verify_passes_then_fails_on_each_flipped_byte(bundle, tmp_path):
     assert r.returncode == 1 and "model.onnx does not match its sha256" in r.stderr, r.stderr
 
 
-@requires_arm64
+@requires_qemu
 def test_verify_on_emulated_arm64(bundle):
     if "arm64-cortex-a72" not in BUNDLE_TARGETS:
         pytest.skip("the bundle was validated without ARM64")
