@@ -20,7 +20,6 @@ manifests are checked as plain names (edgeprune/names.py) before they are used a
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -39,7 +38,7 @@ from edgeprune import names
 from edgeprune.errors import GateFailed, UserError
 from edgeprune.hashing import bytes_sha256, file_sha256, is_file_table
 
-from . import archive, modelcard, profiles as profiles_mod, runtime, signing
+from . import archive, modelcard, profiles as profiles_mod, runtime, signing, tools
 from .validate_stage import REFERENCE_BYTES
 from .validation import FAIL, parity, parity_ok
 
@@ -331,8 +330,7 @@ def _profiles_for(manifest: dict, c_ok: bool, skipped: list[dict]) -> list:
     under QEMU only when named: it needs the emulated Python environment). C targets only
     with `c_ok` (a trusted bundle, or --rebuild-c); the others go to `skipped`."""
     host = runtime.host_isa()
-    emulated_c = host == "x86_64" and any(shutil.which(q) for q in ("qemu-aarch64-static",
-                                                                    "qemu-aarch64"))
+    emulated_c = host == "x86_64" and tools.QEMU.find() is not None
     chosen, seen = [], set()
     for t in manifest.get("targets", []):
         c_here = t.get("runtime") == "c" and t["isa"] == "aarch64" and emulated_c
