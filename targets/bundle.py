@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -38,7 +37,7 @@ from edgeprune import names
 from edgeprune.errors import GateFailed, UserError
 from edgeprune.hashing import bytes_sha256, file_sha256, is_file_table
 
-from . import archive, modelcard, profiles as profiles_mod, runtime, signing, tools
+from . import archive, modelcard, profiles as profiles_mod, runtime, scratch, signing, tools
 from .validate_stage import REFERENCE_BYTES
 from .validation import FAIL, parity, parity_ok
 
@@ -148,7 +147,7 @@ def _manifest_bytes(manifest: dict) -> bytes:
 
 
 def _convert_ort(onnx_bytes: bytes, platform: str) -> dict[str, bytes]:
-    with tempfile.TemporaryDirectory(prefix="edgeprune-ort-") as d:
+    with scratch.folder("ort") as d:
         src = Path(d) / "model.onnx"
         src.write_bytes(onnx_bytes)
         out = Path(d) / "out"
@@ -391,8 +390,7 @@ def verify(bundle: Path, target: str | None = None, *, trust: Path | None = None
         for p in named:
             if p.kind == "c":
                 raise UserError(f"target {p.name}: {UNTRUSTED_C}")
-    with tempfile.TemporaryDirectory(prefix="edgeprune-verify-") as d:
-        root = Path(d)
+    with scratch.folder("verify") as root:
         manifest, signer, members = _read(bundle, root, trust)
         progress(f"verify: {len(members)} files match their sha256"
                  + (f"; signed by trusted key {signer}" if signer else
@@ -432,11 +430,13 @@ def verify(bundle: Path, target: str | None = None, *, trust: Path | None = None
                                                     INT8_FILE)]
             for name in models:
                 if prof.kind == "c" and rebuild_c:
-                    run = c_target.run(root / "c", quick, inputs, progress=progress)
+                    run = c_target.run(root / "c", quick, inputs, progress=progress,
+                                      scratch=root)
                 elif prof.kind == "c":
                     run = _run_c(root / name, quick, inputs)
                 else:
-                    run = runtime.run(root / name, quick, inputs, progress=progress)
+                    run = runtime.run(root / name, quick, inputs, progress=progress,
+                                      scratch=root)
                 want = expected
                 if name == INT8_FILE:  # what the int8 model gave when it was validated
                     want = int8_expected.get(prof.name, next(iter(int8_expected.values()),

@@ -14,10 +14,11 @@ import hashlib
 import shutil
 import struct
 import subprocess
-import tempfile
 from pathlib import Path
 
 from edgeprune.errors import GateFailed, UserError
+
+from . import scratch
 
 NAMESPACE = "edgeprune-bundle"
 PRINCIPAL = "edgeprune"
@@ -71,7 +72,7 @@ def key_fingerprint(key: Path) -> str:
 def sign(message: bytes, key: Path) -> bytes:
     """An armored SSH signature of `message` by `key`. An encrypted key asks for its
     passphrase on the terminal, as ssh-keygen does."""
-    with tempfile.TemporaryDirectory(prefix="edgeprune-sign-") as d:
+    with scratch.folder("sign") as d:
         msg = Path(d) / "message"
         msg.write_bytes(message)  # a file, so that stdin stays free for a passphrase prompt
         p = _run([_ssh_keygen(), "-Y", "sign", "-q", "-f", str(key), "-n", NAMESPACE, str(msg)],
@@ -147,7 +148,7 @@ def verify(message: bytes, signature: bytes, trust: Path, what: str) -> str:
         by = signer(signature)
     except (ValueError, binascii.Error, struct.error):
         raise GateFailed(f"the signature of {what} is not an OpenSSH signature") from None
-    with tempfile.TemporaryDirectory(prefix="edgeprune-trust-") as d:
+    with scratch.folder("trust") as d:
         allowed, sig = Path(d) / "allowed_signers", Path(d) / "signature"
         allowed.write_text("".join(f'{PRINCIPAL} namespaces="{NAMESPACE}" {kind} {b64}\n'
                                    for kind, b64 in keys))

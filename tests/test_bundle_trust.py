@@ -445,3 +445,23 @@ def test_odd_member_names_are_refused(tmp_path, members, needle):
     declared = _manifest({i.name.split("/", 1)[1]: b for i, b in members})  # all listed
     r = _verify(_hostile(tmp_path / "odd.tar.gz", members, declared), tmp=tmp_path)
     assert r.returncode == 2 and needle in _one_line(r)
+
+
+def test_a_killed_verify_leaves_nothing_the_next_one_keeps(unsigned, tmp_path):
+    """SIGKILL skips every cleanup: the folder a killed verify left in TMPDIR is removed by the
+    next verify (its name carries the dead process's id); a live process's folder is kept."""
+    scratch = tmp_path / "tmpdir"
+    scratch.mkdir()
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a pid that no longer runs
+    left = scratch / f"edgeprune-verify-{dead.pid}-abc"
+    (left / "c").mkdir(parents=True)
+    (left / "c" / "model.c").write_text("left by a killed verify")
+    live = scratch / f"edgeprune-verify-{os.getpid()}-xyz"
+    live.mkdir()
+    r = subprocess.run([sys.executable, "-m", "cli", "verify", str(unsigned), "--target",
+                        "x86_64"], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(scratch)})
+    assert r.returncode == 0, r.stderr
+    assert not left.exists() and live.exists()
+    assert not [p for p in scratch.iterdir() if p.name.startswith("edgeprune-") and p != live]
