@@ -173,15 +173,16 @@ def lineage(tmp_path_factory):
     export, validate (the dense model measured beside the ticket)."""
     import pipeline
     from edgeprune.artifacts import Store
-    from edgeprune.config import (DataConfig, ExportConfig, ModelConfig, RetrainConfig,
-                                  SearchConfig, TrainConfig, ValidateConfig)
+    from edgeprune.config import (DataConfig, ExportConfig, ImpSettings, ModelConfig,
+                                  RetrainConfig, SearchConfig, TrainConfig, ValidateConfig)
 
     run_dir = tmp_path_factory.mktemp("first-run")
     store, data = Store(run_dir), DataConfig("digits", train_subset=300)
     dense, _ = pipeline.train(store, data, ModelConfig(width=0.5), TrainConfig(epochs=2))
     model = dense.path / "model.pt"
     mask, _ = pipeline.search(store, model, SearchConfig(method="imp", sparsity=0.5,
-                                                         prune_rate=0.5, round_epochs=1), data)
+                                                         imp=ImpSettings(0.5), round_epochs=1),
+                              data)
     ticket, _ = pipeline.retrain(store, model, mask.path, RetrainConfig(epochs=1), data)
     export, _ = pipeline.export(store, ticket.path / "model.pt", ExportConfig(nir=False))
     try:
