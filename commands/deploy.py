@@ -184,12 +184,12 @@ def verify(bundle_path: Path = typer.Argument(..., help="A bundle .tar.gz made b
         if getattr(e, "result", None) is None:
             raise
         failed, result = e, e.result
-    rows = [[r["target"], r["mode"], r["file"], str(r["inputs"]), f"{r['agreement']:.2%}",
-             f"{r['max_abs_diff']:.2g}", _latency_cell(r["latency"]),
+    rows = [[f"{r['target']}\n{r['mode']}", f"{r['file']}\n{r['inputs']} inputs",
+             f"{r['agreement']:.1%}", f"{r['max_abs_diff']:.2g}", _latency_cell(r["latency"]),
              "yes" if r["passed"] else "NO"] for r in result["runs"]]
     render.emit(as_json, result, render.columns(
-        f"verify {bundle_path.name}", ["target", "mode", "file", "inputs", "agreement",
-                                       "max |Δ|", "ms p50/p95/p99", "ok"], rows),
+        f"verify {bundle_path.name}", ["target", "file", "same class", "max |Δ|",
+                                       "latency ms p50/p95/p99", "ok"], rows),
                 [f"{result['files_checked']} files match their sha256"
                  + (f"; signed by trusted key {result['signed_by']}" if result["signed_by"]
                     else ""),

@@ -470,7 +470,8 @@ def verify(bundle: Path, target: str | None = None, *, trust: Path | None = None
                     entry["latency"], entry["memory"] = latency_of(prof, run), memory_of(prof, run)
                     entry["gates"] = budget_gates(prof, entry["latency"], entry["memory"])
                     missed = [g for g in entry["gates"] if g["status"] == FAIL]
-                    failed += [f"{g['detail']} on {prof.name} ({name})" for g in missed]
+                    failed += [f"{g['gate']} {g['detail']} on {prof.name} ({name})"
+                               for g in missed]
                     ok = ok and not missed
                 runs.append({**entry, "passed": ok})
     result = {"bundle": str(bundle), "name": manifest["name"], "files_checked": len(members),

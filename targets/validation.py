@@ -299,8 +299,7 @@ def budget_gates(profile: Profile, latency: dict, memory: dict | None) -> list[d
     else:
         mb, most = memory["peak_rss_delta_mb"], profile.memory.budget_mb
         gates.append({"gate": "memory", "status": PASS if mb <= most else FAIL,
-                      "detail": f"memory {mb:.1f} MB {'<=' if mb <= most else '>'} budget "
-                                f"{most:g} MB"})
+                      "detail": f"{mb:.1f} MB {'<=' if mb <= most else '>'} budget {most:g} MB"})
     return gates
 
 

@@ -98,7 +98,7 @@ def test_verify_applies_latency_budgets_without_torch(device_bundle, torchless_p
                 "--json")
     assert r.returncode == 1
     line = [l for l in r.stderr.splitlines() if "budget" in l]
-    assert len(line) == 1 and "> budget 0.0001 ms" in line[0] and " on x86_64 " in line[0]
+    assert len(line) == 1 and "latency p95 " in line[0] and "> budget 0.0001 ms at batch 1 on x86_64 (model.onnx)" in line[0]
     assert f"p95 {json.loads(r.stdout)['runs'][0]['latency']['p95_ms']:.3g} ms" in line[0]
     failed = json.loads(r.stdout)
     assert not failed["passed"] and failed["runs"][0]["latency"]["budget_ms"] == 0.0001
