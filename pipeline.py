@@ -127,8 +127,8 @@ def validate(store: Store, model: Path, cfg: ValidateConfig = ValidateConfig(), 
     `dense` (from `dense_export`; found through the lineage when not given). Reference logits come from
     `against` (the model.pt it was exported from, run here with PyTorch) or a stored
     `reference` npz. Raises UserError on bad input before any work, and GateFailed (with
-    `.artifact`) after storing a report whose gates failed."""
-    from edgeprune import stage_inputs
+    `.artifact`) after storing a report whose gates failed. With `reference`, nothing here needs
+    PyTorch (a device install has none); `against` and `data` do."""
     import numpy as np
 
     from targets import modelfile, validate_stage
@@ -152,6 +152,9 @@ def validate(store: Store, model: Path, cfg: ValidateConfig = ValidateConfig(), 
             feed, ref = take(feed, cfg.limit), ref[:cfg.limit]
             labels = labels[:cfg.limit] if labels is not None else None
     else:
+        _need_torch("--data" if against is None else "--against")
+        from edgeprune import stage_inputs
+
         name = data.name or _trained_on(against) or DEFAULT_DATA
         ds = stage_inputs.load_data(replace(data, name=name, train_subset=None))
         x, labels = ds.x_test.numpy(), ds.y_test.numpy()
@@ -169,6 +172,18 @@ def validate(store: Store, model: Path, cfg: ValidateConfig = ValidateConfig(), 
                               extra_inputs=tuple(extra), info=info,
                               progress=lambda text: report({"event": "message", "text": text}),
                               extras=extras)
+
+
+def _has_torch() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None
+
+
+def _need_torch(option: str) -> None:
+    """A one-line UserError when PyTorch is not installed (a device install)."""
+    if not _has_torch():
+        raise UserError(f"{option} needs PyTorch; on a device use --reference")
 
 
 def _trained_on(model_pt: Path | None) -> str | None:
@@ -251,6 +266,9 @@ def dense_export(store: Store, source: Artifact | None, profs: list,
                        compact=False, int8=False, nir=False,
                        c_runtime=None if any(p.kind == "c" for p in profs) else False,
                        timesteps=c.get("timesteps"), probe=c.get("probe", 256))
+    if not _has_torch():
+        return DenseExport(None, note="exporting the dense model needs PyTorch, which this "
+                                      "install lacks")
     from export.export_stage import export as export_stage
 
     _stage(report, "export (dense)")

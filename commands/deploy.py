@@ -115,8 +115,7 @@ def target_table(report: dict, title: str):
         rows.append([e["target"], f"{e['mode']}\n{how}\n{e['inputs']} inputs",
                      f"{pct(e['accuracy'])} ({pct(e.get('accuracy_drop'))})",
                      "n/a" if not par else f"{par['agreement']:.1%}\n|Δ|≤{par['max_abs_diff']:.1g}",
-                     f"{lat['p50_ms']:.3g}/{lat['p95_ms']:.3g}/{lat['p99_ms']:.3g}"
-                     + ("\n[yellow]emulated — not indicative[/]" if lat["emulated"] else ""),
+                     _latency_cell(lat),
                      vs,
                      "\n".join(f"{g['gate']} {mark[g['status']]}" for g in e["gates"])])
     return render.columns(title, ["target", "run", "accuracy (drop)", "parity",
@@ -164,23 +163,45 @@ def verify(bundle_path: Path = typer.Argument(..., help="A bundle .tar.gz made b
                                           "instead of the bundled runner (the sources come "
                                           "from the bundle: read them if you do not know "
                                           "where it came from)."),
+           latency_budget_ms: Optional[float] = typer.Option(
+               None, "--latency-budget-ms", help="Override every profile's latency budget "
+               "[default: the bundle's recorded profiles', or the --target profiles']."),
            as_json: bool = JsonOpt):
-    """Check a bundle: bounded, safe extraction, its signature (--trust), every sha256, and the
-    reference inputs re-run on the target against the stored outputs. Runs no native code from
-    the bundle without a trusted signature. Needs only numpy and onnxruntime. Exit 1 on a
-    mismatch."""
+    """Check a bundle: bounded, safe extraction, its signature (--trust), every sha256, the
+    reference inputs re-run on the target against the stored outputs, and the model timed there
+    against the profile's latency and memory budgets (not gated under emulation). Runs no native
+    code from the bundle without a trusted signature. Needs only numpy and onnxruntime. Exit 1
+    on a mismatch or a missed budget."""
     from targets import bundle
 
-    result = bundle.verify(bundle_path, target, trust=trust, rebuild_c=rebuild_c,
-                           progress=lambda text: render.err.print(f"[dim]{text}[/dim]",
-                                                                  highlight=False))
-    rows = [[r["target"], r["mode"], r["onnxruntime"], r["file"], str(r["inputs"]),
-             f"{r['agreement']:.2%}", f"{r['max_abs_diff']:.2g}", "yes" if r["passed"] else "NO"]
-            for r in result["runs"]]
+    failed = None
+    try:
+        result = bundle.verify(bundle_path, target, trust=trust, rebuild_c=rebuild_c,
+                               latency_budget_ms=latency_budget_ms,
+                               progress=lambda text: render.err.print(f"[dim]{text}[/dim]",
+                                                                      highlight=False))
+    except GateFailed as e:  # the runs were made: show them, then exit 1
+        if getattr(e, "result", None) is None:
+            raise
+        failed, result = e, e.result
+    rows = [[f"{r['target']}\n{r['mode']}", f"{r['file']}\n{r['inputs']} inputs",
+             f"{r['agreement']:.1%}", f"{r['max_abs_diff']:.2g}", _latency_cell(r["latency"]),
+             "yes" if r["passed"] else "NO"] for r in result["runs"]]
     render.emit(as_json, result, render.columns(
-        f"verify {bundle_path.name}", ["target", "mode", "onnxruntime", "file", "inputs",
-                                       "agreement", "max |Δ|", "ok"], rows),
+        f"verify {bundle_path.name}", ["target", "file", "same class", "max |Δ|",
+                                       "latency ms p50/p95/p99", "ok"], rows),
                 [f"{result['files_checked']} files match their sha256"
                  + (f"; signed by trusted key {result['signed_by']}" if result["signed_by"]
                     else ""),
+                 *(f"{r['target']} {g['gate']}: {g['detail']}" for r in result["runs"]
+                   for g in r["gates"]),
                  *(f"left out {s['target']}: {s['reason']}" for s in result["skipped"])])
+    if failed is not None:
+        raise failed
+
+
+def _latency_cell(lat: dict | None) -> str:
+    if lat is None:
+        return "-"  # a file checked for its outputs only
+    return (f"{lat['p50_ms']:.3g}/{lat['p95_ms']:.3g}/{lat['p99_ms']:.3g}"
+            + ("\n[yellow]emulated — not indicative[/]" if lat["emulated"] else ""))

@@ -20,6 +20,7 @@ manifests are checked as plain names (edgeprune/names.py) before they are used a
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import time
@@ -39,7 +40,7 @@ from edgeprune.hashing import bytes_sha256, file_sha256, is_file_table
 
 from . import archive, modelcard, profiles as profiles_mod, runtime, scratch, signing, tools
 from .validate_stage import REFERENCE_BYTES
-from .validation import FAIL, parity, parity_ok
+from .validation import FAIL, budget_gates, latency_of, memory_of, parity, parity_ok
 
 # /2: the manifest (and its signature) lead the archive, so verify can bound what it reads;
 # the schema is part of the package artifact's id, so no cached /1 bundle is handed out.
@@ -346,8 +347,8 @@ def _profiles_for(manifest: dict, c_ok: bool, skipped: list[dict]) -> list:
 
 
 def _run_c(runner: Path, prof, inputs: np.ndarray) -> runtime.TargetRun:
-    """The bundle's C runner for `prof` on the reference inputs (natively or under QEMU):
-    only for a bundle whose signature was verified."""
+    """The bundle's C runner for `prof` on the reference inputs (natively or under QEMU), timed
+    with the profile's plan: only for a bundle whose signature was verified."""
     from . import c_build, c_run
 
     runner.chmod(0o755)
@@ -356,8 +357,10 @@ def _run_c(runner: Path, prof, inputs: np.ndarray) -> runtime.TargetRun:
                            compiler="", flags=(), runner=runner,
                            library=runner.parent / "libmodel.a", objects=(), static=not native)
     qemu_cpu = prof.emulation.qemu_cpu if prof.emulation else "cortex-a72"
-    out = c_run.run(build, inputs, qemu_cpu=qemu_cpu)
-    return runtime.TargetRun(out.logits, {"onnxruntime": None, "machine": prof.isa}, out.mode,
+    plan = prof.latency if native or prof.emulation is None else prof.emulation
+    out = c_run.run(build, inputs, bench=(plan.runs, plan.warmup), qemu_cpu=qemu_cpu)
+    return runtime.TargetRun(out.logits, {"onnxruntime": None, "machine": prof.isa,
+                                          "latencies_ms": out.latencies_ms}, out.mode,
                              " ".join(out.command))
 
 
@@ -373,11 +376,15 @@ def _reference(path: Path, manifest: dict) -> tuple[np.ndarray, np.ndarray, dict
 
 
 def verify(bundle: Path, target: str | None = None, *, trust: Path | None = None,
-           rebuild_c: bool = False, progress: Progress = lambda m: None) -> dict:
+           rebuild_c: bool = False, latency_budget_ms: float | None = None,
+           progress: Progress = lambda m: None) -> dict:
     """Bounded extraction, the signature (with `trust`), every checksum, then the reference
-    inputs re-run on each target; GateFailed naming the file on any mismatch. C targets run
-    the bundle's runner only when its signature was verified; with `rebuild_c`, a runner
-    compiled here from the bundle's C sources; else they are refused (named) or left out."""
+    inputs re-run on each target and the model timed there with the profile's latency plan;
+    GateFailed naming the file on any mismatch, and with both numbers on a missed latency or
+    memory budget (the bundle's recorded profiles' budgets, or those of the `target` profiles,
+    or `latency_budget_ms`; not gated under emulation). C targets run the bundle's runner only
+    when its signature was verified; with `rebuild_c`, a runner compiled here from the bundle's
+    C sources; else they are refused (named) or left out."""
     from . import c_target
 
     bundle = Path(bundle)
@@ -385,6 +392,9 @@ def verify(bundle: Path, target: str | None = None, *, trust: Path | None = None
         raise UserError(f"bundle {bundle} does not exist")
     if trust is not None:
         signing.trusted_keys(trust)  # a bad key file is bad input, found before any work
+    if latency_budget_ms is not None and not (math.isfinite(latency_budget_ms)
+                                              and latency_budget_ms > 0):
+        raise UserError(f"--latency-budget-ms must be a positive number, got {latency_budget_ms}")
     named = profiles_mod.load_many(target) if target else None
     if named and trust is None and not rebuild_c:
         for p in named:
@@ -398,6 +408,8 @@ def verify(bundle: Path, target: str | None = None, *, trust: Path | None = None
                     else ""))
         skipped: list[dict] = []
         profs = named or _profiles_for(manifest, signer is not None or rebuild_c, skipped)
+        if latency_budget_ms is not None:
+            profs = [p.with_latency_budget(latency_budget_ms) for p in profs]
         for s in skipped:
             progress(f"verify: target {s['target']} left out: {s['reason']}")
         inputs, expected, int8_expected = _reference(root / "reference.npz", manifest)
@@ -407,11 +419,10 @@ def verify(bundle: Path, target: str | None = None, *, trust: Path | None = None
                             "one row of logits each")
         runs, failed = [], []
         for prof in profs:
-            # Only the outputs matter here: one untimed pass, no latency plan.
+            # The shipped model (model.onnx, or the C runner) is timed with the profile's plan;
+            # the other files (.ort, int8) get one untimed pass, for their outputs only.
             quick = replace(prof, latency=replace(prof.latency, warmup=0, runs=1),
-                            emulation=(replace(prof.emulation, warmup=0, runs=1,
-                                               max_inputs=max(prof.emulation.max_inputs,
-                                                              len(expected)))
+                            emulation=(replace(prof.emulation, warmup=0, runs=1)
                                        if prof.emulation else None))
             if prof.kind == "c" and rebuild_c:
                 models = ["c/model.c (rebuilt here)"]
@@ -428,14 +439,15 @@ def verify(bundle: Path, target: str | None = None, *, trust: Path | None = None
                 models = ["model.onnx"] + [n for n in sorted(members)
                                            if n in (f"model.{ORT_PLATFORM[prof.isa]}.ort",
                                                     INT8_FILE)]
-            for name in models:
+            for i, name in enumerate(models):
+                plan = prof if i == 0 else quick
                 if prof.kind == "c" and rebuild_c:
-                    run = c_target.run(root / "c", quick, inputs, progress=progress,
-                                      scratch=root)
+                    run = c_target.run(root / "c", plan, inputs, progress=progress,
+                                       scratch=root)
                 elif prof.kind == "c":
-                    run = _run_c(root / name, quick, inputs)
+                    run = _run_c(root / name, plan, inputs)
                 else:
-                    run = runtime.run(root / name, quick, inputs, progress=progress,
+                    run = runtime.run(root / name, plan, inputs, progress=progress,
                                       scratch=root)
                 want = expected
                 if name == INT8_FILE:  # what the int8 model gave when it was validated
@@ -446,14 +458,22 @@ def verify(bundle: Path, target: str | None = None, *, trust: Path | None = None
                                     f"outputs of {name}")
                 par = parity(run.outputs, want, prof.parity.max_abs_logit_diff)
                 ok = parity_ok(par, prof.parity)
-                runs.append({"target": prof.name, "file": name, "mode": run.mode,
-                             "onnxruntime": run.result["onnxruntime"],
-                             "machine": run.result["machine"], "inputs": len(expected),
-                             **par, "passed": ok})
+                entry = {"target": prof.name, "file": name, "mode": run.mode,
+                         "onnxruntime": run.result["onnxruntime"],
+                         "machine": run.result["machine"], "inputs": len(expected), **par,
+                         "latency": None, "memory": None, "gates": []}
                 if not ok:
                     failed.append(f"{name} on {prof.name}: outputs differ from reference.npz "
                                   f"(agreement {par['agreement']:.2%}, max |Δlogit| "
                                   f"{par['max_abs_diff']:.3g} > {prof.parity.max_abs_logit_diff:g})")
+                if i == 0:
+                    entry["latency"], entry["memory"] = latency_of(prof, run), memory_of(prof, run)
+                    entry["gates"] = budget_gates(prof, entry["latency"], entry["memory"])
+                    missed = [g for g in entry["gates"] if g["status"] == FAIL]
+                    failed += [f"{g['gate']} {g['detail']} on {prof.name} ({name})"
+                               for g in missed]
+                    ok = ok and not missed
+                runs.append({**entry, "passed": ok})
     result = {"bundle": str(bundle), "name": manifest["name"], "files_checked": len(members),
               "signed_by": signer, "runs": runs, "skipped": skipped, "passed": not failed}
     if failed:

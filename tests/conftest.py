@@ -1,4 +1,6 @@
+import hashlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -62,3 +64,28 @@ def digits_model(tmp_path_factory):
     art, _ = pipeline.train(store, DataConfig("digits"), ModelConfig(width=1.0),
                             TrainConfig(epochs=12))
     return art
+
+
+def _version(pkg: str) -> str:
+    from importlib import metadata
+
+    return metadata.version(pkg)
+
+
+@pytest.fixture(scope="session")
+def torchless_python(tmp_path_factory):
+    """A venv with only requirements-device.txt (what the README's device install has, numpy
+    and onnxruntime at this venv's versions), cached beside pytest's temporary directories
+    under a name that changes with the requirements, so later sessions reuse it."""
+    pins = [f"onnxruntime=={_version('onnxruntime')}", f"numpy=={_version('numpy')}"]
+    reqs = ROOT / "requirements-device.txt"
+    key = hashlib.sha256(reqs.read_bytes() + " ".join(pins).encode()).hexdigest()[:12]
+    venv = tmp_path_factory.getbasetemp().parent / f"edgeprune-device-venv-{key}"
+    py = venv / "bin" / "python"
+    if not (venv / ".complete").exists():
+        shutil.rmtree(venv, ignore_errors=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+        subprocess.run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                        "-r", str(reqs), *pins], check=True, timeout=300, capture_output=True)
+        (venv / ".complete").touch()
+    return py

@@ -412,28 +412,6 @@ def test_verify_refuses_unsafe_members(tmp_path):
     assert r.returncode == 2 and "device" in r.stderr
 
 
-@pytest.fixture(scope="session")
-def torchless_python(tmp_path_factory):
-    """A venv with only numpy, onnxruntime, typer and rich (what a device install has), cached
-    beside pytest's temporary directories so later sessions reuse it."""
-    venv = tmp_path_factory.getbasetemp().parent / "edgeprune-torchless-venv"
-    py = venv / "bin" / "python"
-    if not (venv / ".complete").exists():
-        shutil.rmtree(venv, ignore_errors=True)
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
-        subprocess.run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                        f"onnxruntime=={_version('onnxruntime')}", f"numpy=={_version('numpy')}",
-                        "typer", "rich"], check=True, timeout=300, capture_output=True)
-        (venv / ".complete").touch()
-    return py
-
-
-def _version(pkg: str) -> str:
-    from importlib import metadata
-
-    return metadata.version(pkg)
-
-
 def test_verify_without_torch(bundle, torchless_python):
     path, _ = bundle
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
