@@ -20,7 +20,7 @@ from edgeprune.config import ExportConfig
 
 from .passes import PASSES, Declared, Export, summary
 
-FORMAT = 3  # bump when the exported files change for the same config
+FORMAT = 4  # bump when the exported files change for the same config
 
 Report = Callable[[dict], None]
 
