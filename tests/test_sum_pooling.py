@@ -38,9 +38,9 @@ def _sum_pool_nir(path):
         "pool": nir.SumPool2d(kernel_size=np.array([2, 2]), stride=np.array([2, 2]),
                               padding=np.array([0, 0])),
         "flat": nir.Flatten(input_type={"input": np.array([4, 4, 4])}, start_dim=0),
-        "fc": nir.Affine(weight=rng.normal(0, 0.4, size=(10, 64)).astype(np.float32),
+        "fc": nir.Affine(weight=rng.normal(0.02, 0.1, size=(10, 64)).astype(np.float32),
                          bias=np.full(10, 0.1, np.float32)),
-        "lif2": lif(10, 0.3),
+        "lif2": lif(10, 1.0),
         "output": nir.Output(output_type={"output": np.array([10])})},
         edges=[("input", "conv"), ("conv", "lif1"), ("lif1", "pool"), ("pool", "flat"),
                ("flat", "fc"), ("fc", "lif2"), ("lif2", "output")])
