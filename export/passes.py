@@ -238,8 +238,7 @@ def onnx_step(ex: Export, cfg) -> dict:
 def sparse_storage(ex: Export, cfg) -> dict:
     """Both ONNX files with their mostly-zero weights as sparse initializers; checked by
     running each again: ONNX Runtime densifies them at load, so every output must be the same
-    bit for bit."""
-    same = True
+    bit for bit; a difference fails the export."""
     for name in (UNROLLED, STEP):
         t0 = time.perf_counter()
         ex.files[name].update(store_sparse(ex.folder / name))

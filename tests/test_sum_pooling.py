@@ -1,19 +1,24 @@
 """Sum pooling (Sinabs' SumPool2d, read from a NIR SumPool2d without a Scale after it) is its
 own layer, exact in ONNX (unrolled and step), the C runtime and NIR, through compaction; and an
 export whose own parity check fails exits 1 with one line and stores nothing."""
+import os
 import shutil
+import subprocess
 import sys
 
 import nir
 import numpy as np
 import onnx
+import pytest
 import torch
 
 import pipeline
 from edgeprune.artifacts import Store
 from edgeprune.config import DataConfig, ExportConfig, ImportConfig
+from edgeprune.errors import GateFailed
 from edgeprune.pooling import SumPool2d
 from edgeprune.stage_inputs import open_model
+from export import passes
 from export.nir_sim import simulate
 
 from .conftest import ROOT, requires_cc, run_cli, skip_unless
@@ -116,9 +121,6 @@ runpy.run_module("cli", run_name="__main__")
 
 
 def test_export_failing_its_parity_check_exits_1_and_stores_nothing(tmp_path):
-    import subprocess
-    import os
-
     runs = tmp_path / "runs"
     out = run_cli("import-model", _sum_pool_nir(tmp_path / "sum.nir"), "--dt", "1e-3",
                   "--data", "none", "-T", str(T), "--out", runs, "--json")
@@ -136,3 +138,28 @@ def test_export_failing_its_parity_check_exits_1_and_stores_nothing(tmp_path):
     r = run_cli("export", model, "--probe", "64", "--out", runs)
     assert r.returncode == 0, r.stderr[-2000:]
     assert len(list(runs.glob("export-*"))) == 1
+
+
+def test_nir_that_fails_its_check_is_dropped_when_optional_and_fails_when_required(
+        tmp_path, monkeypatch):
+    """model.nir read back computing otherwise (here: one extra spike per layer and sample in
+    its simulation): without --nir the file goes and metrics say why; with --nir the export
+    fails and stores nothing."""
+    store = Store(tmp_path / "runs")
+    art, _ = pipeline.import_model(store, None, _sum_pool_nir(tmp_path / "sum.nir"),
+                                   ImportConfig(timesteps=T, dt=1e-3), DataConfig("none"))
+    real = passes.simulate
+
+    def off_by_one(*args, **kwargs):
+        got = real(*args, **kwargs)
+        return {k: v + 1 if k.startswith("spikes.") else v for k, v in got.items()}
+
+    monkeypatch.setattr(passes, "simulate", off_by_one)
+    cfg = dict(probe=32, c_runtime=False, int8=False)
+    exp, _ = pipeline.export(store, art.path / "model.pt", ExportConfig(**cfg))
+    assert exp.metrics["nir"].startswith("skipped: its parity check failed")
+    assert not (exp.path / "model.nir").exists() and "model.nir" not in exp.metrics["parity"]
+    before = set((tmp_path / "runs").glob("export-*"))
+    with pytest.raises(GateFailed, match=r"^model\.nir does not reproduce .* same class"):
+        pipeline.export(store, art.path / "model.pt", ExportConfig(**cfg, nir=True))
+    assert set((tmp_path / "runs").glob("export-*")) == before
