@@ -17,7 +17,7 @@ from torch import nn
 from .errors import UserError
 from .neuron_kinds import KINDS as NEURON_KINDS
 from .neurons import MODULES, Scale, Threshold
-from .pooling import AvgPool2d
+from .pooling import AvgPool2d, SumPool2d
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,20 @@ def _bn(cls):
     return lambda d: cls(d["features"], eps=d.get("eps", 1e-5), momentum=d.get("momentum", 0.1))
 
 
+def _build_avg_pool(d: dict) -> nn.Module:
+    """An average pool; with divisor 1 (a user's AvgPool2d(divisor_override=1), or an older
+    checkpoint's NIR SumPool2d) it is a sum pool, and made one: torch.onnx drops the divisor."""
+    k, st, pad = _tup(d["kernel"]), _tup(d["stride"]), _tup(d.get("padding", 0))
+    div, ceil = d.get("divisor_override"), d.get("ceil_mode", False)
+    if div == 1 and not ceil:
+        return SumPool2d(k, st, pad)
+    if div is not None:
+        raise UserError(f"AvgPool2d with divisor_override={div}"
+                        + (" and ceil_mode" if ceil else "") + " is not supported (only "
+                        "divisor 1 without ceil_mode: a sum pool)")
+    return AvgPool2d(k, st, pad, ceil, d.get("count_include_pad", True))
+
+
 KINDS: dict[str, LayerKind] = {k.name: k for k in (
     LayerKind("conv2d", nn.Conv2d,
               lambda d: nn.Conv2d(d["in"], d["out"], _tup(d["kernel"]), _tup(d["stride"]),
@@ -70,14 +84,15 @@ KINDS: dict[str, LayerKind] = {k.name: k for k in (
               lambda m: {"in": m.in_features, "out": m.out_features, "bias": m.bias is not None}),
     LayerKind("bn1d", nn.BatchNorm1d, _bn(nn.BatchNorm1d), _describe_bn),
     LayerKind("bn2d", nn.BatchNorm2d, _bn(nn.BatchNorm2d), _describe_bn),
-    LayerKind("avgpool2d", AvgPool2d,
-              lambda d: AvgPool2d(_tup(d["kernel"]), _tup(d["stride"]),
-                                     _tup(d.get("padding", 0)), d.get("ceil_mode", False),
-                                     d.get("count_include_pad", True), d.get("divisor_override")),
+    LayerKind("avgpool2d", AvgPool2d, _build_avg_pool,
               lambda m: {"kernel": _pair(m.kernel_size), "stride": _pair(m.stride or m.kernel_size),
                          "padding": _pair(m.padding), "ceil_mode": m.ceil_mode,
                          "count_include_pad": m.count_include_pad,
                          "divisor_override": m.divisor_override}),
+    LayerKind("sumpool2d", SumPool2d,
+              lambda d: SumPool2d(_tup(d["kernel"]), _tup(d["stride"]), _tup(d.get("padding", 0))),
+              lambda m: {"kernel": _pair(m.kernel_size), "stride": _pair(m.stride or m.kernel_size),
+                         "padding": _pair(m.padding)}),
     LayerKind("maxpool2d", nn.MaxPool2d,
               lambda d: nn.MaxPool2d(_tup(d["kernel"]), _tup(d["stride"]),
                                      _tup(d.get("padding", 0)), _tup(d.get("dilation", 1)),

@@ -1,7 +1,8 @@
-"""Average pooling whose training backward skips the zero-fill: for windows that tile the
-input (stride = kernel, no padding), each input's gradient is its window's output gradient
-divided by the window area, written in one pass. Same forward, same gradients; other
-configurations and inference use PyTorch's own."""
+"""Our pooling layers: average pooling whose training backward skips the zero-fill (for
+windows that tile the input, stride = kernel and no padding, each input's gradient is its
+window's output gradient divided by the window area, written in one pass; same forward, same
+gradients; other configurations and inference use PyTorch's own), and sum pooling, exact in
+every export."""
 from __future__ import annotations
 
 import torch
@@ -44,3 +45,33 @@ class AvgPool2d(nn.AvgPool2d):
         if tiled and x.requires_grad and torch.is_grad_enabled() and not torch.jit.is_tracing():
             return _TiledAvgPool.apply(x, k)
         return super().forward(x)
+
+
+class SumPool2d(nn.AvgPool2d):
+    """Sum pooling (Sinabs' SumPool2d; a NIR SumPool2d without a Scale after it): each window's
+    sum. PyTorch computes it as avg_pool2d with divisor 1, but torch.onnx drops that divisor
+    (the graph would average), so an ONNX export adds the window's strided slices instead, in
+    PyTorch's row-major order: the same sum, bit for bit."""
+
+    def __init__(self, kernel_size, stride=None, padding=0):
+        super().__init__(kernel_size, stride, padding, divisor_override=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.onnx.is_in_onnx_export():
+            return super().forward(x)
+        (kh, kw), (sh, sw), (ph, pw) = (_pair(v) for v in (self.kernel_size,
+                                                          self.stride or self.kernel_size,
+                                                          self.padding))
+        if ph or pw:
+            x = F.pad(x, (pw, pw, ph, ph))
+        oh, ow = (x.shape[-2] - kh) // sh + 1, (x.shape[-1] - kw) // sw + 1
+        s = None
+        for ky in range(kh):
+            for kx in range(kw):
+                v = x[..., ky:ky + sh * (oh - 1) + 1:sh, kx:kx + sw * (ow - 1) + 1:sw]
+                s = v if s is None else s + v
+        return s
+
+
+def _pair(v) -> tuple[int, int]:
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)

@@ -225,8 +225,9 @@ def _pool_fn(op: dict, fn: str) -> str:
     c, h, w = op["in_shape"]
     _, oh, ow = op["out_shape"]
     (kh, kw), (sh, sw) = op["kernel"], op["stride"]
-    avg = op["kind"] == "avgpool2d"
-    if avg:
+    if op["kind"] == "sumpool2d":
+        init, step, fin = "0.0f", "s += v;", "s"
+    elif op["kind"] == "avgpool2d":
         init, step, fin = "0.0f", "s += v;", f"s / {float(kh * kw)!r}f"
     else:
         init, step, fin = "x[(oy * %d) * %d + ox * %d]" % (sh, w, sw), \
@@ -317,5 +318,5 @@ def _neuron(op: dict, site: Site) -> Emitted:
 
 
 # op kind -> emitter(annotated op, site) -> Emitted
-EMITTERS = {"conv2d": _conv, "linear": _linear, "avgpool2d": _pool, "maxpool2d": _pool,
-            "flatten": _flatten, **{k: _neuron for k in C_NEURONS}}
+EMITTERS = {"conv2d": _conv, "linear": _linear, "avgpool2d": _pool, "sumpool2d": _pool,
+            "maxpool2d": _pool, "flatten": _flatten, **{k: _neuron for k in C_NEURONS}}

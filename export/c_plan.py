@@ -9,6 +9,9 @@ from edgeprune.neuron_kinds import KINDS
 
 from .c_neurons import C_NEURONS
 
+POOLS = ("avgpool2d", "sumpool2d", "maxpool2d")
+
+
 # -- shapes -------------------------------------------------------------------------------------
 
 def output_shape(op: dict, shape: list[int]) -> list[int]:
@@ -34,7 +37,7 @@ def output_shape(op: dict, shape: list[int]) -> list[int]:
             raise ValueError(f"{op.get('name', kind)} expects {i} input features, got "
                              f"{list(shape)}")
         return [o]
-    if kind in ("avgpool2d", "maxpool2d"):
+    if kind in POOLS:
         if len(shape) != 3:
             raise ValueError(f"{op.get('name', kind)} needs a (C,H,W) input, got {list(shape)}")
         (kh, kw), (sh, sw) = op["kernel"], op["stride"]
@@ -121,8 +124,8 @@ def _check_neuron(op: dict, name: str, part: str, shape: list[int], T: int) -> N
 
 
 # op kind -> check(op copy, name, part, input shape, T): validates and normalizes the op
-CHECKS = {"conv2d": _check_weighted, "linear": _check_weighted, "avgpool2d": _check_pool,
-          "maxpool2d": _check_pool, "flatten": lambda *args: None,
+CHECKS = {"conv2d": _check_weighted, "linear": _check_weighted, **{k: _check_pool for k in POOLS},
+          "flatten": lambda *args: None,
           **{k: _check_neuron for k in C_NEURONS}}
 
 
@@ -132,7 +135,7 @@ def _out_kind(k: str, in_kind: str) -> str:
         return "binary" if KINDS[k].spiking else "dense"
     if k in ("conv2d", "linear"):
         return "dense"
-    return "sparse" if k == "avgpool2d" and in_kind != "dense" else in_kind
+    return "sparse" if k in ("avgpool2d", "sumpool2d") and in_kind != "dense" else in_kind
 
 
 def _check_program(program: dict) -> None:

@@ -17,7 +17,7 @@ Ops (every op also has "name": the module path in the PyTorch model, e.g. "body.
     {"kind": "linear", "weight": (O,I), "bias": (O,) | None}
       optional on both: "step_bias": (T,O), added at step t on top of "bias" (body ops only);
       a conv2d may have (T,O,OH,OW): per output position (export/compact.py makes these)
-    {"kind": "avgpool2d" | "maxpool2d", "kernel": [kh,kw], "stride": [sh,sw]}   # no padding
+    {"kind": "avgpool2d" | "sumpool2d" | "maxpool2d", "kernel": [kh,kw], "stride": [sh,sw]}   # no padding
     {"kind": "flatten"}
     {"kind": "lif", "tau_mem_inv": a, "v_th": th, "v_reset": r, "reset": "value"|"subtract"}
     {"kind": "li", "tau_mem_inv": a, "tau_syn_inv": b}
@@ -41,6 +41,7 @@ from torch import nn
 from edgeprune.errors import UserError
 from edgeprune.models import SNN, SpikingBasicBlock
 from edgeprune.neurons import MODULES, Neuron
+from edgeprune.pooling import SumPool2d
 
 from .c_neurons import C_NEURONS
 from .c_plan import output_shape
@@ -130,6 +131,8 @@ def _op(m: nn.Module, name: str, shape: tuple[int, ...]) -> dict | None:
         return _conv(m, name)
     if isinstance(m, nn.Linear):
         return {"kind": "linear", "name": name, "weight": _f32(m.weight), "bias": _f32(m.bias)}
+    if isinstance(m, SumPool2d):
+        return _pool(m, name, "sumpool2d")
     if isinstance(m, nn.AvgPool2d):
         if m.divisor_override is not None:
             raise UserError(f"layer {name} (AvgPool2d): divisor_override is not supported by "

@@ -20,7 +20,7 @@ from edgeprune.config import ExportConfig
 
 from .passes import PASSES, Declared, Export, summary
 
-FORMAT = 3  # bump when the exported files change for the same config
+FORMAT = 4  # bump when the exported files change for the same config
 
 Report = Callable[[dict], None]
 
@@ -41,6 +41,9 @@ def export(store: Store, model_artifact: Artifact, cfg: ExportConfig = ExportCon
 
     cfg.nir: True = required (UserError if NIR cannot express the model), False = skip,
     None = write when expressible, else skip with the reason in metrics["nir"].
+    A required file that fails its own parity check is GateFailed (exit 1), and nothing is
+    stored: a failed export is never found, and reused, by a later run (an optional model.nir
+    that fails is left out instead, the reason in metrics["nir"]).
     """
     spec, model = checkpoint.load(model_artifact.file("model.pt"))
     T = cfg.timesteps or spec.timesteps

@@ -30,6 +30,7 @@ Layer mapping (BatchNorm is folded into the preceding conv/linear first):
     Conv2d                       Conv2d (bias zeros when the layer has none)
     Linear                       Affine (Linear when it has no bias)
     AvgPool2d / AdaptiveAvgPool2d  SumPool2d + Scale(1/kernel area)
+    SumPool2d                      SumPool2d
     Flatten                      Flatten over all non-batch dims (NIR shapes exclude batch)
     LIF                          LIF, one value per neuron, node named by the PyTorch module name
     LI (leaky integrator readout) LI with tau = dt / tau_mem_inv, r = 1, v_leak = 0, when it
@@ -61,7 +62,7 @@ from edgeprune.diskspace import write_bytes
 from edgeprune.errors import UserError
 from edgeprune.models import SNN, Normalize, SpikingBasicBlock, is_stateful
 from edgeprune.neurons import MODULES, Neuron, Scale, Threshold
-from edgeprune.pooling import AvgPool2d
+from edgeprune.pooling import AvgPool2d, SumPool2d
 
 from .prepare import NORMS, for_export
 
@@ -215,6 +216,12 @@ def _sum_pool(b: _Builder, name: str, kernel, stride, padding, out_shape, source
     return b.add(f"{name}.scale", nir.Scale(scale=scale), src)
 
 
+def _sum_pool_layer(b: _Builder, name: str, m: SumPool2d, x, y, sources):
+    return b.add(name, nir.SumPool2d(kernel_size=_pair(m.kernel_size),
+                                     stride=_pair(m.stride or m.kernel_size),
+                                     padding=_pair(m.padding)), sources)
+
+
 def _avg_pool(b: _Builder, name: str, m: nn.AvgPool2d, x, y, sources):
     if m.ceil_mode or m.divisor_override or (not m.count_include_pad and m.padding):
         raise UserError(f"cannot express layer {name} ({m}) in NIR as a sum pool")
@@ -262,7 +269,7 @@ EMITTERS = {
     nn.Conv2d: _conv, nn.Conv1d: _conv1d, nn.Linear: _linear,
     **{cls: _neuron for cls in MODULES.values()}, Threshold: _threshold,
     Scale: _scale, nn.AvgPool2d: _avg_pool,
-    AvgPool2d: _avg_pool,
+    AvgPool2d: _avg_pool, SumPool2d: _sum_pool_layer,
     nn.AdaptiveAvgPool2d: _adaptive_avg_pool, nn.Flatten: _flatten, SpikingBasicBlock: _block,
     nn.MaxPool2d: _refuse("NIR 1.0 has no max pooling; train with --pool avg, or export "
                           "without --nir"),

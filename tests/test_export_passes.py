@@ -10,6 +10,7 @@ import torch
 from edgeprune import checkpoint
 from edgeprune.artifacts import Store
 from edgeprune.config import ExportConfig
+from edgeprune.errors import GateFailed
 from export import passes
 from export.onnx_files import STEP, UNROLLED
 from export.export_stage import export
@@ -79,7 +80,7 @@ def test_the_stage_records_every_pass_and_keeps_the_metrics(source):
     assert record["nir"]["passed"] is True and "model.nir" in full.manifest["files"]
 
 
-def test_a_file_that_computes_something_else_fails_its_pass(source, tmp_path):
+def test_a_file_that_computes_something_else_fails_the_export(source, tmp_path):
     _, art = source
     spec, model = checkpoint.load(art.file("model.pt"))
     model.eval()
@@ -99,4 +100,5 @@ def test_a_file_that_computes_something_else_fails_its_pass(source, tmp_path):
     with torch.no_grad():
         for p in other.parameters():
             p.mul_(1.5)
-    assert onnx_pass(other) is False  # the file holds another network: its parity fails
+    with pytest.raises(GateFailed, match=r"model\.onnx does not reproduce .* same class"):
+        onnx_pass(other)  # the file holds another network: its parity fails the export

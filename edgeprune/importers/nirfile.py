@@ -9,7 +9,7 @@ refused). Node types and what they become (edgeprune.layers kinds):
     Affine / Linear            linear (with / without bias)
     Conv1d / Conv2d            conv1d / conv2d (zero padding given as numbers)
     Flatten                    flatten (NIR dims exclude the batch: start_dim 0 is ours 1)
-    SumPool2d (+ Scale 1/k²)   avgpool2d; a SumPool2d alone is a sum (avgpool2d with divisor 1)
+    SumPool2d (+ Scale 1/k²)   avgpool2d; a SumPool2d alone is a sum: sumpool2d
     AvgPool2d                  avgpool2d
     Scale                      scale (one value, or one per feature)
     Threshold                  threshold (stateless spikes)
@@ -356,7 +356,7 @@ def _pool(r: Reader, name: str, node: dict, kind: str, follower: tuple | None):
                     np.float32(s.flat[0]) == np.float32(1.0 / (k[0] * k[1])):
                 used = True
         if not used:
-            desc["divisor_override"] = 1
+            desc = {"type": "sumpool2d", "kernel": k, "stride": st, "padding": pad}
     r.add(name, desc)
     r.shape = (shape[0], *out)
     return used
