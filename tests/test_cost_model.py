@@ -2,14 +2,21 @@
 a padded 3x3 conv on a 4x4 image (border outputs see fewer inputs), pooling between it and a
 linear layer on spikes, the image (MACs) against input spikes (ACs), and pruned weights that
 effective SynOps leave out."""
+import json
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 
+from edgeprune.artifacts import Store
 from edgeprune.models import SNN, Normalize, SpikingSequential
 from edgeprune.neurons import Threshold
 from edgeprune.pooling import AvgPool2d
 from export import cost
+
+from .conftest import run_cli
 
 # a 3x3 kernel, padding 1, on 4x4: 4 corners see 4 inputs, 8 edges 6, 4 inner 9
 PADDED_CONV = 4 * 4 + 8 * 6 + 4 * 9  # 100, not 16 * 9
@@ -89,3 +96,37 @@ def test_the_energy_constants_are_configurable():
                    pj_per_mac=10.0)
     assert c["total"]["energy_pj"] == pytest.approx(100 * 10.0 + 8 * 1.0)
     assert c["energy"] == {"pj_per_ac": 1.0, "pj_per_mac": 10.0, "source": "given"}
+
+
+def test_compress_reports_the_cost_of_ticket_and_dense_and_their_ratio(tmp_path, digits_model):
+    """A real `compress --json` from the trained dense model: the ratio in the summary is the
+    ticket's effective SynOps over the dense model's, both as their exports counted them; the
+    text summary shows the cost table within 80 columns."""
+    shutil.copytree(digits_model.path, tmp_path / digits_model.path.name)  # the lineage
+    args = ("compress", tmp_path / digits_model.path.name / "model.pt", "--method", "imp",
+            "--sparsity", "0.9", "--prune-rate", "0.7", "--round-epochs", "1",
+            "--retrain-epochs", "1", "--target", "x86_64", "--max-accuracy-drop", "100",
+            "--no-nir", "--out", tmp_path)
+    r = run_cli(*args, "--json", timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout)
+    c = out["summary"]["cost"]
+    store = Store(tmp_path)
+    counted = {}
+    for who, aid in (("ticket", out["ids"]["export"]),
+                     ("dense", out["summary"]["validation"]["dense"])):
+        counted[who] = json.loads(store.find("export", aid).file("cost.json").read_text())
+    assert c["model"] == counted["ticket"]["total"] and c["dense"] == counted["dense"]["total"]
+    ratio = c["ratio_vs_dense"]["effective_synops"]
+    assert ratio == pytest.approx(c["model"]["effective_synops"] / c["dense"]["effective_synops"])
+    assert 0 < ratio < 0.5  # 90% of the weights are gone
+    assert c["model"]["connection_sparsity"] == pytest.approx(0.9, abs=0.01)
+    assert c["dense"]["connection_sparsity"] < 0.01
+    report = Path(out["artifacts"]["validation"])
+    assert json.loads((report / "report.json").read_text())["cost"] == c
+    md = (report / "report.md").read_text()
+    assert "## Cost model" in md and "Horowitz, ISSCC 2014" in md
+    text = run_cli(*args, env_extra={"COLUMNS": "80"})  # cached: the same artifacts
+    assert text.returncode == 0, text.stderr[-3000:]
+    assert "cost per inference" in text.stdout and f"1/{1 / ratio:.1f}" in text.stdout
+    assert max(len(line) for line in text.stdout.splitlines()) <= 80
