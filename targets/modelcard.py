@@ -167,7 +167,8 @@ def render(name: str, lineage: list[dict], meta: dict, validations: list[dict],
               "cross-compiled for aarch64): their parity is real, their latency is not "
               "indicative.", ""]
     lines += compression_section(validations)
-    lines += cost_markdown(_report_cost(validations))[1:] + [""]  # [1:]: the section follows a blank line already
+    # [1:]: the section above ends with a blank line already
+    lines += cost_markdown(_report_cost(validations))[1:] + [""]
     lines += ["## Lineage", ""]
     for e in lineage:
         lines.append(f"- {e['stage']} `{e['id']}`" + (" (not in the run directory)"

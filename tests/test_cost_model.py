@@ -5,6 +5,7 @@ effective SynOps leave out."""
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from edgeprune.models import SNN, Normalize, SpikingSequential
 from edgeprune.neurons import Threshold
 from edgeprune.pooling import AvgPool2d
 from export import cost
+from targets import modelcard, report
 
 from .conftest import run_cli
 
@@ -98,6 +100,28 @@ def test_the_energy_constants_are_configurable():
     assert c["energy"] == {"pj_per_ac": 1.0, "pj_per_mac": 10.0, "source": "given"}
 
 
+def test_the_report_and_the_model_card_carry_the_totals_and_the_ratio():
+    """What validation reads from two exports' metrics (as the cost pass records them)."""
+    dense = tiny(nn.MaxPool2d(2))
+    ticket = tiny(nn.MaxPool2d(2))
+    with torch.no_grad():
+        ticket.stem.weight[0, 0, 1, 1] = 0
+    metrics = [SimpleNamespace(metrics={"cost": {k: v for k, v in cost.count(m, IMAGE, 1).items()
+                                                 if k in ("total", "energy")}})
+               for m in (ticket, dense)]
+    c = report.cost(*metrics)
+    assert c["ratio_vs_dense"]["effective_synops"] == pytest.approx((84 + 8) / (100 + 8))
+    assert c["ratio_vs_dense"]["synops"] == 1  # pruning removes no connection's existence
+    assert report.cost(metrics[0], None)["dense"] is None
+    assert report.cost(None, metrics[1]) is None  # a loose file: nothing counted
+    md = "\n".join(report.cost_markdown(c))
+    assert "| this model | 108 | 8 | 100 | 92 | 8 | 84 |" in md and "1/1.2" in md
+    card = modelcard.render("tiny", [], {}, [{"id": "v", "report": {"targets": [], "cost": c}}],
+                            [])
+    assert "## Cost model" in card and "| dense | 108 | 8 | 100 | 108 | 8 | 100 |" in card
+    assert '"effective_synops_vs_dense": 0.85' in card
+
+
 def test_compress_reports_the_cost_of_ticket_and_dense_and_their_ratio(tmp_path, digits_model):
     """A real `compress --json` from the trained dense model: the ratio in the summary is the
     ticket's effective SynOps over the dense model's, both as their exports counted them; the
@@ -122,9 +146,9 @@ def test_compress_reports_the_cost_of_ticket_and_dense_and_their_ratio(tmp_path,
     assert 0 < ratio < 0.5  # 90% of the weights are gone
     assert c["model"]["connection_sparsity"] == pytest.approx(0.9, abs=0.01)
     assert c["dense"]["connection_sparsity"] < 0.01
-    report = Path(out["artifacts"]["validation"])
-    assert json.loads((report / "report.json").read_text())["cost"] == c
-    md = (report / "report.md").read_text()
+    folder = Path(out["artifacts"]["validation"])
+    assert json.loads((folder / "report.json").read_text())["cost"] == c
+    md = (folder / "report.md").read_text()
     assert "## Cost model" in md and "Horowitz, ISSCC 2014" in md
     text = run_cli(*args, env_extra={"COLUMNS": "80"})  # cached: the same artifacts
     assert text.returncode == 0, text.stderr[-3000:]
