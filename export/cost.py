@@ -54,7 +54,7 @@ def _ops(layer: nn.Module, x: torch.Tensor, w: torch.Tensor) -> int:
     return int(round(float(y.double().sum())))
 
 
-def _layer_hook(layer: nn.Module, row: dict):
+def _layer_hook(row: dict):
     def count(m, inputs, _out):
         # float32 is exact here: each output of a 0/1 product sums at most fan-in ones
         x, w = inputs[0].detach().float(), m.weight.detach().float()
@@ -93,7 +93,7 @@ def count(model: nn.Module, x: torch.Tensor, timesteps: int, *, pj_per_ac: float
             rows[name]["kind"] = type(m).__name__
             rows[name]["weights"] = m.weight.numel()
             rows[name]["zero_weights"] = int((m.weight == 0).sum())
-            handles.append(m.register_forward_hook(_layer_hook(m, rows[name])))
+            handles.append(m.register_forward_hook(_layer_hook(rows[name])))
     tally = [0, 0]  # zero spikes, all spikes
     handles += [m.register_forward_hook(_neuron_hook(tally))
                 for m in spiking_layers(model).values()]
