@@ -117,6 +117,16 @@ def pct(v, digits: int = 2) -> str:
     return text
 
 
+def count(v) -> str:
+    """A large count, short: 1.23M, 45.6k, 789."""
+    if v is None:
+        return "-"
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(v) >= size:
+            return f"{v / size:.3g}{unit}"
+    return f"{v:.3g}"
+
+
 def age(iso: str | None, now: datetime | None = None) -> str:
     """How long ago an ISO-8601 UTC time was, short ("40s ago", "5m ago", "3h ago", "2d ago"),
     and the date itself beyond a week."""

@@ -98,6 +98,33 @@ def compression_table(rows: list[dict], report: dict):
     return t
 
 
+def cost_table(cost: dict):
+    """The cost model per inference (export/cost.py): dense, ticket, and their ratio."""
+    cols = ("effective_synops", "effective_acs", "effective_macs")
+
+    def row(name, t):
+        return [name, *(render.count(t[k]) for k in cols), render.pct(t["activation_sparsity"]),
+                f"{t['energy_pj'] / 1e3:.3g}"]
+
+    rows = [row("dense", cost["dense"])] if cost.get("dense") else []
+    rows.append(row("ticket", cost["model"]))
+    r = cost.get("ratio_vs_dense")
+    if r:
+        rows.append(["ticket/dense", *(_ratio(r.get(k)) for k in cols[:1]), "", "", "",
+                     _ratio(r.get("energy_pj"))])
+    e = cost["energy"]
+    t = render.columns("cost per inference (probe inputs, NeuroBench definitions)",
+                       ["model", "eff. SynOps", "eff. ACs", "eff. MACs", "zero spikes",
+                        "energy nJ"], rows)
+    where = " (45 nm, Horowitz 2014)" if e["source"] != "given" else ""
+    t.caption = f"energy: {e['pj_per_ac']:g} pJ/AC, {e['pj_per_mac']:g} pJ/MAC{where}"
+    return t
+
+
+def _ratio(v) -> str:
+    return "n/a" if v is None else "0" if v == 0 else f"1/{1 / v:.1f}" if v < 1 else f"{v:.2f}x"
+
+
 @configured(DATA, RUN, Group("imports", "import", ImportConfig, exclude=("input_shape",
                                                                             "num_classes")),
             Group("model_cfg", "train", ModelConfig), Group("optim", "train", TrainConfig),
@@ -163,12 +190,15 @@ def compress(
                "validation": arts["validate"].metrics, "passed": failed is None}
     report_ = json.loads(arts["validate"].file("report.json").read_text())
     summary["dense_vs_ticket"] = report_mod.dense_vs_ticket(report_)
+    summary["cost"] = report_.get("cost")  # None: a loose model file or an older export
     render.emit(as_json, {"stage": "compress", "summary": summary, "artifacts": paths,
                           "ids": {k: a.id for k, a in arts.items()},
                           "cached": result.cached},
                 ticket_table(m), [])
     if not as_json:
         render.out.print(compression_table(summary["dense_vs_ticket"], report_))
+        if summary["cost"]:
+            render.out.print(cost_table(summary["cost"]))
         for k, v in paths.items():
             render.out.print(f"{k}: {v}")
     if failed is not None:

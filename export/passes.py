@@ -26,7 +26,7 @@ from edgeprune.diskspace import DiskFull
 from edgeprune.errors import GateFailed, UserError
 from edgeprune.models import ModelSpec, poisson_spikes
 
-from . import metadata, parity
+from . import cost as costlib, metadata, parity
 from .c_codegen import write_c
 from .c_program import choose_dense_rows, program_from_model
 from .compact import check as compact_check, compact
@@ -317,10 +317,26 @@ def nir(ex: Export, cfg) -> dict:
     return {"nir": "written", "passed": True}
 
 
+# -- the cost model -------------------------------------------------------------------------------
+
+COST_FILE = "cost.json"
+
+
+def cost(ex: Export, cfg) -> dict:
+    """cost.json: SynOps (ACs, MACs, effective), activation and connection sparsity and an energy
+    estimate of the model, per layer and in total, per inference on the probe batch
+    (export/cost.py); the totals go into the metrics, for validation to report."""
+    counted = costlib.count(ex.model, ex.x, ex.timesteps)
+    (ex.folder / COST_FILE).write_text(json.dumps(counted, indent=2, sort_keys=True) + "\n")
+    return {"cost": {"total": counted["total"], "energy": counted["energy"],
+                     "file": COST_FILE}, "passed": None}
+
+
 # -- the list -------------------------------------------------------------------------------------
 
 PASSES: tuple[Pass, ...] = (
     Pass("prepare", prepare, ("probe",)),
+    Pass("cost", cost),
     Pass("compact", compaction, ("compact",), lambda cfg: cfg.compact, {"compaction": None}),
     Pass("onnx", onnx_unrolled, ("outputs", "opset")),
     Pass("onnx-step", onnx_step, ("opset",)),

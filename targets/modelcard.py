@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 
+from .report import cost_markdown
+
 NA = "n/a"
 
 
@@ -90,8 +92,27 @@ def facts(lineage: list[dict], meta: dict, validations: list[dict]) -> dict:
         "sparsity": sparsity,
         "parity_tolerance": tolerances or None,
         "targets_validated": targets or None,
+        "cost": _cost(validations),
     }
     return {k: (NA if v is None else v) for k, v in f.items()}
+
+
+def _report_cost(validations: list[dict]) -> dict | None:
+    """The cost model of the first validation that counted one (all count the same export)."""
+    return next((v["report"]["cost"] for v in validations if v["report"].get("cost")), None)
+
+
+def _cost(validations: list[dict]) -> dict | None:
+    """The cost model's totals per inference and their ratio to the dense model."""
+    c = _report_cost(validations)
+    if not c:
+        return None
+    m, r = c["model"], c.get("ratio_vs_dense") or {}
+    return {"effective_synops": m["effective_synops"], "effective_acs": m["effective_acs"],
+            "effective_macs": m["effective_macs"], "energy_pj": m["energy_pj"],
+            "activation_sparsity": m["activation_sparsity"],
+            "effective_synops_vs_dense": r.get("effective_synops"),
+            "energy_vs_dense": r.get("energy_pj"), "energy_constants": c["energy"]}
 
 
 def render(name: str, lineage: list[dict], meta: dict, validations: list[dict],
@@ -117,7 +138,7 @@ def render(name: str, lineage: list[dict], meta: dict, validations: list[dict],
     lines.append("edgeprune:")
     for key in ("timesteps", "neuron_model", "reset", "encoding", "architecture",
                 "ticket_method", "search_timesteps", "rewind_point", "sparsity",
-                "parity_tolerance", "targets_validated"):
+                "parity_tolerance", "targets_validated", "cost"):
         lines.append(f"  {key}: {y(f[key], sort_keys=True)}")
     lines += ["---", "", f"# {name}", "",
               "A spiking neural network compressed by edgeprune and exported to ONNX with its "
@@ -146,6 +167,8 @@ def render(name: str, lineage: list[dict], meta: dict, validations: list[dict],
               "cross-compiled for aarch64): their parity is real, their latency is not "
               "indicative.", ""]
     lines += compression_section(validations)
+    # [1:]: the section above ends with a blank line already
+    lines += cost_markdown(_report_cost(validations))[1:] + [""]
     lines += ["## Lineage", ""]
     for e in lineage:
         lines.append(f"- {e['stage']} `{e['id']}`" + (" (not in the run directory)"

@@ -36,6 +36,24 @@ def reference_npz(v: Validation, inputs: np.ndarray, labels: np.ndarray | None,
     return buf.getvalue()
 
 
+COST_RATIOS = ("effective_synops", "synops", "energy_pj")
+
+
+def cost(ticket, dense) -> dict | None:
+    """The cost model's totals (export/cost.py, recorded by each export) of the model and of the
+    dense model, and their ratios; None for a loose file or an export made before the cost
+    pass. Artifacts are duck-typed (anything with `.metrics`): this module stays torch-free."""
+    t = (ticket.metrics.get("cost") or {}) if ticket else {}
+    if not t:
+        return None
+    d = (dense.metrics.get("cost") or {}) if dense else {}
+    out = {"model": t["total"], "energy": t["energy"], "dense": d.get("total")}
+    if out["dense"]:
+        out["ratio_vs_dense"] = {k: (t["total"][k] / d["total"][k] if d["total"][k] else None)
+                                 for k in COST_RATIOS}
+    return out
+
+
 def to_json(report: dict) -> str:
     return json.dumps(report, indent=2, sort_keys=True, default=str) + "\n"
 
@@ -98,6 +116,7 @@ def to_markdown(report: dict) -> str:
                          f"{_pct(par.get('agreement'))}, max |Δlogit| "
                          f"{par.get('max_abs_diff', float('nan')):.3g}, p50 "
                          f"{q['latency_p50_ms']:.4f} ms")
+    lines += cost_markdown(report.get("cost"))
     lines += ["", "## Gates", ""]
     for e in report["targets"]:
         for g in e["gates"]:
@@ -114,6 +133,38 @@ def to_markdown(report: dict) -> str:
               "profile's batch size. Memory: " + report["targets"][0]["memory"]["method"] + ".",
               ""]
     return "\n".join(lines)
+
+
+COST_COLUMNS = (("SynOps", "synops"), ("ACs", "acs"), ("MACs", "macs"),
+                ("effective SynOps", "effective_synops"), ("effective ACs", "effective_acs"),
+                ("effective MACs", "effective_macs"))
+
+
+def cost_markdown(c: dict | None) -> list[str]:
+    """The cost model's section: totals per inference of the model and the dense model, and
+    the ratio."""
+    lines = ["", "## Cost model (per inference, on the export's probe inputs)", ""]
+    if not c:
+        return lines + ["- not counted: a loose model file, or an export made before the cost "
+                        "model (export again)"]
+    lines += ["| model | " + " | ".join(h for h, _ in COST_COLUMNS)
+              + " | activation sparsity | connection sparsity | energy nJ |",
+              "|---" * (len(COST_COLUMNS) + 4) + "|"]
+    for who, t in (("this model", c["model"]), ("dense", c.get("dense"))):
+        if t:
+            lines.append(f"| {who} | " + " | ".join(f"{t[k]:,.0f}" for _, k in COST_COLUMNS)
+                         + f" | {_pct(t['activation_sparsity'])} "
+                         f"| {_pct(t['connection_sparsity'])} | {t['energy_pj'] / 1e3:,.2f} |")
+    r = c.get("ratio_vs_dense")
+    if r:
+        lines += ["", f"- vs dense: effective SynOps {_ratio(r['effective_synops'])}, "
+                      f"energy {_ratio(r['energy_pj'])}"]
+    e = c["energy"]
+    lines += [f"- energy: effective ACs x {e['pj_per_ac']:g} pJ + effective MACs x "
+              f"{e['pj_per_mac']:g} pJ ({e['source']}); memory traffic not included",
+              "- definitions: NeuroBench's (SynOps, effective SynOps, activation and connection "
+              "sparsity); per-layer counts in the export's cost.json"]
+    return lines
 
 
 def _runtime(e: dict) -> str:
@@ -164,6 +215,12 @@ def metrics(report: dict) -> dict:
             out[f"{e['target']}.int8_kept"] = e["int8"]["kept"]
     out["dense"] = next((e["dense"]["artifact"] for e in report["targets"] if e.get("dense")),
                         None)
+    c = report.get("cost")
+    if c:
+        out["effective_synops"] = c["model"]["effective_synops"]
+        out["energy_pj"] = c["model"]["energy_pj"]
+        for k in ("effective_synops", "energy_pj"):
+            out[f"{k}_ratio_vs_dense"] = (c.get("ratio_vs_dense") or {}).get(k)
     return out
 
 

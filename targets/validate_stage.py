@@ -24,7 +24,9 @@ from .profiles import Profile
 from .validation import Extras, failures, validate
 
 STAGE = "validate"
-FORMAT = 2  # bump when what a validation stores changes (2: the int8 model's reference outputs)
+# bump when what a validation stores changes (2: the int8 model's reference outputs, 3: the
+# cost model of the ticket and the dense model)
+FORMAT = 3
 # What reading a reference file may cost (its members as declared): a CIFAR-10 test set as
 # float32 inputs is 123 MB.
 REFERENCE_BYTES = 1 * GiB
@@ -87,6 +89,8 @@ def run_validate(store: Store, model: Path, profiles: list[Profile], inputs: np.
                     shutil.copyfile(folder / f, job.dir / f"{folder.name}.{f}")
         v.report["model"]["artifact"] = source.id if source else None
         v.report["dense_note"] = extras.dense_note
+        dense = store.find("export", d.artifact) if d else None
+        v.report["cost"] = rep.cost(source, dense)
         (job.dir / "report.json").write_text(rep.to_json(v.report))
         (job.dir / "report.md").write_text(rep.to_markdown(v.report))
         (job.dir / "reference.npz").write_bytes(

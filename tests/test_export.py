@@ -279,7 +279,7 @@ def test_cli_export_json_and_errors(digits_model, tmp_path):
     payload = json.loads(r.stdout)
     art = open_artifact(payload["path"])
     assert set(art.manifest["files"]) == {UNROLLED, STEP, "model.int8.onnx", "model.h",
-                                          "model.c", "model_weights.c", "runner.c"}
+                                          "model.c", "model_weights.c", "runner.c", "cost.json"}
     assert art.metrics["nir"].startswith("not asked") and art.metrics["timesteps"] == 2
     assert payload["metrics"]["bytes_sparse"][UNROLLED] > 0
     bad = run_cli("export", model_pt, "--out", tmp_path, "--outputs", "some")

@@ -22,7 +22,7 @@ METRIC_KEYS = {"compaction", "int8", "c_runtime", "c", "timesteps", "encoding", 
                "outputs", "export_seconds", "nodes", "bytes", "bytes_dense", "bytes_sparse",
                "states", "sparsity", "probe", "parity", "nir", "max_abs_diff",
                "spike_mismatches", "spike_mismatches_unexplained", "spike_mismatches_vs_folded",
-               "near_threshold", "prediction_agreement", "passes"}
+               "near_threshold", "prediction_agreement", "passes", "cost"}
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def source(tmp_path_factory):
 
 
 def test_the_passes_are_declared_in_order_and_read_only_export_settings():
-    assert [p.name for p in passes.PASSES] == ["prepare", "compact", "onnx", "onnx-step",
+    assert [p.name for p in passes.PASSES] == ["prepare", "cost", "compact", "onnx", "onnx-step",
                                                 "sparse", "int8", "c", "nir"]
     fields = {f.name for f in dataclasses.fields(ExportConfig)}
     for p in passes.PASSES:
@@ -72,7 +72,7 @@ def test_the_stage_records_every_pass_and_keeps_the_metrics(source):
     assert record["int8"]["passed"] is None  # judged by validation's gates, not here
     assert set(m["parity"]) == {UNROLLED, STEP, "model.int8.onnx"}
     assert set(exp.manifest["files"]) == {UNROLLED, STEP, "model.int8.onnx", "model.h",
-                                          "model.c", "model_weights.c", "runner.c"}
+                                          "model.c", "model_weights.c", "runner.c", "cost.json"}
     full, _ = export(store, art, ExportConfig(probe=16))
     record = {r["name"]: r for r in full.metrics["passes"]}
     # sparse storage is checked by running the rewritten files again: identical outputs
