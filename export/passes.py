@@ -175,7 +175,8 @@ def compaction(ex: Export, cfg) -> dict:
 def _parity(ex: Export, name: str, got: dict) -> bool:
     """Record file `name`'s outputs on the probe and its parity; whether it passed: no spike
     mismatch that a near-threshold potential does not explain and, where its spikes are those
-    of the folded network exactly, logits within PARITY_TOLERANCE of that network's."""
+    of the folded network exactly, logits within PARITY_TOLERANCE of that network's or of the
+    trained network's."""
     ex.runs[name] = got
     check = parity.compare(ex.ref, got, ex.near)
     vs_folded = parity.compare(ex.folded, got)
@@ -185,8 +186,12 @@ def _parity(ex: Export, name: str, got: dict) -> bool:
         return False
     if vs_folded["spike_mismatches"]:
         return True  # a spike flipped at the threshold moves the logits by its weight
-    scale = float(np.abs(ex.folded["logits"]).max())
-    return vs_folded["max_abs_diff"] <= PARITY_TOLERANCE * max(1.0, scale)
+    # Within tolerance of the folded network, or of the trained one: a file whose outputs are
+    # logits only cannot show a spike that folding's rounding flipped at the threshold, and ONNX
+    # Runtime's folded arithmetic may land on the trained model's side of it (seen on the dense
+    # digits model: |Δ| 0 against the trained network, 0.93 of 60 against torch's folded one).
+    tol = PARITY_TOLERANCE * max(1.0, float(np.abs(ex.folded["logits"]).max()))
+    return vs_folded["max_abs_diff"] <= tol or check["max_abs_diff"] <= tol
 
 
 def _refuse(ex: Export, name: str) -> GateFailed:
