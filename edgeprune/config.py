@@ -29,6 +29,7 @@ SURROGATES = ("super", "triangle", "tanh", "circ", "heavi_erfc")
 RESETS = ("value", "subtract")
 OUTPUTS = ("logits", "all")
 NIR_CONVENTIONS = ("nir", "norse", "snntorch", "edgeprune")
+GRANULARITIES = ("weight", "channel")  # edgeprune/search/run.py holds what each one prunes
 
 
 def option(default: Any, help: str, *, flags: tuple[str, ...] = (), parse: Callable | None = None,
@@ -302,6 +303,11 @@ class SearchConfig(Schedule):
     scope: str = option("lamp", criteria.help_text())
     keep_first: bool = option(False, "Keep the first conv layer dense.")
     keep_last: bool = option(False, "Keep the classifier layer dense.")
+    granularity: str = option("weight", "weight: prune single weights; channel: whole output "
+                              "channels and neurons (ranked by the BatchNorm gamma after them, "
+                              "else the L1 norm of their weights) with the weights reading "
+                              "them, which compaction removes from the exported layers; the "
+                              "sparsity reached is the nearest whole channels allow.")
     imp: ImpSettings = field(default_factory=ImpSettings)
     eb: EarlyBirdSettings = field(default_factory=EarlyBirdSettings)
     et: EarlyTimeSettings = field(default_factory=EarlyTimeSettings)
@@ -316,6 +322,7 @@ class SearchConfig(Schedule):
                f"rewind epoch must be >= 0, got {self.rewind_epoch}")
         _check(self.scope in criteria.NAMES,
                f"unknown scope {self.scope!r}: choose {', '.join(criteria.NAMES)}")
+        check_choice("granularity", self.granularity, GRANULARITIES)
 
     @property
     def early_time(self) -> bool:
@@ -331,9 +338,17 @@ class SearchConfig(Schedule):
 
     def to_dict(self) -> dict:
         """{option name: value}, flat: the settings tables are read by their leaf names, and
-        artifact ids (which hash this) stay those of the flat schema before them."""
-        return {f.name: list(v) if isinstance(v := _at(self, f.path), tuple) else v
-                for f in fields_of(SearchConfig)}
+        artifact ids (which hash this) stay those of the flat schema before them. Fields added
+        since that schema are left out at the default that reproduces the older behaviour, so
+        older searches keep their ids."""
+        values = {f.name: _at(self, f.path) for f in fields_of(SearchConfig)}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()
+                if k not in SINCE or SINCE[k] != v}
+
+
+# fields added to SearchConfig after its ids were first hashed -> the default that reproduces
+# the behaviour before them (left out of to_dict at that value)
+SINCE = {"granularity": "weight"}
 
 
 def _at(obj, path: tuple[str, ...]):

@@ -38,22 +38,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgeprune.channels import PRODUCERS, per_channel
 from edgeprune.errors import UserError
 from edgeprune.models import SNN, over_time, spiking_layers
 from edgeprune.neurons import is_spiking
 
 from .prepare import for_export
-
-PRODUCERS = (nn.Conv2d, nn.Linear)
-PER_CHANNEL = (nn.AvgPool2d, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Identity,
-               nn.Dropout)
-
-
-def per_channel(m: nn.Module) -> bool:
-    """A layer that acts on each channel alone: pooling, flatten, and every neuron kind (their
-    parameters are one value per layer, so removing a unit leaves the others unchanged)."""
-    return isinstance(m, PER_CHANNEL) or getattr(m, "elementwise", False)
-
 
 class StepBiased(nn.Module):
     """A conv/linear layer plus a bias that depends on the timestep: (T, O) or (T, O, H, W).

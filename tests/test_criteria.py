@@ -3,12 +3,14 @@ guard names is exactly where the criterion's own mask empties a layer, for every
 and the pre-search guard judges with the criterion the search will use."""
 import json
 import textwrap
+from dataclasses import replace
 
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from edgeprune import masks as masklib
+from edgeprune import data, masks as masklib
+from edgeprune.data import Dataset
 from edgeprune.artifacts import Store
 from edgeprune.config import DataConfig, ImportConfig, RunConfig, SearchConfig
 from edgeprune.criteria import CRITERIA, NAMES
@@ -22,7 +24,7 @@ from .conftest import run_cli
 
 
 def test_the_schema_offers_exactly_the_registered_criteria():
-    assert NAMES == tuple(CRITERIA) and set(NAMES) >= {"lamp", "global", "layer"}
+    assert NAMES == tuple(CRITERIA) and set(NAMES) >= {"lamp", "global", "layer", "cost"}
     for name in NAMES:
         assert SearchConfig(scope=name).scope == name
     with pytest.raises(UserError, match="unknown scope 'nope': choose " + ", ".join(NAMES)):
@@ -42,16 +44,20 @@ def test_the_named_limit_is_exactly_where_the_criterion_empties_a_layer(
     current = {n: torch.rand(v.shape, generator=g) >= pruned for n, v in w.items()}
     keep = ("l0",) if keep_first and len(sizes) > 1 else ()
     total = sum(sizes)
-    limit = masklib.alive_limit(w, criterion, current, keep)
+    # a data-driven criterion's stats: uses per inference spanning the range a convnet shows
+    # (a classifier weight fed by sparse spikes ~0.1, a stem weight at every pixel ~1,000)
+    stats = {n: 10 ** (torch.rand(v.shape, generator=g, dtype=torch.float64) * 4 - 1)
+             for n, v in w.items()} if CRITERIA[criterion].uses else None
+    limit = masklib.alive_limit(w, criterion, current, keep, stats)
     at = round(limit * total)
-    kept = masklib.prune(w, at / total, criterion, current, keep)
+    kept = masklib.prune(w, at / total, criterion, current, keep, stats)
     assert all(m.any() for m in kept.values())
     if not CRITERIA[criterion].per_layer:  # (per layer, each layer's share is rounded)
         assert sum(int((~m).sum()) for m in kept.values()) == at
     if at + 1 >= total:
         return  # nothing above the limit to try
     with pytest.raises(UserError) as e:
-        masklib.prune(w, (at + 1) / total, criterion, current, keep)
+        masklib.prune(w, (at + 1) / total, criterion, current, keep, stats)
     msg = str(e.value)
     assert "with no weight" in msg or "out of reach" in msg, msg
     if "with no weight" in msg:  # and the message names that same limit
@@ -90,7 +96,14 @@ def test_a_criterion_is_one_registry_entry(monkeypatch):
 def _run(model, cfg: SearchConfig, tmp_path) -> SearchRun:
     spec, net = model
     dense = ModelInput(tmp_path / "model.pt", spec, net, "file-test", None)
-    return SearchRun(Store(tmp_path), dense, None, {}, cfg, RunConfig(), lambda e: None, 0, ())
+    return SearchRun(Store(tmp_path), dense, _digits8(), {}, cfg, RunConfig(), lambda e: None,
+                     0, ())
+
+
+def _digits8() -> Dataset:
+    """sklearn's digits (8x8), as the data a search measures the cost ranking's uses on."""
+    d = data.load("digits")
+    return replace(d, x_train=d.x_train[:300], y_train=d.y_train[:300])
 
 
 @pytest.mark.parametrize("criterion", NAMES)
@@ -101,7 +114,10 @@ def test_the_pre_search_guard_refuses_exactly_above_the_search_criterions_limit(
     model = (spec, spec.build())
     w = weights(model[1])
     total = sum(v.numel() for v in w.values())
-    n = round(masklib.alive_limit(w, criterion) * total)
+    run = _run(model, SearchConfig(scope=criterion), tmp_path)
+    # the stats the search measures itself (on the training images), for the same weights
+    stats = run.uses(model[1].state_dict()) if CRITERIA[criterion].uses else None
+    n = round(masklib.alive_limit(w, criterion, stats=stats) * total)
     try:  # at the limit no layer is empty (a cut path is another guard's refusal)
         check_reachable(_run(model, SearchConfig(scope=criterion, sparsity=n / total), tmp_path))
     except UserError as e:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .. import distributed, masks as masklib, tensorfile
+from .. import distributed, tensorfile
 from ..stage_inputs import load_mask
 from .run import Found, SearchRun, fresh_init
 
@@ -12,8 +12,8 @@ from .run import Found, SearchRun, fresh_init
 def random_mask(run: SearchRun) -> Found:
     """A random mask with the trunk ticket's number of weights in every layer, restarting from
     the same weights."""
-    mask = distributed.broadcast(masklib.random_like(load_mask(run.trunk),
-                                                     torch.Generator().manual_seed(run.seed)))
+    mask = distributed.broadcast(run.random_like(load_mask(run.trunk),
+                                                 torch.Generator().manual_seed(run.seed)))
     return Found(mask, tensorfile.load(run.trunk.file("rewind.safetensors")))
 
 

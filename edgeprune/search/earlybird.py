@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .. import distributed, masks as masklib, plots
 from ..epochs import EpochCheckpoint, run_epochs
-from .run import Found, SearchRun, weights
+from .run import Found, SearchRun
 
 
 class EarlyBird:
@@ -40,7 +40,7 @@ def find(run: SearchRun) -> Found:
     eb = EarlyBird(cfg.eb.q, cfg.eb.tau)
 
     def draw(progress: dict) -> bool:
-        mask = distributed.broadcast(run.prune(weights(model), cfg.sparsity))
+        mask = distributed.broadcast(run.prune(model.state_dict(), cfg.sparsity))
         eb.window.clear()
         eb.window.extend(progress["window"])
         dist = eb.push(mask)

@@ -12,7 +12,7 @@ from ..errors import UserError
 from ..stage_inputs import load_mask
 from ..epochs import EpochCheckpoint, run_epochs
 from ..training import evaluate
-from .run import Found, SearchRun, weights
+from .run import Found, SearchRun
 
 
 def round_sparsities(target: float, rate: float) -> list[float]:
@@ -35,30 +35,30 @@ def find(run: SearchRun) -> Found:
     an artifact of its own, so an interrupted search redoes only the missing rounds."""
     cfg = run.cfg
     schedule = round_sparsities(cfg.sparsity, cfg.imp.prune_rate)
-    w, mask, prev = weights(run.dense.model), None, run.dense.id
+    mask, prev = None, run.dense.id
     state = {k: v.detach().cpu() for k, v in run.dense.model.state_dict().items()}
     # The target is not part of a round's identity: searches to 89.9% and to 95.7% share their
     # first rounds (round r always sits at 1 - (1 - rate)^r).
     base = {"prune_rate": cfg.imp.prune_rate, "scope": cfg.scope,
+            **({"granularity": cfg.granularity} if cfg.granularity != "weight" else {}),
             "keep_dense": list(run.keep_dense),
             "train": resolved(cfg.train_config(cfg.round_epochs)), "timesteps": run.timesteps,
             "rewind_epoch": run.rewind_epoch, "data": run.data_id, **run.run.identity()}
     found = Found(mask={}, rewind=run.rewind_weights())
     for r, s in enumerate(schedule[:-1], start=1):
         config = {**base, "round": r, "sparsity": s}
-        round_mask = distributed.broadcast(run.prune(w, s, mask))
+        round_mask = distributed.broadcast(run.prune(state, s, mask))
         art, _ = run.store.run("round", config, [prev],
                                lambda job: _round(run, job, found.rewind, round_mask, r,
                                                   len(schedule)), collective=True)
         state = tensorfile.load(art.file("weights.safetensors"))
         mask = load_mask(art)
-        w = {n: state[n] for n in mask}
         found.seconds += art.metrics["seconds"]
         row = {"kind": "round", "round": r, "rounds": len(schedule), **art.metrics}
         found.log.append(row)
         run.report({"event": "round", **row})
         prev = art.id
-    found.mask = distributed.broadcast(run.prune(w, schedule[-1], mask))
+    found.mask = distributed.broadcast(run.prune(state, schedule[-1], mask))
     found.trained = state  # for learning-rate rewinding (retrain --init trained)
     found.log.append({"kind": "final-mask", "round": len(schedule),
                       "sparsity": masklib.sparsity(found.mask)})

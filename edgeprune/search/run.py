@@ -3,10 +3,13 @@ hands a method, and what the method hands back."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Callable
 
 import torch
 
-from .. import masks as masklib
+from .. import channels, masks as masklib, weight_uses
+from ..criteria import CRITERIA
 from ..artifacts import Artifact, Job, Store
 from ..config import RunConfig, SearchConfig
 from ..data import Dataset
@@ -45,11 +48,31 @@ class SearchRun:
     def device(self) -> str:
         return self.run.device
 
-    def prune(self, w: dict[str, torch.Tensor], sparsity: float,
+    def prune(self, state: dict[str, torch.Tensor], sparsity: float,
               current: masklib.Masks | None = None) -> masklib.Masks:
-        """A mask at `sparsity`, ranked by the configured criterion (--scope): every mask a
-        method or guard draws comes from here."""
-        return masklib.prune(w, sparsity, self.cfg.scope, current, self.keep_dense)
+        """A mask at `sparsity` for the network with weights `state` (a full state dict),
+        ranked by the configured criterion (--scope) at the configured granularity: every mask
+        a method or guard draws comes from here."""
+        stats = self.uses(state) if CRITERIA[self.cfg.scope].uses else None
+        return GRANULARITIES[self.cfg.granularity].prune(self, state, sparsity, current, stats)
+
+    def uses(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Each weight's uses per inference (edgeprune/weight_uses.py) for the network with
+        weights `state`, at the model's full T (the work of the deployed ticket), on a fixed
+        seeded sample of USES_IMAGES training images."""
+        g = torch.Generator().manual_seed(self.seed)
+        idx = torch.randperm(len(self.ds.y_train), generator=g)[:USES_IMAGES]
+        model = self.model_from(state)
+        return weight_uses.measure(model, self.ds.x_train[idx].to(self.device),
+                                   self.dense.spec.timesteps)
+
+    def random_like(self, mask: masklib.Masks, generator: torch.Generator) -> masklib.Masks:
+        """A random mask with `mask`'s count of weights (channels) kept in every layer."""
+        return GRANULARITIES[self.cfg.granularity].random(self, mask, generator)
+
+    @cached_property
+    def chain(self) -> list[channels.UnitLayer]:
+        return channels.chain(self.dense.model)
 
     def rewind_weights(self) -> dict[str, torch.Tensor]:
         """The weights a ticket restarts from: the dense run's snapshot at the rewind epoch, the
@@ -67,6 +90,34 @@ class SearchRun:
     def trainer(self, model, epochs: int, seed: int, masks=None) -> Trainer:
         return Trainer(model, self.ds, self.timesteps, self.cfg.train_config(epochs), seed,
                        self.run, masks)
+
+
+USES_IMAGES = 256  # training images the cost ranking measures each weight's uses on
+
+
+@dataclass(frozen=True)
+class Granularity:
+    """What a search prunes: single weights or whole channels (--granularity)."""
+
+    prune: Callable  # (run, state, sparsity, current, stats) -> mask
+    random: Callable  # (run, mask, generator) -> a random mask like it
+
+
+def _weight_mask(run: SearchRun, state, sparsity, current, stats):
+    w = {n: state[n] for n in prunable(run.dense.model)}
+    return masklib.prune(w, sparsity, run.cfg.scope, current, run.keep_dense, stats)
+
+
+def _channel_mask(run: SearchRun, state, sparsity, current, stats):
+    mask = channels.prune(state, sparsity, run.cfg.scope, run.chain, current, run.keep_dense,
+                          stats)
+    return {n: m.to(state[n].device) for n, m in mask.items()}
+
+
+GRANULARITIES: dict[str, Granularity] = {
+    "weight": Granularity(_weight_mask, lambda run, m, g: masklib.random_like(m, g)),
+    "channel": Granularity(_channel_mask, lambda run, m, g: channels.random_like(m, run.chain, g)),
+}
 
 
 @dataclass

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
-from .. import masks as masklib, tensorfile
+from .. import channels, masks as masklib, tensorfile
 from ..artifacts import Artifact, Job, Store
 from ..config import DataConfig, RunConfig, SearchConfig
 from ..data import Dataset
@@ -18,7 +18,7 @@ from ..stage_inputs import ModelInput, data_identity
 from ..models import prunable
 from ..train_stage import Report
 from . import earlytime, methods
-from .run import GIVEN, SearchRun, weights
+from .run import GIVEN, SearchRun
 
 
 def search(store: Store, dense: ModelInput, data: DataConfig, ds: Dataset, cfg: SearchConfig,
@@ -64,7 +64,8 @@ def search(store: Store, dense: ModelInput, data: DataConfig, ds: Dataset, cfg: 
                    "timesteps_search": state.timesteps,
                    "rewind_epoch": rewind_epoch,
                    "search_seconds": seconds, "dense_test_accuracy": dense.test_accuracy,
-                   "early_time": et_info, "trunk": trunk.id if trunk else None, **found.metrics}
+                   "early_time": et_info, "trunk": trunk.id if trunk else None,
+                   **_granularity_metrics(state, found.mask), **found.metrics}
         report({"event": "search-done", **metrics})
         tensorfile.save(job.dir / "mask.safetensors", found.mask)
         tensorfile.save(job.dir / "rewind.safetensors", found.rewind)
@@ -80,11 +81,22 @@ def search(store: Store, dense: ModelInput, data: DataConfig, ds: Dataset, cfg: 
                      collective=True)
 
 
+def _granularity_metrics(run: SearchRun, mask: masklib.Masks) -> dict:
+    """A channel ticket's channels kept per layer (nothing for weight tickets: their ids and
+    metrics stay as they were)."""
+    if run.cfg.granularity == "weight":
+        return {}
+    return {"granularity": run.cfg.granularity,
+            "channels": {u.weight: {"units": int(mask[u.weight].shape[0]),
+                                    "kept": int(channels.unit_mask(mask[u.weight]).sum())}
+                         for u in run.chain}}
+
+
 def check_reachable(run: SearchRun) -> None:
     """Degenerate targets stop here, before any work, judged on the dense weights with the
     criterion the search ranks by: a layer left without weights (the ranking raises, naming
     the largest sparsity that keeps every layer), or no path left from input to output."""
-    _check_connected(run.dense, run.prune(weights(run.dense.model), run.cfg.sparsity),
+    _check_connected(run.dense, run.prune(run.dense.model.state_dict(), run.cfg.sparsity),
                      run.cfg.sparsity)
 
 
