@@ -303,6 +303,10 @@ class SearchConfig(Schedule):
     scope: str = option("lamp", criteria.help_text())
     keep_first: bool = option(False, "Keep the first conv layer dense.")
     keep_last: bool = option(False, "Keep the classifier layer dense.")
+    cost_exponent: float = option(0.5, "--scope cost: LAMP divided by (uses per inference) "
+                                  "to this power; 1 is score per use, which on the digits "
+                                  "convnet gave the classifier nearly every weight and emptied "
+                                  "the stem (its weights are used ~10,000x as often).")
     granularity: str = option("weight", "weight: prune single weights; channel: whole output "
                               "channels and neurons (ranked by the BatchNorm gamma after them, "
                               "else the L1 norm of their weights) with the weights reading "
@@ -323,6 +327,8 @@ class SearchConfig(Schedule):
         _check(self.scope in criteria.NAMES,
                f"unknown scope {self.scope!r}: choose {', '.join(criteria.NAMES)}")
         check_choice("granularity", self.granularity, GRANULARITIES)
+        _check(_number(self.cost_exponent) and 0 < self.cost_exponent <= 4,
+               f"--cost-exponent must be in (0, 4], got {self.cost_exponent!r}")
 
     @property
     def early_time(self) -> bool:
@@ -348,7 +354,7 @@ class SearchConfig(Schedule):
 
 # fields added to SearchConfig after its ids were first hashed -> the default that reproduces
 # the behaviour before them (left out of to_dict at that value)
-SINCE = {"granularity": "weight"}
+SINCE = {"granularity": "weight", "cost_exponent": 0.5}
 
 
 def _at(obj, path: tuple[str, ...]):

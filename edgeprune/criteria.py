@@ -4,8 +4,9 @@ A criterion's `score(weights, alive, stats=None)` takes the prunable layers' wei
 alive masks ({layer: tensor}) and returns a score per weight ({layer: float tensor of the
 weight's shape}): the lowest scores are pruned first. `stats` is reserved for data-driven
 rankings (per-layer measurements such as how often a weight's input spikes); the weight-only
-criteria ignore it; a criterion that reads it says so (`uses`: stats are {layer: uses per
-inference of each weight, edgeprune/weight_uses.py}). `per_layer` criteria rank inside each layer, so every layer loses the same
+criteria ignore it; a criterion that reads it says so (`uses`: stats are {layer: each
+weight's work, its uses per inference (edgeprune/weight_uses.py) to the power
+--cost-exponent}). `per_layer` criteria rank inside each layer, so every layer loses the same
 fraction; the others rank all layers together. Every caller (the search methods, Early-Bird's
 masks, the pre-search guards) ranks through `edgeprune.masks.prune` with the configured name,
 so a guard judges with the ranking the search will use.
@@ -56,10 +57,10 @@ def lamp_layer(w: Tensor, alive: Tensor) -> Tensor:
 
 
 def cost(weights: dict, alive: dict, stats: dict | None = None) -> dict:
-    """LAMP per unit of work: a weight's LAMP score divided by how often it is used per
-    inference (output positions x T x its input's activity), so the sparsity goes where the
-    work is: a stem weight used at every pixel must be worth hundreds of times more than a
-    classifier weight fed by a sparse spike train to be kept."""
+    """LAMP per unit of work: a weight's LAMP score divided by its work, how often it is used
+    per inference (output positions x T x its input's activity) to the power --cost-exponent,
+    so the sparsity goes where the work is: a stem weight used at every pixel must be worth
+    more than a classifier weight fed by a sparse spike train to be kept."""
     if stats is None:
         raise ValueError("the cost ranking needs each weight's uses (edgeprune.weight_uses)")
     return {n: s / stats[n].to(s.device, s.dtype) for n, s in lamp(weights, alive).items()}
@@ -71,8 +72,8 @@ CRITERIA: dict[str, Criterion] = {c.name: c for c in (
     Criterion("layer", "magnitude inside each layer: every layer pruned alike", magnitude,
               per_layer=True),
     Criterion("cost", "LAMP divided by each weight's uses per inference (output positions x T "
-              "x its input's spike rate), measured on training images: prunes where the work "
-              "is", cost, uses=True),
+              "x its input's spike rate, measured on training images) to the power "
+              "--cost-exponent: prunes where the work is", cost, uses=True),
 )}
 NAMES = tuple(CRITERIA)
 

@@ -2,16 +2,16 @@
 `--scope cost` (edgeprune/criteria.py) divides a weight's score by.
 
 A weight w[o, i, k] is used once for every (timestep, output position) at which the input it
-reads (channel i, at tap k of that output's window) is active: a spike (non-zero) when the
-layer's input holds only 0 and 1, every value when it is analog (the image under direct
-encoding, a pooled average), which a dense multiply-add reads whether or not it is zero. So a
-conv weight's uses are output positions x T x its input channel's activity, counted exactly at
-the borders of a padded conv (a tap that falls on padding reads nothing). Counted as what the
-model runs: under direct encoding the stem sees the image once, so its weights are used once
-per inference, not T times.
+reads (channel i, at tap k of that output's window) is non-zero: a spike, a non-zero pooled
+average of spikes, or a pixel of the normalized image (analog, so nearly always): the
+(weight, input) pairs NeuroBench's effective SynOps count (export/cost.py), attributed to each
+weight. So a conv weight's uses are output positions x T x its input channel's activity,
+counted exactly at the borders of a padded conv (a tap that falls on padding reads nothing).
+Counted as what the model runs: under direct encoding the stem sees the image once, so its
+weights are used once per inference, not T times.
 
 The count is the gradient, with respect to an all-ones weight, of the layer's summed output
-on the 0/1 activity map (d/dw[o,i,k] of the sum over outputs = the number of active inputs at
+on the 0/1 map of non-zero inputs (d/dw[o,i,k] of the sum over outputs = the number of active inputs at
 that tap), which holds for every conv and linear layer, strided, padded or grouped.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ from .models import PRUNABLE, prunable
 
 
 def _uses(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    active = (x != 0).float() if bool(torch.all((x == 0) | (x == 1))) else torch.ones_like(x)
+    active = (x != 0).float()
     ones = torch.ones_like(layer.weight, dtype=torch.float32, requires_grad=True)
     with torch.enable_grad():
         y = F.linear(active, ones) if isinstance(layer, nn.Linear) else \

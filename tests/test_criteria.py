@@ -116,7 +116,7 @@ def test_the_pre_search_guard_refuses_exactly_above_the_search_criterions_limit(
     total = sum(v.numel() for v in w.values())
     run = _run(model, SearchConfig(scope=criterion), tmp_path)
     # the stats the search measures itself (on the training images), for the same weights
-    stats = run.uses(model[1].state_dict()) if CRITERIA[criterion].uses else None
+    stats = run.work(model[1].state_dict()) if CRITERIA[criterion].uses else None
     n = round(masklib.alive_limit(w, criterion, stats=stats) * total)
     try:  # at the limit no layer is empty (a cut path is another guard's refusal)
         check_reachable(_run(model, SearchConfig(scope=criterion, sparsity=n / total), tmp_path))

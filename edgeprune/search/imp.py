@@ -41,6 +41,7 @@ def find(run: SearchRun) -> Found:
     # first rounds (round r always sits at 1 - (1 - rate)^r).
     base = {"prune_rate": cfg.imp.prune_rate, "scope": cfg.scope,
             **({"granularity": cfg.granularity} if cfg.granularity != "weight" else {}),
+            **({"cost_exponent": cfg.cost_exponent} if cfg.scope == "cost" else {}),
             "keep_dense": list(run.keep_dense),
             "train": resolved(cfg.train_config(cfg.round_epochs)), "timesteps": run.timesteps,
             "rewind_epoch": run.rewind_epoch, "data": run.data_id, **run.run.identity()}

@@ -53,8 +53,12 @@ class SearchRun:
         """A mask at `sparsity` for the network with weights `state` (a full state dict),
         ranked by the configured criterion (--scope) at the configured granularity: every mask
         a method or guard draws comes from here."""
-        stats = self.uses(state) if CRITERIA[self.cfg.scope].uses else None
+        stats = self.work(state) if CRITERIA[self.cfg.scope].uses else None
         return GRANULARITIES[self.cfg.granularity].prune(self, state, sparsity, current, stats)
+
+    def work(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """What the cost ranking divides by: each weight's uses to the power --cost-exponent."""
+        return {n: u ** self.cfg.cost_exponent for n, u in self.uses(state).items()}
 
     def uses(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Each weight's uses per inference (edgeprune/weight_uses.py) for the network with
