@@ -48,10 +48,10 @@ RUNS, WARMUP = 300, 50  # timed single-image inferences per model and runtime
 SETUPS = {
     "digits": {
         "data": DataConfig("digits", val_fraction=0.2),
-        "model": ModelConfig(arch="convnet"),
-        "train": TrainConfig(epochs=20),
-        "round_epochs": 2, "retrain": RetrainConfig(epochs=8),
-        "weight_sparsities": (0.9, 0.97), "channel_sparsities": (0.5, 0.7, 0.8, 0.9),
+        "model": ModelConfig(arch="convnet", width=1.0),
+        "train": TrainConfig(epochs=8),
+        "round_epochs": 1, "retrain": RetrainConfig(epochs=3),
+        "weight_sparsities": (0.9, 0.97), "channel_sparsities": (0.5, 0.7, 0.9),
     },
     "fashion": {
         "data": DataConfig("fashion-mnist", train_subset=6000, val_fraction=0.2),
@@ -62,9 +62,10 @@ SETUPS = {
     },
 }
 # (label, scope, granularity, cost exponent)
-CONFIGS = (("global", "global", "weight", 0.5), ("lamp", "lamp", "weight", 0.5),
-           ("cost-1", "cost", "weight", 1.0), ("cost-0.5", "cost", "weight", 0.5),
-           ("cost-0.25", "cost", "weight", 0.25), ("channel-lamp", "lamp", "channel", 0.5),
+# (in the order they run: the most telling first, so a run cut short still says something)
+CONFIGS = (("lamp", "lamp", "weight", 0.5), ("cost-0.5", "cost", "weight", 0.5),
+           ("channel-lamp", "lamp", "channel", 0.5), ("global", "global", "weight", 0.5),
+           ("cost-1", "cost", "weight", 1.0), ("cost-0.25", "cost", "weight", 0.25),
            ("channel-cost-0.5", "cost", "channel", 0.5))
 
 
@@ -115,9 +116,17 @@ def measure(store: Store, model_pt: Path, x_val: torch.Tensor) -> dict:
             "synops": synops(model_pt, x_val), "onnx_layers": layers}
 
 
-def run(data: str, store: Store, seeds: list[int]) -> dict:
+def run(data: str, store: Store, seeds: list[int], save=lambda out: None) -> dict:
     s = SETUPS[data]
     rows = []
+
+    def result() -> dict:
+        return {"data": data, "machine": describe(), "runs": RUNS, "warmup": WARMUP,
+                "setup": {k: (dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v)
+                          for k, v in s.items()},
+                "rows": rows, "command": f"python benchmarks/device_tickets.py --data {data} "
+                                         f"--seeds {','.join(map(str, seeds))}"}
+
     for seed in seeds:
         kw = {"run": RunConfig(seed=seed)}
         dense, _ = pipeline.train(store, s["data"], s["model"], s["train"], **kw)
@@ -140,6 +149,7 @@ def run(data: str, store: Store, seeds: list[int]) -> dict:
                     log(f"{label} {sp}: refused: {e}")
                     rows.append({"config": label, "seed": seed, "target": sp,
                                  "refused": str(e)})
+                    save(result())
                     continue
                 ticket, _ = pipeline.retrain(store, dpt, mask.path, s["retrain"], s["data"], **kw)
                 m = measure(store, ticket.path / "model.pt", x_val)
@@ -150,14 +160,11 @@ def run(data: str, store: Store, seeds: list[int]) -> dict:
                        "val_accuracy": ticket.metrics.get("val_accuracy"),
                        "seconds": time.perf_counter() - t0, **m}
                 rows.append(row)
+                save(result())
                 log(f"{data} {label} {sp}: val {row['val_accuracy']} sparsity "
                     f"{row['sparsity']:.4f} C {row['c_p50_ms']} ORT {row['ort_p50_ms']:.4f} "
                     f"effSynOps {row['synops']['effective_synops']:.0f}")
-    return {"data": data, "machine": describe(), "runs": RUNS, "warmup": WARMUP,
-            "setup": {k: (dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v)
-                      for k, v in s.items()},
-            "rows": rows, "command": f"python benchmarks/device_tickets.py --data {data} "
-                                     f"--seeds {','.join(map(str, seeds))}"}
+    return result()
 
 
 def ratios(out: dict) -> list[dict]:
@@ -249,8 +256,11 @@ def main() -> None:
     if args.report_only:
         out = json.loads(js.read_text())
     else:
-        out = run(args.data, Store(args.store), [int(s) for s in args.seeds.split(",")])
-        js.write_text(json.dumps(out, indent=2, default=str) + "\n")
+        def save(out: dict) -> None:  # after every ticket: a run cut short keeps its rows
+            js.write_text(json.dumps(out, indent=2, default=str) + "\n")
+
+        out = run(args.data, Store(args.store), [int(s) for s in args.seeds.split(",")], save)
+        save(out)
     (OUT / f"{args.data}.md").write_text(markdown(out))
     plot(out, OUT / f"{args.data}-pareto.png")
     log(f"wrote {OUT / (args.data + '.md')}")

@@ -201,7 +201,8 @@ def test_channel_search_reports_its_channels_and_random_keeps_their_count(dense_
     assert m["granularity"] == "channel" and abs(m["sparsity"] - 0.6) < 0.05
     mask = _mask(art)
     for name, c in m["channels"].items():
-        assert c["kept"] == int(channels.unit_mask(mask[name]).sum()) < c["units"]
+        assert 0 < c["kept"] == int(channels.unit_mask(mask[name]).sum()) <= c["units"]
+    assert any(c["kept"] < c["units"] for c in m["channels"].values())
     rnd, _ = search(store, dense, dcfg, ds, SearchConfig(
         method="random", sparsity=0.6, granularity="channel", round_epochs=1,
         imp=ImpSettings(0.5)), trunk=art)
@@ -226,7 +227,8 @@ def test_a_channel_ticket_compacts_exactly_into_smaller_layers(dense_tiny, chann
     kept = {n: c["kept"] for n, c in art.metrics["channels"].items()}
     shapes = {l["name"] + ".weight": l for l in comp.summary()["layers"]}
     for name, k in kept.items():  # every layer runs exactly its kept channels
-        assert shapes[name]["shape_after"][0] == k < shapes[name]["shape_before"][0]
+        assert shapes[name]["shape_after"][0] == k
+    assert any(shapes[n]["shape_after"][0] < shapes[n]["shape_before"][0] for n in kept)
     # and the exported ONNX runs the smaller layers on ONNX Runtime with the same logits
     exp, _ = pipeline.export(store, ticket.path / "model.pt")
     layers = exp.metrics["compaction"]["layers"]
