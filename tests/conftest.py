@@ -66,6 +66,22 @@ def digits_model(tmp_path_factory):
     return art
 
 
+def small_dense(root: Path, epochs: int):
+    """A small dense digits convnet (400 images, width 0.5, T=4) trained through the real train
+    stage, in a store at `root`: (store, model input, data config, dataset)."""
+    import pipeline
+    from edgeprune import stage_inputs
+    from edgeprune.artifacts import Store
+    from edgeprune.config import DataConfig, ModelConfig, TrainConfig
+
+    store = Store(root)
+    art, _ = pipeline.train(store, DataConfig("digits", 400), ModelConfig(width=0.5, timesteps=4),
+                            TrainConfig(epochs=epochs))
+    dense = stage_inputs.open_model(art.path)
+    cfg, ds = stage_inputs.dataset_for(dense, DataConfig())
+    return store, dense, cfg, ds
+
+
 def _version(pkg: str) -> str:
     from importlib import metadata
 

@@ -1,7 +1,6 @@
 """Device-aware tickets: `--scope cost` (weights ranked per use, edgeprune/weight_uses.py) and
 `--granularity channel` (edgeprune/channels.py): uses counted by hand, exact sparsity for every
 method family, channel masks' semantics and guard, and exact compaction of a channel ticket."""
-import json
 
 import numpy as np
 import pytest
@@ -9,16 +8,14 @@ import torch
 from torch import nn
 
 import pipeline
-from edgeprune import channels, masks as masklib, stage_inputs, tensorfile, weight_uses
-from edgeprune.artifacts import Store
-from edgeprune.config import (DataConfig, EarlyBirdSettings, ImpSettings, ModelConfig,
-                              RetrainConfig, SearchConfig, TrainConfig)
+from edgeprune import channels, masks as masklib, tensorfile, weight_uses
+from edgeprune.config import EarlyBirdSettings, ImpSettings, RetrainConfig, SearchConfig
 from edgeprune.criteria import CRITERIA, NAMES
 from edgeprune.errors import UserError
 from edgeprune.models import ModelSpec, prunable
 from edgeprune.search.search_stage import search
 
-from .conftest import run_cli
+from .conftest import run_cli, small_dense
 
 
 # -- uses per inference, by hand -------------------------------------------------------------
@@ -81,12 +78,7 @@ def test_uses_of_a_real_convnet_follow_what_it_runs():
 
 @pytest.fixture(scope="module")
 def dense_tiny(tmp_path_factory):
-    store = Store(tmp_path_factory.mktemp("devtickets"))
-    art, _ = pipeline.train(store, DataConfig("digits", 400), ModelConfig(width=0.5, timesteps=4),
-                            TrainConfig(epochs=4))
-    dense = stage_inputs.open_model(art.path)
-    cfg, ds = stage_inputs.dataset_for(dense, DataConfig())
-    return store, dense, cfg, ds
+    return small_dense(tmp_path_factory.mktemp("devtickets"), epochs=4)
 
 
 def _mask(art):

@@ -19,7 +19,7 @@ from edgeprune.search.imp import round_sparsities
 from edgeprune.search.search_stage import search
 from edgeprune.training import Trainer
 
-from .conftest import run_cli
+from .conftest import run_cli, small_dense
 
 
 # -- masks -----------------------------------------------------------------------------------
@@ -176,12 +176,7 @@ def test_early_time_picks_smallest_candidate_under_lambda():
 
 @pytest.fixture(scope="module")
 def dense_small(tmp_path_factory):
-    store = Store(tmp_path_factory.mktemp("search"))
-    art, _ = pipeline.train(store, DataConfig("digits", 400), ModelConfig(width=0.5, timesteps=4),
-                            TrainConfig(epochs=6))
-    dense = stage_inputs.open_model(art.path)
-    cfg, ds = stage_inputs.dataset_for(dense, DataConfig())
-    return store, dense, cfg, ds
+    return small_dense(tmp_path_factory.mktemp("search"), epochs=6)
 
 
 def test_imp_rounds_sparsity_rewind_and_resume(dense_small):
