@@ -304,9 +304,9 @@ class SearchConfig(Schedule):
     keep_first: bool = option(False, "Keep the first conv layer dense.")
     keep_last: bool = option(False, "Keep the classifier layer dense.")
     cost_exponent: float = option(0.5, "--scope cost: LAMP divided by (uses per inference) "
-                                  "to this power; 1 is score per use, which on the digits "
-                                  "convnet gave the classifier nearly every weight and emptied "
-                                  "the stem (its weights are used ~10,000x as often).")
+                                  "to this power; 1 is score per use, which on a width-0.5 "
+                                  "digits convnet gave the classifier nearly every weight and "
+                                  "emptied the stem (its weights are used ~10,000x as often).")
     granularity: str = option("weight", "weight: prune single weights; channel: whole output "
                               "channels and neurons (ranked by the BatchNorm gamma after them, "
                               "else the L1 norm of their weights) with the weights reading "
