@@ -127,6 +127,31 @@ def test_the_pre_search_guard_refuses_exactly_above_the_search_criterions_limit(
                              tmp_path))
 
 
+@pytest.mark.parametrize("criterion", NAMES)
+def test_the_channel_guard_refuses_exactly_past_the_last_unit_of_a_layer(criterion, tmp_path):
+    """--granularity channel: the guard names the sparsity of the longest prefix of the units'
+    pruning order that keeps a unit in every layer; a search there passes it, the next unit
+    is refused (judged with the search's own ranking and measured uses)."""
+    from edgeprune import channels
+
+    torch.manual_seed(0)
+    spec = ModelSpec(input_shape=(1, 8, 8))
+    model = (spec, spec.build())
+    cfg = SearchConfig(scope=criterion, granularity="channel")
+    run = _run(model, cfg, tmp_path)
+    state = model[1].state_dict()
+    stats = run.work(state) if CRITERIA[criterion].uses else None
+    order = channels._Order(state, run.chain, criterion, None, (), stats)
+    limit = order.limit()
+    try:
+        check_reachable(_run(model, replace(cfg, sparsity=limit), tmp_path))
+    except UserError as e:
+        assert "no input reaches the output" in str(e), e
+    past = (order.removed[order.last] + order.removed[order.last + 1]) / 2 + 1
+    with pytest.raises(UserError, match=f"no channel; .* is {limit:.6g}"):
+        check_reachable(_run(model, replace(cfg, sparsity=past / order.total), tmp_path))
+
+
 NORSE_NET = textwrap.dedent("""
     import torch
     from torch import nn
