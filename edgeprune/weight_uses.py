@@ -11,8 +11,9 @@ Counted as what the model runs: under direct encoding the stem sees the image on
 weights are used once per inference, not T times.
 
 The count is the gradient, with respect to an all-ones weight, of the layer's summed output
-on the 0/1 map of non-zero inputs (d/dw[o,i,k] of the sum over outputs = the number of active inputs at
-that tap), which holds for every conv and linear layer, strided, padded or grouped.
+on the 0/1 map of non-zero inputs (d/dw[o,i,k] of the sum over outputs is the number of
+non-zero inputs at that tap), which holds for every conv and linear layer, strided, padded or
+grouped.
 """
 from __future__ import annotations
 

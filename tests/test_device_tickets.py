@@ -239,7 +239,8 @@ def test_a_channel_ticket_compacts_exactly_into_smaller_layers(dense_tiny, chann
 
 def test_the_cli_refuses_bad_granularity_and_scope_in_one_line(dense_tiny, tmp_path):
     _, dense, _, _ = dense_tiny
-    for flag, value in (("--granularity", "filter"), ("--scope", "work")):
+    for flag, value in (("--granularity", "filter"), ("--scope", "work"),
+                        ("--cost-exponent", "0")):
         r = run_cli("search", dense.path / "model.pt", flag, value, "--out", tmp_path)
         assert r.returncode == 2, r.stderr
         line = r.stderr.strip()
