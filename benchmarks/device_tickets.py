@@ -211,8 +211,12 @@ def markdown(out: dict) -> str:
                      f"{r['ort_vs_dense_ort']:.3f} | {r['synops_vs_dense']:.4f} | {shapes} |")
     refused = [r for r in out["rows"] if "refused" in r]
     if refused:
-        lines += ["", "Refused before any work (the guard's line):", ""]
+        lines += ["", "Refused (the guard's one line; the CLI exits 2):", ""]
         lines += [f"- {r['config']} at {r['target']}: {r['refused']}" for r in refused]
+    ran = {r["config"] for r in out["rows"]}
+    missing = [label for label, *_ in CONFIGS if label not in ran]
+    if missing:
+        lines += ["", f"Not run (the run was stopped before them): {', '.join(missing)}."]
     lines += ["", f"Plot: [{out['data']}-pareto.png]({out['data']}-pareto.png)", ""]
     return "\n".join(lines) + "\n"
 
