@@ -15,7 +15,8 @@ from .conftest import requires_cc, run_cli
 # the quickest compress there is: a tiny ticket of a barely trained net (mechanics, not accuracy)
 QUICK = ("compress", "--data", "digits", "--width", "1", "--train-subset", "200", "--epochs", "2",
          "--method", "imp", "--sparsity", "0.5", "--prune-rate", "0.5", "--retrain-epochs", "1",
-         "--latency-budget-ms", "10000")
+         "--latency-budget-ms", "10000", "--no-int8", "--no-nir", "--probe", "64",
+         "--limit", "64")
 ENV = {"OMP_NUM_THREADS": "1"}
 
 
@@ -105,8 +106,8 @@ def test_a_default_c_target_the_export_cannot_feed_is_left_out_saying_why(tmp_pa
     C target is dropped with one line instead of failing the run (a named one exits 2)."""
     import pipeline
     from edgeprune.artifacts import Store
-    from edgeprune.config import (DataConfig, ImpSettings, ModelConfig, RetrainConfig,
-                                  SearchConfig, TrainConfig, ValidateConfig)
+    from edgeprune.config import (DataConfig, ExportConfig, ImpSettings, ModelConfig,
+                                  RetrainConfig, SearchConfig, TrainConfig, ValidateConfig)
 
     seen = []
     plan = pipeline.Plan(data=DataConfig("digits", train_subset=200),
@@ -115,8 +116,9 @@ def test_a_default_c_target_the_export_cannot_feed_is_left_out_saying_why(tmp_pa
                          search=SearchConfig(method="imp", sparsity=0.5, imp=ImpSettings(0.5),
                                              round_epochs=1),
                          retrain=RetrainConfig(epochs=1),
-                         validate=ValidateConfig(latency_budget_ms=10000.0,
-                                                 max_accuracy_drop=100.0))
+                         export=ExportConfig(int8=False, nir=False, probe=32),
+                         validate=ValidateConfig(latency_budget_ms=10000.0, limit=32,
+                                                 dense=False))
     result = pipeline.compress(Store(tmp_path), plan, report=seen.append)
     assert result.artifacts["export"].metrics["c_runtime"].startswith("skipped")
     assert result.artifacts["validate"].metrics["targets"] == ["x86_64"]
