@@ -223,7 +223,7 @@ def _profiles(cfg: ValidateConfig) -> list:
     emulator) that is not installed."""
     from targets import profiles as profiles_mod
 
-    profs = profiles_mod.load_many(cfg.target or ORT_TARGET)
+    profs = profiles_mod.load_many(ORT_TARGET if cfg.target is None else cfg.target)
     if cfg.latency_budget_ms is not None:
         profs = [p.with_latency_budget(cfg.latency_budget_ms) for p in profs]
     profs = [p.with_dense_gates(cfg.min_speedup, cfg.max_accuracy_drop) for p in profs]
