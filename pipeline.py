@@ -196,12 +196,34 @@ def _trained_on(model_pt: Path | None) -> str | None:
 C_FILES = ("model.h", "model.c", "model_weights.c", "runner.c")
 
 
+ORT_TARGET = "x86_64"  # `validate`'s default target, and the first of compress's
+C_TARGET = "c-x86_64"  # added to compress's default where this host compiles for it
+
+
+def default_targets() -> tuple[str, str | None]:
+    """compress's targets when none are named, and why the C runtime is not among them (None
+    when it is): ONNX Runtime, and the C runtime wherever a C compiler for it is found, so the
+    summary shows what the sparsity buys on this CPU."""
+    from targets import profiles as profiles_mod, tools
+
+    isa = profiles_mod.load(C_TARGET).isa
+    tool = tools.compiler_for(isa)
+    if tool is not None and tool.find():
+        return f"{ORT_TARGET},{C_TARGET}", None
+    fix = (f"install one with `apt-get install {tool.package}`" if tool is not None
+           else f"it needs an {isa} host")
+    what = f"no C compiler ({', '.join(tool.names)}) found" if tool is not None else \
+        f"this {tools.host_isa()} host cannot build {isa} code"
+    return ORT_TARGET, f"{what} for the C runtime target {C_TARGET}; {fix}"
+
+
 def _profiles(cfg: ValidateConfig) -> list:
-    """The target profiles `cfg` names, with its overrides; refused before any work when one is
-    bad or needs a tool (compiler, cross compiler, emulator) that is not installed."""
+    """The target profiles `cfg` names (`validate`'s default when none), with its overrides;
+    refused before any work when one is bad or needs a tool (compiler, cross compiler,
+    emulator) that is not installed."""
     from targets import profiles as profiles_mod
 
-    profs = profiles_mod.load_many(cfg.target)
+    profs = profiles_mod.load_many(ORT_TARGET if cfg.target is None else cfg.target)
     if cfg.latency_budget_ms is not None:
         profs = [p.with_latency_budget(cfg.latency_budget_ms) for p in profs]
     profs = [p.with_dense_gates(cfg.min_speedup, cfg.max_accuracy_drop) for p in profs]
@@ -400,6 +422,7 @@ class Compressed:
 
     artifacts: dict[str, Artifact] = field(default_factory=dict)
     cached: dict[str, bool] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # lines the user must see (also reported)
 
     def add(self, name: str, result: tuple[Artifact, bool]) -> Artifact:
         self.artifacts[name], self.cached[name] = result
@@ -414,7 +437,21 @@ def compress(store: Store, plan: Plan, model: Path | None = None, *,
     model (`model_def` + `state_dict`) or a NIR file (`model` ending in .nir) is imported
     first, and with neither a dense model is trained on `plan.data`. A failed gate raises GateFailed after the report is stored."""
     out = Compressed()
-    profs = _profiles(plan.validate)  # a bad profile or a missing compiler: refused before training
+
+    def note(text: str) -> None:
+        out.notes.append(text)
+        report({"event": "note", "text": text})
+
+    vcfg = plan.validate
+    if vcfg.target is None:  # the default targets; a named --target is always obeyed
+        targets, why = ((ORT_TARGET, None) if plan.export.c_runtime is False
+                        else default_targets())
+        vcfg = replace(vcfg, target=targets)
+        if why:
+            from targets.tools import SEE_DOCTOR
+
+            note(f"validating on ONNX Runtime only: {why} {SEE_DOCTOR}")
+    profs = _profiles(vcfg)  # a bad profile or a missing compiler: refused before training
     device(plan.run)
     if is_nir(model) and not (model_def or state_dict):
         model, state_dict = None, model  # a NIR file is imported first, like a model from code
@@ -441,6 +478,14 @@ def compress(store: Store, plan: Plan, model: Path | None = None, *,
     ticket = out.add("retrain", retrain(store, model, mask.path, plan.retrain, plan.data,
                                         plan.run, report))
     onnx = out.add("export", export(store, ticket.path / "model.pt", plan.export, report))
+    if plan.validate.target is None and _c_sources(onnx) is None and \
+            any(p.kind == "c" for p in profs):
+        # a default C target the export could not write the C runtime for is left out, saying
+        # why (a named one is refused by validation, exit 2)
+        vcfg = replace(vcfg, target=ORT_TARGET)
+        profs = _profiles(vcfg)
+        note(f"validating on ONNX Runtime only: the C runtime was not written for this model "
+             f"({onnx.metrics.get('c_runtime')})")
     data_name = ticket.config["data"]["name"]
     dense = None
     if plan.validate.dense:  # the dense model measured beside the ticket: a chain step of its own
@@ -448,7 +493,7 @@ def compress(store: Store, plan: Plan, model: Path | None = None, *,
         if dense.artifact is not None:
             out.add("dense-export", (dense.artifact, dense.cached))
     try:
-        val = out.add("validate", validate(store, onnx.path / "model.onnx", plan.validate,
+        val = out.add("validate", validate(store, onnx.path / "model.onnx", vcfg,
                                            against=ticket.path / "model.pt",
                                            data=DataConfig(data_name), dense=dense,
                                            report=report))

@@ -10,6 +10,7 @@ import os
 import platform
 from importlib import metadata
 
+import pipeline
 from edgeprune import data_sources
 from targets import emulation, profiles, tools
 
@@ -38,7 +39,14 @@ def check() -> dict:
             "frameworks": {n: _version(n) for n in FRAMEWORKS},
             "gpu": _gpu(),
             "targets": [_target(n) for n in profiles.builtin_names()],
+            "compress_targets": _compress_targets(),
             "datasets": data_sources.builtin()}
+
+
+def _compress_targets() -> dict:
+    """What `compress` validates on here when no --target is given, and why not more."""
+    targets, why = pipeline.default_targets()
+    return {"targets": targets.split(","), "note": why}
 
 
 def _version(dist: str) -> str | None:
@@ -100,6 +108,9 @@ def _lines(r: dict) -> list[str]:
         lines.append(f"  {t['name']:<20} {t['runtime']:<12} {how}")
         lines += [f"      {x}" for x in (t["install"] and f"install: {t['install']}",
                                           t["note"]) if x]
+    c = r["compress_targets"]
+    lines += ["", f"compress's default targets: {', '.join(c['targets'])}"]
+    lines += [f"      {c['note']}"] if c["note"] else []
     lines += ["", "datasets:"]
     for d in r["datasets"]:
         state = {True: "found", False: "NOT found", None: "given by path"}[d["found"]]

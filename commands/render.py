@@ -24,12 +24,28 @@ def progress(quiet: bool):
     """A report function for the pipeline's events: a rich progress display on stderr, one
     bar per stage, or nothing for --json / non-terminals / ranks other than 0 under torchrun."""
     if quiet or not err.is_terminal or not distributed.world().main:
-        yield lambda e: None
+        yield _notes_only
         return
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=err,
                   transient=False) as p:
         yield _Reporter(p)
+
+
+def note(text: str) -> None:
+    """A line the user must see whatever the output mode (a default that changed, and why):
+    one line on stderr, never wrapped; rank 0 alone speaks."""
+    if distributed.world().main:
+        print(_note_line(text), file=sys.stderr, flush=True)
+
+
+def _note_line(text: str) -> str:
+    return f"edgeprune: {' '.join(str(text).split())}"
+
+
+def _notes_only(e: dict) -> None:
+    if e.get("event") == "note":
+        note(e["text"])
 
 
 class _Reporter:
@@ -42,6 +58,10 @@ class _Reporter:
             total = e.get("epochs")
             self.task = p.add_task(e["stage"] + (f" {e['method']}" if "method" in e else ""),
                                    total=total, info="")
+            return
+        if ev == "note":  # printed through the live display, so its bars stay intact
+            p.console.print(_note_line(e["text"]), soft_wrap=True, markup=False,
+                            highlight=False)
             return
         if ev == "message":
             p.console.print(f"[dim]{e['text']}[/dim]", highlight=False)

@@ -98,6 +98,26 @@ def compression_table(rows: list[dict], report: dict):
     return t
 
 
+RUNTIME_NAMES = {"onnxruntime": "ONNX Runtime", "c": "C runtime"}
+
+
+def deploy_table(vs: dict, cost: dict | None):
+    """The headline: the ticket on each runtime of this CPU against the dense model on ONNX
+    Runtime (the dense ONNX file a user starts from), measured in the same validation run,
+    with the cost model's effective-SynOps ratio: fits 80 columns."""
+    rows = [[r["model"], f"{RUNTIME_NAMES.get(r['runtime'], r['runtime'])} ({r['target']})",
+             render.pct(r["accuracy"]), _ratio(r["size_ratio"]), f"{r['p50_ms']:.3g}",
+             "n/a" if r["speedup"] is None else f"{r['speedup']:.2f}x"] for r in vs["rows"]]
+    t = render.columns(f"speed-up vs dense ONNX Runtime ({vs['dense_target']}, p50 "
+                       f"{vs['dense_p50_ms']:.3g} ms), same run",
+                       ["model", "runtime (target)", "acc", "size", "p50 ms", "speed-up"], rows)
+    synops = ((cost or {}).get("ratio_vs_dense") or {}).get("effective_synops")
+    t.caption = ("effective SynOps: " + ("not counted" if synops is None else
+                                         f"{_ratio(synops)} of dense")
+                 + f"; batch {vs['batch_size']}")
+    return t
+
+
 def cost_table(cost: dict):
     """The cost model per inference (export/cost.py): dense, ticket, and their ratio."""
     cols = ("effective_synops", "effective_acs", "effective_macs")
@@ -191,6 +211,8 @@ def compress(
     report_ = json.loads(arts["validate"].file("report.json").read_text())
     summary["dense_vs_ticket"] = report_mod.dense_vs_ticket(report_)
     summary["cost"] = report_.get("cost")  # None: a loose model file or an older export
+    summary["vs_dense_onnxruntime"] = report_mod.vs_dense_onnxruntime(report_)
+    summary["notes"] = result.notes
     render.emit(as_json, {"stage": "compress", "summary": summary, "artifacts": paths,
                           "ids": {k: a.id for k, a in arts.items()},
                           "cached": result.cached},
@@ -199,6 +221,8 @@ def compress(
         render.out.print(compression_table(summary["dense_vs_ticket"], report_))
         if summary["cost"]:
             render.out.print(cost_table(summary["cost"]))
+        if summary["vs_dense_onnxruntime"]:
+            render.out.print(deploy_table(summary["vs_dense_onnxruntime"], summary["cost"]))
         for k, v in paths.items():
             render.out.print(f"{k}: {v}")
     if failed is not None:

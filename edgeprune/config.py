@@ -440,9 +440,13 @@ class ExportConfig:
 
 @dataclass(frozen=True)
 class ValidateConfig:
-    target: str = option("x86_64", "Target profiles, comma-separated: names in targets/profiles "
-                         "(ONNX Runtime: x86_64, arm64-cortex-a72, arm64-neoverse-n1; the sparse "
-                         "C runtime: c-x86_64, c-arm64-cortex-a72) or .toml paths.")
+    # None: the default targets, resolved by the command (pipeline.default_targets for
+    # compress); a manifest records the resolved profiles, never None
+    target: Optional[str] = option(None, "Profiles, comma-separated: x86_64, "
+                                   "arm64-cortex-a72, arm64-neoverse-n1 (ONNX Runtime), "
+                                   "c-x86_64, c-arm64-cortex-a72 (C runtime), or .toml paths.",
+                                   show="x86_64; compress adds c-x86_64 where a C compiler "
+                                   "is found")
     latency_budget_ms: Optional[float] = option(None, "Override every profile's latency budget.",
                                                 show="the profile's")
     limit: Optional[int] = option(None, "Use only the first N test images.", show="all")

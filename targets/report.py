@@ -239,3 +239,32 @@ def dense_vs_ticket(report: dict) -> list[dict]:
                      "dense_latency_p50_ms": d.get("latency_p50_ms"),
                      "speedup_vs_dense": e.get("speedup_vs_dense")})
     return rows
+
+
+def vs_dense_onnxruntime(report: dict) -> dict | None:
+    """What deploying the ticket gains over the dense model on ONNX Runtime (the dense ONNX file
+    a user starts from): each natively timed target of the same ISA and batch size, ticket and
+    dense p50 against the first native ONNX Runtime target's dense p50, all measured in this
+    validation run. None where no dense model ran natively on ONNX Runtime."""
+    def native(e):
+        return not e["latency"]["emulated"] and e.get("dense")
+
+    base = next((e for e in report["targets"]
+                 if native(e) and e.get("runtime", "onnxruntime") == "onnxruntime"), None)
+    if base is None:
+        return None
+    d = base["dense"]
+    ref, batch = d["latency_p50_ms"], base["latency"]["batch_size"]
+
+    def row(e, model, m):  # m: the ticket's entry or its dense part
+        p50 = m["latency"]["p50_ms"] if model == "ticket" else m["latency_p50_ms"]
+        return {"model": model, "target": e["target"],
+                "runtime": e.get("runtime", "onnxruntime"), "accuracy": m["accuracy"],
+                "size_ratio": m["file_bytes"] / d["file_bytes"] if d["file_bytes"] else None,
+                "p50_ms": p50, "speedup": ref / p50 if p50 else None}
+
+    same = [e for e in report["targets"]
+            if native(e) and e["isa"] == base["isa"] and e["latency"]["batch_size"] == batch]
+    return {"dense_target": base["target"], "dense_p50_ms": ref, "batch_size": batch,
+            "rows": [row(e, "ticket", e) for e in same]
+            + [row(e, "dense", e["dense"]) for e in same if e is not base]}

@@ -130,6 +130,7 @@ def test_compress_reports_the_cost_of_ticket_and_dense_and_their_ratio(tmp_path,
     args = ("compress", tmp_path / digits_model.path.name / "model.pt", "--method", "imp",
             "--sparsity", "0.9", "--prune-rate", "0.7", "--round-epochs", "1",
             "--retrain-epochs", "1", "--target", "x86_64", "--max-accuracy-drop", "100",
+            "--latency-budget-ms", "10000",  # the figures are under test, not a busy host's p95
             "--no-nir", "--out", tmp_path)
     r = run_cli(*args, "--json", timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]

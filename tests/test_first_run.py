@@ -63,6 +63,9 @@ def test_doctor_reports_this_host():
                 assert t["install"] == "apt-get install qemu-user-static", t
         c_arm = targets["c-arm64-cortex-a72"]
         assert c_arm["runnable"] is (has_cross and has_qemu), c_arm
+        # compress's default targets follow the same lookup
+        assert report["compress_targets"]["targets"] == ["x86_64"] + ["c-x86_64"] * has_cc
+        assert (report["compress_targets"]["note"] is None) is has_cc
         if not has_cross:
             assert "gcc-aarch64-linux-gnu" in c_arm["install"], c_arm
     datasets = {d["name"]: d for d in report["datasets"]}
@@ -97,9 +100,12 @@ def test_doctor_follows_path_and_agrees_with_the_runtime(tmp_path, monkeypatch):
     c_arm = targets["c-arm64-cortex-a72"]
     assert not c_arm["runnable"] and "qemu" not in c_arm["install"]
     assert c_arm["install"] == "apt-get install gcc-aarch64-linux-gnu libc6-dev-arm64-cross"
+    assert report["compress_targets"]["targets"] == ["x86_64"]
+    assert "apt-get install gcc" in report["compress_targets"]["note"]
     human = _doctor({"PATH": str(bin_dir), "COLUMNS": "200"}).stdout
     line = next(l for l in human.splitlines() if l.strip().startswith("c-x86_64"))
     assert "NOT runnable" in line
+    assert "compress's default targets: x86_64\n" in human
 
     # the runtime's own lookups on the same PATH refuse the same targets, pointing to doctor
     from targets import c_build, emulation
@@ -248,6 +254,7 @@ def test_compress_summary_fits_80_columns(lineage):
     console = Console(width=80, record=True, file=open(os.devnull, "w"))
     console.print(ticket.ticket_table(arts["retrain"].metrics))
     console.print(ticket.compression_table(rows, report))
+    console.print(ticket.deploy_table(report_mod.vs_dense_onnxruntime(report), report["cost"]))
     text = console.export_text()
     assert "…" not in text and max(len(l) for l in text.splitlines()) <= 80, text
     row = rows[0]
