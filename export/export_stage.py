@@ -20,7 +20,7 @@ from edgeprune.config import ExportConfig
 
 from .passes import PASSES, Declared, Export, summary
 
-FORMAT = 4  # bump when the exported files change for the same config
+FORMAT = 5  # bump when the exported files change for the same config (5: C profile hooks, vectorized kernels)
 
 Report = Callable[[dict], None]
 
