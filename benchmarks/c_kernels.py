@@ -145,7 +145,7 @@ def markdown(result: dict) -> str:
                   f"{run['seconds']:.0f} s."]
         for r in run["rows"]:
             p = r["profile"]
-            lines += ["", f"### {label}: {r['model']} time per layer (profiling build, mean "
+            lines += ["", f"### {label}: {r['model']} time per layer (profiling build, median "
                       f"per inference, {p['runs']} runs, T = {p['timesteps']})", "",
                       "spike rates: " + ", ".join(f"{k} {v:.3f}" for k, v in
                                                   r["spike_rate"].items()), "",

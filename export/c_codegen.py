@@ -24,11 +24,16 @@ Storage and computation per layer (conv2d / linear):
 - dense input (the image in the stem): GATHER over non-zero weights only (conv: one row per
   output channel listing (input channel, ky, kx) taps, each tap a vectorizable sweep over the
   output plane; linear: CSR).
-  An event-driven conv whose op has "dense_rows" (c_program.choose_dense_rows: weights at
-  least that dense) stores each (input channel, ky, kx) row whole, zeros included: one event
-  then updates all output channels in one vectorizable loop (same sums in the same order, so
-  the same bits), at 4 bytes per weight slot instead of ~5 per non-zero. Events accumulate
-  position-major (HWC) in a scratch buffer, so one event's outputs are adjacent in memory.
+  A conv whose op has "dense_rows" (c_program.choose_dense_rows: weights at least that
+  dense) stores each (input channel, ky, kx) row whole, zeros included, padded to a multiple
+  of 8 output channels, at 4 bytes per weight slot instead of ~5 per non-zero: an event then
+  updates all output channels in one loop whose length the compiler knows is a multiple of the
+  vector width (gcc -O2 vectorizes only such loops); on dense input (the stem) each output
+  position sums input * row over its window that way, then writes its channels once. Same
+  sums in the same order as sparse rows, so the same bits. Events accumulate position-major
+  (HWC) in a scratch buffer, so one event's outputs are adjacent in memory.
+- pooling sweeps each window row and column across a whole output row (vectorizable), each
+  output still summing its window in order.
 Index arrays use the smallest unsigned type that holds their values (uint8/uint16/uint32).
 Bias (and step_bias) is added after the sum, as PyTorch's kernels do.
 
@@ -61,7 +66,7 @@ from .c_plan import plan
 from .c_runner import runner_c
 from .c_text import array, comment, hexf
 
-GENERATOR = "edgeprune.c_codegen/2"
+GENERATOR = "edgeprune.c_codegen/3"
 FILES = ("model.h", "model.c", "model_weights.c", "runner.c")
 
 
