@@ -45,7 +45,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import pipeline  # noqa: E402
-from c_runtime_speed import ort_latencies  # noqa: E402
+from c_runtime_speed import alternating_rounds  # noqa: E402
 from edgeprune import checkpoint, data as datalib  # noqa: E402
 from edgeprune.artifacts import Store  # noqa: E402
 from edgeprune.config import ExportConfig  # noqa: E402
@@ -87,14 +87,8 @@ def measure(name: str, ticket_pt: Path, dense_pt: Path, args, work: Path) -> dic
     folder.mkdir()
     write_onnx(dspec, dense.eval(), folder, timesteps=T, step=False)
     bench = np.ascontiguousarray(x[:100])
-    ort_p50, c_p50, ort_all, c_all = [], [], [], []
-    for _ in range(args.rounds):
-        o = ort_latencies(folder / UNROLLED, bench, args.runs, args.runs // 10)
-        c = c_run.run(build, bench, bench=(args.runs, args.runs // 10)).latencies_ms
-        ort_p50.append(float(np.percentile(o, 50)))
-        c_p50.append(float(np.percentile(c, 50)))
-        ort_all += o
-        c_all += c
+    ort_p50, c_p50, ort_all, c_all = alternating_rounds(folder / UNROLLED, build, bench,
+                                                        args.runs, args.runs // 10, args.rounds)
     prof = c_profile.measure(art.path, work / f"{name}-profile", bench, runs=args.runs,
                              warmup=args.runs // 10, extra_flags=FLAGS)
     stats = c_run.spike_counts(build, x)
