@@ -73,6 +73,21 @@ def ort_latencies(path: Path, images: np.ndarray, runs: int, warmup: int) -> lis
     return out
 
 
+def alternating_rounds(onnx_path: Path, build, images: np.ndarray, runs: int, warmup: int,
+                       rounds: int) -> tuple[list, list, list, list]:
+    """`rounds` alternating rounds of ORT then C, `runs` timed runs each: (ORT p50 per round, C
+    p50 per round, all ORT latencies, all C latencies), in ms."""
+    ort_p50, c_p50, ort_all, c_all = [], [], [], []
+    for _ in range(rounds):
+        o = ort_latencies(onnx_path, images, runs, warmup)
+        c = c_run.run(build, images, bench=(runs, warmup)).latencies_ms
+        ort_p50.append(float(np.percentile(o, 50)))
+        c_p50.append(float(np.percentile(c, 50)))
+        ort_all += o
+        c_all += c
+    return ort_p50, c_p50, ort_all, c_all
+
+
 def measure(name: str, spec: ModelSpec, model, ds, x_test: np.ndarray, y_test: np.ndarray,
             work: Path, args) -> dict:
     folder = work / name
@@ -86,14 +101,8 @@ def measure(name: str, spec: ModelSpec, model, ds, x_test: np.ndarray, y_test: n
     stats = c_run.spike_counts(build, x_test)
     onnx_info = write_onnx(spec, model, folder, timesteps=T, step=False)[UNROLLED]
     bench_images = np.ascontiguousarray(x_test[:100])
-    ort_p50, c_p50, ort_all, c_all = [], [], [], []
-    for _ in range(args.rounds):
-        o = ort_latencies(folder / UNROLLED, bench_images, args.runs, args.runs // 5)
-        c = c_run.run(build, bench_images, bench=(args.runs, args.runs // 5)).latencies_ms
-        ort_p50.append(float(np.percentile(o, 50)))
-        c_p50.append(float(np.percentile(c, 50)))
-        ort_all += o
-        c_all += c
+    ort_p50, c_p50, ort_all, c_all = alternating_rounds(folder / UNROLLED, build, bench_images,
+                                                        args.runs, args.runs // 5, args.rounds)
     masks_now = masklib.of_model(model)
     objects = {k: v["total"] for k, v in build.sizes.items()}
     row = {

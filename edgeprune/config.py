@@ -417,9 +417,10 @@ class ExportConfig:
                                        "error when the model cannot be expressed.",
                                        flags=("--c-runtime/--no-c-runtime",),
                                        show="when the C runtime can express the model")
-    c_dense_rows: float = option(0.3, "C runtime: an event-driven conv whose weights are at "
-                                 "least this dense stores its rows whole (zeros included): "
-                                 "vectorized updates, faster, more bytes; above 1 never.")
+    c_dense_rows: float = option(0.3, "C runtime: a conv whose weights are at least this "
+                                 "dense stores its rows whole (zeros included): updates "
+                                 "vectorized across output channels, faster, more bytes; above "
+                                 "1 never.")
     nir: Optional[bool] = option(None, "Also write model.nir; --nir makes it an error when NIR "
                                  "cannot express the model.", flags=("--nir/--no-nir",),
                                  show="when NIR can express the model")

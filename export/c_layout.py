@@ -2,12 +2,17 @@
 holds (see export/c_codegen.py): grouped by input for event-driven layers (conv: one row per
 (input channel, ky, kx) listing output channels; linear: CSC), by output for dense input
 (conv: one row per output channel listing taps; linear: CSR); index arrays in the smallest
-unsigned type that holds their values."""
+unsigned type that holds their values. A conv marked "dense_rows" stores its (input channel,
+ky, kx) rows whole (zeros included), padded to a multiple of LANES output channels, whatever
+its input: the kernel then updates all output channels of a position in one loop whose length
+the compiler knows is a multiple of the vector width (so -O2 vectorizes it)."""
 from __future__ import annotations
 
 import numpy as np
 
 from .c_text import uint_type
+
+LANES = 8  # dense rows are padded to this many output channels: 8 floats = one AVX register
 
 
 def _rows(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -22,9 +27,10 @@ def layout(op: dict) -> dict:
     """Sparse storage of a conv/linear op, chosen by what its input holds."""
     w = op["weight"]
     event = op["in_kind"] != "dense"
+    dense_rows = op["kind"] == "conv2d" and bool(op.get("dense_rows"))
     if op["kind"] == "conv2d":
         o, i, kh, kw = w.shape
-        if event:  # rows (ci, ky, kx) -> output channels
+        if event or dense_rows:  # rows (ci, ky, kx) -> output channels
             m = w.transpose(1, 2, 3, 0).reshape(i * kh * kw, o)
         else:  # rows co -> taps (ci, ky, kx)
             m = w.reshape(o, i * kh * kw)
@@ -33,14 +39,17 @@ def layout(op: dict) -> dict:
     ptr, idx, val = _rows(np.ascontiguousarray(m))
     idx_t, idx_b = uint_type(max(int(m.shape[1]) - 1, 0))
     ptr_t, ptr_b = uint_type(int(ptr[-1]))
-    if event and op["kind"] == "conv2d" and op.get("dense_rows"):
-        # every row stored whole (zeros included), so an event's update of all output
-        # channels is one vectorizable loop; the row pointers still skip empty rows
-        idx, val = np.zeros(0, np.int64), np.ascontiguousarray(m, np.float32).reshape(-1)
-        return {"event": True, "dense_rows": True, "ptr": ptr, "idx": idx, "val": val,
-                "nonzero": int(np.count_nonzero(m)), "idx_t": idx_t, "ptr_t": ptr_t,
-                "bytes": {"values": 4 * len(val), "indices": idx_b,
-                          "row_pointers": ptr_b * len(ptr)}}
+    if dense_rows:
+        # every row stored whole (zeros included) and padded with zero columns; the row
+        # pointers still tell which input channels have no weight at all
+        lanes = -(-m.shape[1] // LANES) * LANES
+        padded = np.zeros((m.shape[0], lanes), np.float32)
+        padded[:, :m.shape[1]] = m
+        idx, val = np.zeros(0, np.int64), padded.reshape(-1)
+        return {"event": event, "dense_rows": True, "lanes": lanes, "ptr": ptr, "idx": idx,
+                "val": val, "nonzero": int(np.count_nonzero(m)), "idx_t": idx_t,
+                "ptr_t": ptr_t, "bytes": {"values": 4 * len(val), "indices": idx_b,
+                                          "row_pointers": ptr_b * len(ptr)}}
     return {"event": event, "ptr": ptr, "idx": idx, "val": val, "idx_t": idx_t,
             "ptr_t": ptr_t, "bytes": {"values": 4 * max(len(val), 1),
                                       "indices": idx_b * max(len(idx), 1),

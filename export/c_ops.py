@@ -72,6 +72,18 @@ def _bias_code(op: dict, sym: str, nout: int, plane: int) -> str:
             f"        for (p = 0; p < {plane}; p++) {{\n{body}        }}\n    }}\n")
 
 
+def _bias_terms(op: dict, sym: str, nout: int, plane: int, c: str, p: str) -> str:
+    """`+ bias[c] + step_bias[t][c][p]` for one output (channel `c`, position `p`, C
+    expressions), in the order _bias_code adds them: folded into a loop that writes `out`."""
+    terms = f" + {sym}_bias[{c}]" if op["bias"] is not None else ""
+    sb = op["step_bias"]
+    if sb is not None and sb.ndim == 4 and plane > 1:
+        terms += f" + {sym}_step_bias[(t * {nout} + {c}) * {plane} + {p}]"
+    elif sb is not None:
+        terms += f" + {sym}_step_bias[t * {nout} + {c}]"
+    return terms
+
+
 def _source(op: dict, lay: dict) -> str:
     return f"event-driven over {op['in_kind']} input" if lay["event"] else "dense input"
 
@@ -105,31 +117,44 @@ def _conv_fn(op: dict, fn: str, sym: str, lay: dict) -> str:
     event = lay["event"]
     head = (f"/* {comment(op['name'])}: conv2d {i}->{o}, {kh}x{kw}, stride {sh}x{sw}, "
             f"padding {ph}x{pw}, {h}x{w} -> {oh}x{ow}; {lay.get('nonzero', len(lay['val']))} "
-            f"non-zero weights, {_source(op, lay)} */\n"
+            f"non-zero weights, {_source(op, lay)}"
+            f"{', dense rows' if lay.get('dense_rows') else ''} */\n"
             f"static void {fn}(const float *restrict in, float *restrict out, int t"
             f"{', float *restrict acc_' if event else ''})\n{{\n"
-            "    int c, p;\n    (void)t;\n"
-            f"    for (p = 0; p < {o * plane}; p++) {'acc_' if event else 'out'}[p] = 0.0f;\n")
-    loop = (_conv_events if event else _conv_gather)(g, op["in_kind"], sym, lay)
-    return head + loop + _bias_code(op, sym, o, plane) + "}\n"
+            "    int c, p;\n    (void)t;\n")
+    bias = _bias_terms(op, sym, o, plane, "c", "p")
+    if not event and lay.get("dense_rows"):
+        return head + _conv_positions(g, sym, lay, bias) + "}\n"
+    if event:
+        return (head + f"    for (p = 0; p < {_lanes(op, lay) * plane}; p++) acc_[p] = 0.0f;\n"
+                + _conv_events(g, op["in_kind"], sym, lay, bias) + "}\n")
+    return (head + f"    for (p = 0; p < {o * plane}; p++) out[p] = 0.0f;\n"
+            + _conv_gather(g, op["in_kind"], sym, lay) + _bias_code(op, sym, o, plane) + "}\n")
 
 
-def _conv_events(g: _Conv, in_kind: str, sym: str, lay: dict) -> str:
+def _lanes(op: dict, lay: dict) -> int:
+    """Output channels per position in an event conv's accumulator: dense rows are padded."""
+    return lay["lanes"] if lay.get("dense_rows") else op["weight"].shape[0]
+
+
+def _conv_events(g: _Conv, in_kind: str, sym: str, lay: dict, bias: str) -> str:
     """Each non-zero input scatters into the outputs its kept weights reach. Events accumulate
     into `acc_` laid out position-major (HWC): one event's output channels are then adjacent (a
     cache line or two) instead of a plane apart; the sums and their order are the same.
-    Transposed into `out` (CHW) at the end."""
+    Transposed into `out` (CHW) at the end, bias added on the way."""
     o, i, kh, kw, h, w, oh, ow, sh, sw, ph, pw = g
     kk, plane = kh * kw, oh * ow
+    lanes = lay["lanes"] if lay.get("dense_rows") else o
     binary = in_kind == "binary"  # 0/1 spikes: 1.0f*w == w, so no multiply
     inner = f"for (k = r[0]; k < r[1]; k++) o[idx[k]] += {'' if binary else 'xv * '}val[k];"
-    if lay.get("dense_rows"):
+    kdecl = "" if lay.get("dense_rows") else f"\n                        {lay['ptr_t']} k;"
+    if lay.get("dense_rows"):  # a loop of `lanes` (a multiple of the vector width)
         inner = (f"if (r[0] != r[1]) {{\n"
                  f"                            const float *wr = val + (c * {kk} + ky * {kw} "
-                 f"+ kx) * {o};\n"
+                 f"+ kx) * {lanes};\n"
                  f"                            int co;\n"
                  f"                            (void)idx;\n"
-                 f"                            for (co = 0; co < {o}; co++) o[co] += "
+                 f"                            for (co = 0; co < {lanes}; co++) o[co] += "
                  f"{'wr[co]' if binary else 'xv * wr[co]'};\n"
                  f"                        }}")
     return f"""    for (c = 0; c < {i}; c++) {{
@@ -151,11 +176,10 @@ def _conv_events(g: _Conv, in_kind: str, sym: str, lay: dict) -> str:
                         const {lay['ptr_t']} *r = rp + ky * {kw} + kx;
                         const {lay['idx_t']} *idx = {sym}_idx;
                         const float *val = {sym}_val;
-                        float *o;
-                        {lay['ptr_t']} k;
+                        float *o;{kdecl}
                         if (nx < 0) break;
                         if (nx % {sw} != 0 || nx / {sw} >= {ow}) continue;
-                        o = acc_ + ((ny / {sh}) * {ow} + nx / {sw}) * {o};
+                        o = acc_ + ((ny / {sh}) * {ow} + nx / {sw}) * {lanes};
                         {inner}
                     }}
                 }}
@@ -163,7 +187,39 @@ def _conv_events(g: _Conv, in_kind: str, sym: str, lay: dict) -> str:
         }}
     }}
     for (c = 0; c < {o}; c++)
-        for (p = 0; p < {plane}; p++) out[c * {plane} + p] = acc_[p * {o} + c];
+        for (p = 0; p < {plane}; p++) out[c * {plane} + p] = acc_[p * {lanes} + c]{bias};
+"""
+
+
+def _conv_positions(g: _Conv, sym: str, lay: dict, bias: str) -> str:
+    """Dense input, dense rows: output position by position, the sums of all (LANES-padded)
+    output channels stay in `acc` while every (input channel, ky, kx) row that has a weight
+    adds input * row, one vectorized loop per row; then `acc` goes to `out` (CHW) once. The
+    sum of each output runs over ky, kx, then input channels."""
+    o, i, kh, kw, h, w, oh, ow, sh, sw, ph, pw = g
+    kk, hw, plane, lanes = kh * kw, h * w, oh * ow, lay["lanes"]
+    return f"""    for (p = 0; p < {plane}; p++) {{
+        const int oy = p / {ow}, ox = p % {ow};
+        float acc[{lanes}];
+        int ky, kx, co;
+        for (co = 0; co < {lanes}; co++) acc[co] = 0.0f;
+        for (ky = 0; ky < {kh}; ky++) {{
+            const int iy = oy * {sh} - {ph} + ky;
+            if (iy < 0 || iy >= {h}) continue;
+            for (kx = 0; kx < {kw}; kx++) {{
+                const int ix = ox * {sw} - {pw} + kx;
+                if (ix < 0 || ix >= {w}) continue;
+                for (c = 0; c < {i}; c++) {{
+                    const int r = c * {kk} + ky * {kw} + kx;
+                    const float xv = in[c * {hw} + iy * {w} + ix];
+                    const float *wr = {sym}_val + r * {lanes};
+                    if ({sym}_ptr[r] == {sym}_ptr[r + 1]) continue; /* row pruned */
+                    for (co = 0; co < {lanes}; co++) acc[co] += xv * wr[co];
+                }}
+            }}
+        }}
+        for (c = 0; c < {o}; c++) out[c * {plane} + p] = acc[c]{bias};
+    }}
 """
 
 
@@ -222,34 +278,39 @@ def _linear_fn(op: dict, fn: str, sym: str, lay: dict) -> str:
 
 
 def _pool_fn(op: dict, fn: str) -> str:
+    """Row by row: each window row (ky) and column (kx) is swept across a whole output row in
+    `s`, so the loop over ox runs over many outputs at once (vectorizable); every output still
+    sees its window in the order ky, kx, as one output at a time would (the same bits)."""
     c, h, w = op["in_shape"]
     _, oh, ow = op["out_shape"]
     (kh, kw), (sh, sw) = op["kernel"], op["stride"]
-    if op["kind"] == "sumpool2d":
-        init, step, fin = "0.0f", "s += v;", "s"
-    elif op["kind"] == "avgpool2d":
-        init, step, fin = "0.0f", "s += v;", f"s / {float(kh * kw)!r}f"
+    if op["kind"] == "maxpool2d":
+        init = f"s[ox] = x[(oy * {sh}) * {w} + ox * {sw}];"
+        step = "if (v > s[ox] || v != v) s[ox] = v;"
+        fin = "s[ox]"
     else:
-        init, step, fin = "x[(oy * %d) * %d + ox * %d]" % (sh, w, sw), \
-            "if (v > s || v != v) s = v;", "s"
+        init, step = "s[ox] = 0.0f;", "s[ox] += v;"
+        fin = "s[ox]" if op["kind"] == "sumpool2d" else f"s[ox] / {float(kh * kw)!r}f"
     return (f"/* {comment(op['name'])}: {op['kind']} {kh}x{kw} stride {sh}x{sw}, "
             f"{c}x{h}x{w} -> {c}x{oh}x{ow} */\n"
             f"static void {fn}(const float *restrict in, float *restrict out)\n{{\n"
             f"    int c, oy, ox, ky, kx;\n"
+            f"    float s[{ow}];\n"
             f"    for (c = 0; c < {c}; c++) {{\n"
             f"        const float *x = in + c * {h * w};\n"
             f"        float *o = out + c * {oh * ow};\n"
             f"        for (oy = 0; oy < {oh}; oy++) {{\n"
-            f"            for (ox = 0; ox < {ow}; ox++) {{\n"
-            f"                float s = {init};\n"
-            f"                for (ky = 0; ky < {kh}; ky++) {{\n"
-            f"                    for (kx = 0; kx < {kw}; kx++) {{\n"
-            f"                        const float v = x[(oy * {sh} + ky) * {w} + ox * {sw} + kx];\n"
+            f"            for (ox = 0; ox < {ow}; ox++) {init}\n"
+            f"            for (ky = 0; ky < {kh}; ky++) {{\n"
+            f"                const float *row = x + (oy * {sh} + ky) * {w};\n"
+            f"                for (kx = 0; kx < {kw}; kx++) {{\n"
+            f"                    for (ox = 0; ox < {ow}; ox++) {{\n"
+            f"                        const float v = row[ox * {sw} + kx];\n"
             f"                        {step}\n"
             f"                    }}\n"
             f"                }}\n"
-            f"                o[oy * {ow} + ox] = {fin};\n"
             f"            }}\n"
+            f"            for (ox = 0; ox < {ow}; ox++) o[oy * {ow} + ox] = {fin};\n"
             f"        }}\n"
             f"    }}\n}}\n")
 
@@ -268,7 +329,7 @@ def _weighted(op: dict, site: Site, lay: dict, function: str, call: str,
         nbytes["step_bias"] = 4 * op["step_bias"].size
     total = int(op["weight"].size)
     nnz = int(lay.get("nonzero", len(lay["val"])))
-    mode = ("event, dense rows" if lay.get("dense_rows") else "event") if lay["event"] else "dense"
+    mode = ("event" if lay["event"] else "dense") + (", dense rows" if lay.get("dense_rows") else "")
     return Emitted(
         call=call, function=function, scratch=scratch,
         arrays=tuple((f"{site.sym}_{suffix}", ctype, vals, fmt)
@@ -286,7 +347,7 @@ def _conv(op: dict, site: Site) -> Emitted:
     if lay["event"]:
         return _weighted(op, site, lay, _conv_fn(op, fn, site.sym, lay),
                          f"{fn}({site.src}, {site.dst}, {site.step}, ctx->scratch);",
-                         scratch=int(np.prod(op["out_shape"])))
+                         scratch=_lanes(op, lay) * int(np.prod(op["out_shape"][1:])))
     return _weighted(op, site, lay, _conv_fn(op, fn, site.sym, lay),
                      f"{fn}({site.src}, {site.dst}, {site.step});")
 

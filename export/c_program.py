@@ -244,11 +244,12 @@ def program_from_model(model: SNN, timesteps: int, input_shape=None) -> dict:
 
 
 def choose_dense_rows(program: dict, threshold: float) -> list[str]:
-    """Mark the body's convolutions whose weights are at least `threshold` dense (non-zero
-    fraction) for dense-row storage (export/c_layout.py): vectorized event updates, bigger
-    weights. Returns the names marked. threshold > 1 marks none."""
+    """Mark the convolutions whose weights are at least `threshold` dense (non-zero fraction)
+    for dense-row storage (export/c_layout.py): updates vectorized across output channels
+    (events in the body; every input position of the image in the stem), bigger weights.
+    Returns the names marked. threshold > 1 marks none."""
     marked = []
-    for op in program["body"]:
+    for op in program["stem"] + program["body"]:
         if op["kind"] == "conv2d" and op["weight"].size and \
                 np.count_nonzero(op["weight"]) / op["weight"].size >= threshold:
             op["dense_rows"] = True

@@ -4,9 +4,10 @@ names `model_*` / `MODEL_*`, which `runner_c` defines as the generated prefix's.
 from __future__ import annotations
 
 # the model.h names the runner uses, without their prefix
-NAMES = ('ctx', 'infer_ctx', 'spiking_layer_names', 'spiking_layer_neurons')
-MACROS = ('INPUT_C', 'INPUT_H', 'INPUT_SIZE', 'INPUT_W', 'NUM_CLASSES', 'NUM_SPIKING_LAYERS',
-          'TIMESTEPS', 'WEIGHT_BYTES')
+NAMES = ('ctx', 'infer_ctx', 'spiking_layer_names', 'spiking_layer_neurons', 'layer_names',
+         'layer_kinds', 'profile_mark')
+MACROS = ('INPUT_C', 'INPUT_H', 'INPUT_SIZE', 'INPUT_W', 'NUM_CLASSES', 'NUM_LAYERS',
+          'NUM_SPIKING_LAYERS', 'TIMESTEPS', 'WEIGHT_BYTES')
 
 
 def runner_c(prefix: str) -> str:
@@ -23,6 +24,9 @@ _HEAD = r"""/* Standalone runner for the generated model (see model.h). Generate
  *                               CLOCK_MONOTONIC) of RUNS inferences after WARMUP untimed ones
  *   runner --stats              stdin: images; stdout: JSON spike counts per LIF layer
  *   runner --info               stdout: JSON sizes of the model
+ *   runner --profile RUNS WARMUP  (built with -DMODEL_PROFILE) stdin: images; stdout: JSON
+ *                               ms spent in each layer in each of RUNS timed inferences
+ *                               (CLOCK_MONOTONIC read after every layer)
  * Bad input (empty, not a whole number of images) or arguments: one line on stderr, exit 2. */
 #define _POSIX_C_SOURCE 199309L
 #include <errno.h>
@@ -177,6 +181,60 @@ static int bench(const char *runs_s, const char *warmup_s)
     return fflush(stdout) == 0 ? 0 : fail("cannot write stdout");
 }
 
+#ifdef MODEL_PROFILE
+/* The model's profile hook: the time since the previous mark goes to `layer` (index
+ * NUM_LAYERS: reset, normalization, readout) of the current run; -1 starts an inference. */
+static double prof_run[MODEL_NUM_LAYERS + 1], prof_last;
+
+void model_profile_mark(int layer)
+{
+    const double t = now_ms();
+    if (layer >= 0 && layer <= MODEL_NUM_LAYERS) prof_run[layer] += t - prof_last;
+    prof_last = t;
+}
+
+/* Per run and layer ms of RUNS timed inferences (a shared machine preempts some runs: the
+ * caller takes medians, not means). */
+static int profile(const char *runs_s, const char *warmup_s)
+{
+    long runs, warmup, r;
+    float *images = NULL, logits[MODEL_NUM_CLASSES];
+    double *ms, clock_ms;
+    size_t n;
+    int l;
+    static model_ctx ctx;
+    if (!parse_count(runs_s, 1, 100000L, &runs) || !parse_count(warmup_s, 0, 10000000L, &warmup))
+        return fail("--profile RUNS WARMUP: RUNS must be 1..100000, WARMUP 0..10000000");
+    n = read_images(&images);
+    if (n == 0) return 2;
+    ms = (double *)malloc((size_t)runs * (MODEL_NUM_LAYERS + 1) * sizeof *ms);
+    if (!ms) { free(images); return fail("out of memory"); }
+    for (r = 0; r < warmup; r++) model_infer_ctx(&ctx, images + ((size_t)r % n) * IMAGE_FLOATS, logits);
+    clock_ms = now_ms(); /* what one mark costs, for the caller to take off each layer */
+    for (r = 0; r < 1000; r++) model_profile_mark(MODEL_NUM_LAYERS);
+    clock_ms = (now_ms() - clock_ms) / 1001.0;
+    for (r = 0; r < runs; r++) {
+        for (l = 0; l <= MODEL_NUM_LAYERS; l++) prof_run[l] = 0.0;
+        model_infer_ctx(&ctx, images + ((size_t)r % n) * IMAGE_FLOATS, logits);
+        for (l = 0; l <= MODEL_NUM_LAYERS; l++) ms[(size_t)r * (MODEL_NUM_LAYERS + 1) + l] = prof_run[l];
+    }
+    printf("{\"runs\": %ld, \"warmup\": %ld, \"images\": %lu, \"timesteps\": %d, "
+           "\"clock\": \"CLOCK_MONOTONIC\", \"mark_ms\": %.9f, \"layers\": [", runs, warmup,
+           (unsigned long)n, MODEL_TIMESTEPS, clock_ms);
+    for (l = 0; l <= MODEL_NUM_LAYERS; l++) {
+        printf("%s{\"name\": \"%s\", \"kind\": \"%s\", \"ms\": [", l ? ", " : "",
+               model_layer_names[l], model_layer_kinds[l]);
+        for (r = 0; r < runs; r++)
+            printf("%s%.6f", r ? ", " : "", ms[(size_t)r * (MODEL_NUM_LAYERS + 1) + l]);
+        printf("]}");
+    }
+    printf("]}\n");
+    free(ms);
+    free(images);
+    return fflush(stdout) == 0 ? 0 : fail("cannot write stdout");
+}
+#endif
+
 static int stats(void)
 {
     float *images = NULL, logits[MODEL_NUM_CLASSES];
@@ -211,6 +269,13 @@ int main(int argc, char **argv)
     }
     if (argc == 2 && strcmp(argv[1], "--stats") == 0) return stats();
     if (argc == 4 && strcmp(argv[1], "--bench") == 0) return bench(argv[2], argv[3]);
-    return fail("usage: runner [--bench RUNS WARMUP | --stats | --info] < images.f32");
+    if (argc == 4 && strcmp(argv[1], "--profile") == 0)
+#ifdef MODEL_PROFILE
+        return profile(argv[2], argv[3]);
+#else
+        return fail("--profile needs a runner built with -DMODEL_PROFILE");
+#endif
+    return fail("usage: runner [--bench RUNS WARMUP | --profile RUNS WARMUP | --stats | --info] "
+                "< images.f32");
 }
 """

@@ -20,7 +20,8 @@ from edgeprune.config import ExportConfig
 
 from .passes import PASSES, Declared, Export, summary
 
-FORMAT = 4  # bump when the exported files change for the same config
+FORMAT = 6  # bump when the exported files change for the same config (5: C profile hooks;
+#              6: dense-row kernels for the stem, padded lanes, row-wise pooling)
 
 Report = Callable[[dict], None]
 

@@ -6,6 +6,7 @@ baseline). Torch-free (stdlib + numpy).
     info(build) -> dict                      the runner's --info (input shape, classes, T, ...)
     run(build, images, *, bench=None, qemu_cpu="cortex-a72") -> CRun
     spike_counts(build, images) -> dict      the runner's --stats (spikes per LIF layer)
+    layer_times(build, images, runs, warmup) -> dict   a -DMODEL_PROFILE runner's --profile
 
 Emulated latency is not indicative of the device (QEMU translates every instruction): a CRun
 from an emulated run says so in `latency_note`.
@@ -125,3 +126,12 @@ def spike_counts(build: CBuild, images: np.ndarray, *, qemu_cpu: str = "cortex-a
         denom = layer["neurons"] * result["timesteps"] * result["images"]
         layer["rate"] = layer["spikes"] / denom if denom else 0.0
     return result
+
+
+def layer_times(build: CBuild, images: np.ndarray, runs: int, warmup: int, *,
+                qemu_cpu: str = "cortex-a72", model_info: dict | None = None) -> dict:
+    """A profiling runner's (-DMODEL_PROFILE, targets/c_profile.py) --profile: mean ms per
+    inference in each layer over `runs` timed inferences cycling over `images`."""
+    meta = model_info or info(build, qemu_cpu=qemu_cpu)
+    argv, mode = _argv(build, ["--profile", str(int(runs)), str(int(warmup))], qemu_cpu)
+    return json.loads(_call(argv, _images(images, meta["input_shape"]), mode, None))

@@ -5,7 +5,8 @@ every input, per-run latencies, size). Torch-free (stdlib + numpy), like all of 
 The sources are the export artifact's `model.h`, `model.c`, `model_weights.c`, `runner.c`
 (export/c_codegen.py); they are copied (sha256 checked by the caller) into a scratch folder, so
 nothing is ever written into an artifact. With `keep`, the compiled `libmodel.a` and `runner`
-are copied there: the binaries that were validated are the ones a bundle ships.
+are copied there: the binaries that were validated are the ones a bundle ships. Natively, a
+second build with -DMODEL_PROFILE times each layer (targets/c_profile.py: "layer_profile").
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import numpy as np
 
 from edgeprune.errors import UserError
 
-from . import c_build, c_run, runtime
+from . import c_build, c_profile, c_run, runtime
 from .profiles import Profile
 
 SOURCES = ("model.h", "model.c", "model_weights.c", "runner.c")
@@ -50,14 +51,19 @@ def run(src: Path, profile: Profile, inputs: np.ndarray, *, keep: Path | None = 
         for name in SOURCES:
             shutil.copyfile(Path(src) / name, work / name)
         progress(f"{profile.name}: compiling the C runtime for {profile.isa}")
-        build = c_build.build(work, Path(d) / "build", isa=profile.isa,
-                              mcpu=profile.runtime.mcpu or None,
-                              extra_flags=((f"-march={profile.runtime.march}",)
-                                           if profile.runtime.march else ()))
+        how_built = dict(isa=profile.isa, mcpu=profile.runtime.mcpu or None,
+                         extra_flags=((f"-march={profile.runtime.march}",)
+                                      if profile.runtime.march else ()))
+        build = c_build.build(work, Path(d) / "build", **how_built)
         info = c_run.info(build, qemu_cpu=qemu_cpu)
         progress(f"{profile.name}: running {len(inputs)} inputs + {warmup}+{runs} timed runs "
                  f"({how})")
         out = c_run.run(build, inputs, bench=(runs, warmup), qemu_cpu=qemu_cpu, model_info=info)
+        layer_profile = None
+        if not emulated:  # emulated times say nothing about the device's layers
+            progress(f"{profile.name}: timing each layer (profiling build)")
+            layer_profile = c_profile.measure(
+                work, Path(d) / "profile", inputs[:100], runs=runs, warmup=warmup, **how_built)
         objects = sum(s["total"] for s in build.sizes.values())
         if keep is not None:
             keep.mkdir(parents=True, exist_ok=True)
@@ -72,7 +78,8 @@ def run(src: Path, profile: Profile, inputs: np.ndarray, *, keep: Path | None = 
                   "static_link": build.static, "onnxruntime": None,
                   "machine": profile.isa if emulated else platform.machine(),
                   "python": platform.python_version(),
-                  "providers": [f"c ({Path(build.compiler).name})"]}
+                  "providers": [f"c ({Path(build.compiler).name})"],
+                  "layer_profile": layer_profile}
         command = (f"qemu-aarch64 -cpu {qemu_cpu} runner" if emulated else "runner") + \
             f" ({Path(build.compiler).name} {' '.join(build.flags)})"
         return runtime.TargetRun(out.logits, result, how, command)

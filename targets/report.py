@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 
+from . import c_profile
 from .validation import EMULATED_NOTE, FAIL, Validation, take
 
 REFERENCE_INPUTS = 16  # enough to catch a wrong kernel, small enough to re-run under QEMU
@@ -117,6 +118,8 @@ def to_markdown(report: dict) -> str:
                          f"{par.get('max_abs_diff', float('nan')):.3g}, p50 "
                          f"{q['latency_p50_ms']:.4f} ms")
     lines += cost_markdown(report.get("cost"))
+    for e in report["targets"]:
+        lines += c_profile.markdown((e.get("c") or {}).get("layer_profile"), e["target"])
     lines += ["", "## Gates", ""]
     for e in report["targets"]:
         for g in e["gates"]:

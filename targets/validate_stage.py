@@ -25,8 +25,8 @@ from .validation import Extras, failures, validate
 
 STAGE = "validate"
 # bump when what a validation stores changes (2: the int8 model's reference outputs, 3: the
-# cost model of the ticket and the dense model)
-FORMAT = 3
+# cost model of the ticket and the dense model, 4: the C runtime's time per layer)
+FORMAT = 4
 # What reading a reference file may cost (its members as declared): a CIFAR-10 test set as
 # float32 inputs is 123 MB.
 REFERENCE_BYTES = 1 * GiB

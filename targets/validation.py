@@ -347,6 +347,7 @@ def _measure(profile: Profile, run: runtime.TargetRun, n: int, labels, reference
     if "compiler" in res:
         entry["c"] = {k: res[k] for k in ("compiler", "flags", "static_link", "object_sizes",
                                           "context_bytes", "weight_bytes")}
+        entry["c"]["layer_profile"] = res.get("layer_profile")
     gates += budget_gates(profile, latency, memory)
     entry["gates"] = gates
     entry["passed"] = all(g["status"] != FAIL for g in gates)

@@ -436,3 +436,135 @@ def test_runner_stdin_fuzz_never_crashes(asan_build, blob, args):
         assert len(err.strip().splitlines()) == 1 and p.stdout == b""
     elif not args:
         assert len(blob) % (64 * 4) == 0 and len(p.stdout) == len(blob) // (64 * 4) * 10 * 4
+
+
+# -- vectorized kernels (dense rows everywhere) and the profiling build ------------------------
+
+def _dense_rows_models():
+    """(name, spec, model) with convs of every shape the dense-row kernels handle: the digits
+    ticket (16/32 channels), LI_LAYERS (8 -> 12 channels: padded lanes, stride 2, max pooling
+    of spikes), VARIETY_LAYERS (two stem convs on dense input: 6 and 4 channels, a 3x2 kernel,
+    stride 2x1, padding 1x0)."""
+    from edgeprune import masks
+    from edgeprune.models import prunable
+
+    out = []
+    for name, layers, seed, scale, sparsity in (("li", LI_LAYERS, 0, 3.0, 0.6),
+                                                ("variety", VARIETY_LAYERS, 3, 4.0, 0.5)):
+        spec, model = _sequential(layers, seed=seed)
+        with torch.no_grad():
+            for p in prunable(model).values():
+                p.mul_(scale)
+        masks.apply(model, masks.prune(prunable(model), sparsity, "global"))
+        out.append((name, spec, model))
+    return out
+
+
+@pytest.fixture(scope="module")
+def dense_rows(ticket, tmp_path_factory):
+    """Each model's C with every conv stored as dense rows (threshold 0), built natively, and
+    its PyTorch logits on 120 digits test images."""
+    from export.c_codegen import write_c
+    from export.c_program import choose_dense_rows, program_from_model
+    from targets import c_build
+
+    skip_unless(requires_cc)
+    x = _digits().x_test[:120]
+    built = {}
+    for name, spec, model in [("ticket", *ticket), *_dense_rows_models()]:
+        program = program_from_model(model, T, spec.input_shape)
+        marked = choose_dense_rows(program, 0.0)
+        folder = tmp_path_factory.mktemp(f"rows-{name}")
+        summary = write_c(program, folder)
+        with torch.no_grad():
+            ref = model(x, T).sum(0).numpy()
+        built[name] = (folder, c_build.build(folder), ref, marked, summary)
+    return x.numpy(), built
+
+
+def test_dense_row_kernels_match_pytorch_native_and_sanitized(dense_rows):
+    from targets import c_build, c_run
+
+    x, built = dense_rows
+    convs = {"ticket": ["stem.0", "body.2"], "li": ["stem.0", "body.2"],
+             "variety": ["stem.0", "stem.1"]}
+    for name, (folder, native, ref, marked, summary) in built.items():
+        assert marked == convs[name], (name, marked)
+        modes = {l["name"]: l["mode"] for l in summary["layers"] if "mode" in l}
+        assert all(modes[n].endswith("dense rows") for n in marked), modes
+        assert native.warnings == "", native.warnings
+        out = c_run.run(native, x).logits
+        if name == "variety":  # logits are spike counts: equal unless a potential ties v_th
+            assert (out != ref).mean() < 0.01, name
+        else:
+            assert (out.argmax(1) == ref.argmax(1)).mean() >= (1.0 if name == "ticket" else 0.99)
+            assert np.abs(out - ref).max() < MAX_LOGIT_DIFF * max(1.0, np.abs(ref).max()), name
+        asan = c_build.build(folder, sanitize=True)
+        np.testing.assert_array_equal(c_run.run(asan, x[:40]).logits, out[:40])
+
+
+def test_dense_rows_are_the_sparse_rows_bits(dense_rows, ticket, tmp_path):
+    """Dense rows only change the storage: each output's sum has the same terms in the same
+    order (zeros added as +0), so the logits are bit-identical to sparse rows."""
+    from export.c_codegen import write_c
+    from export.c_program import program_from_model
+    from targets import c_build, c_run
+
+    x, built = dense_rows
+    spec, model = ticket
+    write_c(program_from_model(model, T, spec.input_shape), tmp_path)
+    sparse = c_run.run(c_build.build(tmp_path), x).logits
+    np.testing.assert_array_equal(c_run.run(built["ticket"][1], x).logits, sparse)
+
+
+@requires_cross_cc
+def test_dense_row_kernels_under_qemu_match_native(dense_rows):
+    from targets import c_build, c_run
+
+    x, built = dense_rows
+    for name, (folder, native, *_rest) in built.items():
+        arm = c_build.build(folder, folder / "arm", isa="aarch64", mcpu="cortex-a72")
+        assert arm.warnings == "", arm.warnings
+        np.testing.assert_array_equal(c_run.run(arm, x[:24]).logits,
+                                      c_run.run(native, x[:24]).logits)
+
+
+def test_profiling_build_times_every_layer(generated, native, reference, tmp_path):
+    """-DMODEL_PROFILE: the same logits, a time for every layer of the summary (plus "other"),
+    and the hook only in the profiling build: the normal model.o has no clock or hook."""
+    from targets import c_build, c_profile, c_run
+
+    _, summary, folder = generated
+    x = reference[0][:30]
+    prof = c_profile.measure(folder, tmp_path / "p", x, runs=40, warmup=2)
+    names = [l["name"] for l in prof["layers"]]
+    assert names == [l["name"] for l in summary["layers"]] + ["other"]
+    assert [l["kind"] for l in prof["layers"][:-1]] == [l["kind"] for l in summary["layers"]]
+    assert all(l["ms"] >= 0 for l in prof["layers"]) and prof["total_ms"] > 0
+    assert abs(sum(l["share"] for l in prof["layers"]) - 1.0) < 1e-6
+    conv = next(l for l in prof["layers"] if l["name"] == "body.2")
+    assert conv["ms"] > 0  # the event conv does measurable work
+    profiled = c_build.build(folder, tmp_path / "p2", extra_flags=(c_profile.FLAG,))
+    np.testing.assert_array_equal(c_run.run(profiled, x).logits, c_run.run(native, x).logits)
+    assert b"profile_mark" in (profiled.folder / "model.o").read_bytes()
+    plain = (native.folder / "model.o").read_bytes()
+    assert b"profile_mark" not in plain and b"clock_gettime" not in plain
+    p = _run_raw(native.runner, ("--profile", "5", "1"), x[:1].astype("<f4").tobytes())
+    assert p.returncode == 2 and b"-DMODEL_PROFILE" in p.stderr and p.stdout == b""
+    lines = c_profile.markdown(prof, "c-x86_64")
+    assert any(l.startswith("| body.2 | conv2d |") for l in lines)
+
+
+def test_profiling_runner_under_sanitizers(generated, reference, tmp_path):
+    from targets import c_build
+
+    _, _, folder = generated
+    asan = c_build.build(folder, tmp_path / "asan", sanitize=True, extra_flags=("-DMODEL_PROFILE",))
+    image = reference[0][:2].astype("<f4").tobytes()
+    p = _run_raw(asan.runner, ("--profile", "3", "1"), image)
+    assert p.returncode == 0, p.stderr.decode()[-800:]
+    out = json.loads(p.stdout)
+    assert out["runs"] == 3 and all(len(l["ms"]) == 3 for l in out["layers"])
+    for args in (("--profile", "0", "1"), ("--profile", "100001", "1"), ("--profile", "x", "1")):
+        p = _run_raw(asan.runner, args, image)
+        assert p.returncode == 2 and b"RUNS must be" in p.stderr, args

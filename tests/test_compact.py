@@ -155,10 +155,11 @@ def test_compacted_c_runtime_with_per_position_step_bias(pruned, compacted, tmp_
     assert np.abs(out.logits - ref).max() <= 1e-4
     san = c_run.run(c_build.build(tmp_path / "c", sanitize=True), x.numpy()[:20])
     np.testing.assert_allclose(san.logits, out.logits[:20], atol=1e-5)
-    # dense-row storage (vectorized event updates): the same sums in the same order, same bits
+    # dense-row storage (vectorized updates, the stem's on dense input too): the same sums
+    # in the same order, same bits
     from export.c_program import choose_dense_rows
 
-    assert choose_dense_rows(program, 0.0) == ["body.2"]
+    assert choose_dense_rows(program, 0.0) == ["stem.0", "body.2"]
     write_c(program, tmp_path / "rows")
     rows = c_build.build(tmp_path / "rows", extra_flags=("-march=x86-64-v3",)
                          if _has_avx2() else ())

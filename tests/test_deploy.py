@@ -61,6 +61,12 @@ def test_compress_measures_dense_and_ticket_side_by_side(compressed):
         ["skipped", "skipped"]  # emulated latency is not indicative: no gate on it
     md = (Path(compressed["artifacts"]["validation"]) / "report.md").read_text()
     assert "## What the compression bought" in md and "| c-x86_64 | c |" in md
+    # the native C target's time per layer (profiling build); none under emulation
+    prof = {e["target"]: e for e in report["targets"]}["c-x86_64"]["c"]["layer_profile"]
+    assert [l["name"] for l in prof["layers"]][-1] == "other" and prof["total_ms"] > 0
+    assert {"stem.0", "body.2", "body.7"} <= {l["name"] for l in prof["layers"]}
+    assert c["c"]["layer_profile"] is None
+    assert "### c-x86_64: time per layer" in md and "| body.2 | conv2d |" in md
 
 
 def test_bundle_has_c_runners_and_verify_reruns_them(compressed, tmp_path):
