@@ -246,7 +246,7 @@ class Ssh(Platform):
 
     def call(self, argv, what, *, input=None, text=False, env=None):
         data = input.encode() if isinstance(input, str) else input
-        p = self.board.call(argv, what, input=data, timeout=self.timeout_s)
+        p = self.board.call(argv, f"running {what}", input=data, timeout=self.timeout_s)
         if text:
             p = subprocess.CompletedProcess(p.args, p.returncode,
                                             p.stdout.decode(errors="replace"),

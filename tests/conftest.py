@@ -37,6 +37,10 @@ requires_cross_cc = _requirement(tools.CROSS_CC.find() is not None and HAVE_QEMU
                                  "EDGEPRUNE_REQUIRE_ARM64",
                                  f"{tools.CROSS_CC.package} and {tools.QEMU.package} are not "
                                  "installed")
+# sshd is started by the tests as a board on 127.0.0.1 (tests/test_remote.py)
+requires_ssh = _requirement(tools.SSHD.find() is not None and tools.SSH.find() is not None,
+                            "EDGEPRUNE_REQUIRE_SSH", "sshd is not installed (apt-get install "
+                            f"{tools.SSHD.package} {tools.SSH.package})")
 requires_fashion = _requirement(data_sources.fashion_available(), "EDGEPRUNE_REQUIRE_FASHION",
                                 "Debian's dataset-fashion-mnist is not installed")
 
