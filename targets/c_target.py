@@ -49,11 +49,7 @@ def run(src: Path, profile: Profile, inputs: np.ndarray, *, keep: Path | None = 
         for name in c_build.FILES:
             shutil.copyfile(Path(src) / name, work / name)
         progress(f"{profile.name}: compiling the C runtime for {profile.isa}")
-        build = c_build.build(work, Path(d) / "build", isa=profile.isa,
-                              mcpu=profile.runtime.mcpu or None,
-                              extra_flags=((f"-march={profile.runtime.march}",)
-                                           if profile.runtime.march else ()),
-                              static=pf.static)
+        build = pf.build_c(work, Path(d) / "build", profile)
         with pf.session():
             info = c_run.info(build, platform=pf)
             progress(f"{profile.name}: running {len(inputs)} inputs + {plan.warmup}+{plan.runs} "

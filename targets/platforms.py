@@ -21,7 +21,7 @@ from typing import Callable
 
 from edgeprune.errors import UserError
 
-from . import child, emulation, tools
+from . import c_build, child, emulation, tools
 from .profiles import Profile
 from .ssh import Board, last_line
 from .tools import host_isa
@@ -70,6 +70,17 @@ class Platform:
         """The C compiler that builds for this platform on this host."""
         return tools.compiler_for(self.isa)
 
+    def check_c_build(self) -> None:
+        """A UserError naming the package when this host cannot build C for here."""
+        c_build.find_tools(self.isa)
+
+    def build_c(self, src: Path, out: Path, profile: Profile) -> c_build.CBuild:
+        """Compile the generated C runtime in `src` into `out` for here."""
+        return c_build.build(src, out, isa=profile.isa, mcpu=profile.runtime.mcpu or None,
+                             extra_flags=((f"-march={profile.runtime.march}",)
+                                          if profile.runtime.march else ()),
+                             static=self.static)
+
     def plan(self, profile: Profile):
         """The timing plan (warmup, runs): the profile's [emulation] where latency is not
         indicative, else its [latency]."""
@@ -98,8 +109,8 @@ class Platform:
 
     # -- the C runner: an executable fed on stdin -------------------------------------------
 
-    def c_argv(self, build, args: list[str]) -> list[str]:
-        """argv that runs the built C runner (a targets.c_build.CBuild) with `args`."""
+    def c_argv(self, build: c_build.CBuild, args: list[str]) -> list[str]:
+        """argv that runs the built C runner with `args`."""
         if not build.runner.is_file():
             raise UserError(f"the C runner {build.runner} does not exist: build it first")
         return [str(build.runner), *args]

@@ -117,7 +117,7 @@ class CRuntime(Runtime):
 
     def check_host(self, platform):
         self.tools(platform)  # an ISA this host cannot build for at all
-        c_build.find_tools(platform.isa)
+        platform.check_c_build()
 
     def model(self, profile, onnx, c_sources, what):
         if c_sources is None:

@@ -11,13 +11,12 @@ import shutil
 import socket
 import subprocess
 import sys
-import tarfile
 import time
 from pathlib import Path
 
 import pytest
 
-from .conftest import requires_cc, requires_ssh, run_cli
+from .conftest import one_line_exit_2, requires_cc, requires_ssh, run_cli
 
 pytestmark = [requires_ssh, requires_cc]
 
@@ -101,15 +100,6 @@ def validated(digits_model, tmp_path_factory):
     assert r.returncode == 0, r.stderr
     return {"onnx": onnx, "reference": art / "reference.npz", "targets": targets,
             "bundle": Path(json.loads(r.stdout)["bundle"]), "run_dir": run_dir}
-
-
-def _one_line_exit_2(r, *words):
-    lines = r.stderr.strip().splitlines()
-    assert r.returncode == 2, r.stderr[-2000:]
-    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
-    for w in words:
-        assert w in lines[0], lines[0]
-    return lines[0]
 
 
 def test_validate_runs_ort_and_the_c_runner_on_the_board(board, validated, tmp_path):
@@ -200,19 +190,19 @@ def test_a_failing_board_exits_2_with_one_line_and_stores_nothing(board, validat
     t0 = time.monotonic()
     r = run_cli("validate", validated["onnx"], "--reference", validated["reference"],
                 "--target", validated["run_dir"] / f"{target}.toml", "--out", out, *args)
-    line = _one_line_exit_2(r, *words)
+    line = one_line_exit_2(r, *words)
     assert "board" in line or "127.0.0.1" in line, line
     assert time.monotonic() - t0 < 120
     assert not any(out.glob("validate-*")), list(out.iterdir())  # nothing half-written
     assert board.leftovers() == []
     if case in ("unreachable", "refused key"):
         r = run_cli("verify", validated["bundle"], *args)
-        _one_line_exit_2(r, *words)
+        one_line_exit_2(r, *words)
 
 
 def test_a_destination_that_could_be_an_option_is_refused(validated, tmp_path):
     r = run_cli("validate", validated["onnx"], "--reference", validated["reference"],
                 "--target", validated["run_dir"] / "fast-ort.toml", "--out", tmp_path,
                 "--remote", "-oProxyCommand=touch pwned")
-    _one_line_exit_2(r, "is not USER@HOST[:PORT]")
+    one_line_exit_2(r, "is not USER@HOST[:PORT]")
     assert not (Path.cwd() / "pwned").exists()
