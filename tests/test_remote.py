@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from .conftest import one_line_exit_2, requires_cc, requires_ssh, run_cli
@@ -112,7 +113,8 @@ def test_validate_runs_ort_and_the_c_runner_on_the_board(board, validated, tmp_p
     for e, here in zip(report["targets"], local["targets"]):
         assert e["mode"] == "remote" and e["target"] == here["target"], e
         assert e["command"].startswith("ssh board"), e["command"]
-        assert e["parity"]["agreement"] == 1.0 and e["inputs"] == 32
+        assert e["parity"]["agreement"] == 1.0 and e["inputs"] == len(np.load(
+            validated["reference"])["logits"])  # every reference input
         gates = {g["gate"]: g for g in e["gates"]}
         # measured on the board, so gated (not skipped as under emulation)
         assert gates["latency"]["status"] == "pass" and "budget 1000 ms" in \
