@@ -36,7 +36,9 @@ class Board:
         return ["--remote", alias, "--ssh-config", self.config, "--remote-python", python]
 
     def leftovers(self) -> list[str]:
-        return sorted(p.name for p in self.tmp.iterdir())
+        """The folders `mktemp -d` made on the board that are still there (other files the
+        login session leaves in TMPDIR, such as a shell's `.ses`, are not edgeprune's)."""
+        return sorted(p.name for p in self.tmp.glob("tmp.*"))
 
 
 def _free_port() -> int:
