@@ -89,8 +89,8 @@ def measure(name: str, ticket_pt: Path, dense_pt: Path, args, work: Path) -> dic
     bench = np.ascontiguousarray(x[:100])
     ort_p50, c_p50, ort_all, c_all = alternating_rounds(folder / UNROLLED, build, bench,
                                                         args.runs, args.runs // 10, args.rounds)
-    prof = c_profile.measure(art.path, work / f"{name}-profile", bench, runs=args.runs,
-                             warmup=args.runs // 10, extra_flags=FLAGS)
+    prof = c_profile.measure(c_profile.build(art.path, work / f"{name}-profile", FLAGS), bench,
+                             runs=args.runs, warmup=args.runs // 10)
     stats = c_run.spike_counts(build, x)
     summary = json.loads((art.path / "manifest.json").read_text()) \
         if (art.path / "manifest.json").is_file() else {}

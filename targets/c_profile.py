@@ -24,11 +24,13 @@ FLAG = "-DMODEL_PROFILE"
 MAX_RUNS = 300  # enough for stable means; the plain build's latency has its own runs
 
 
-def measure(src: Path, build_dir: Path, images: np.ndarray, *, runs: int, warmup: int,
-            isa: str = "native", mcpu: str | None = None,
-            extra_flags: tuple[str, ...] = ()) -> dict:
-    """Build `src` with the profile hook into `build_dir` and time each layer."""
-    build = c_build.build(src, build_dir, isa=isa, mcpu=mcpu, extra_flags=(*extra_flags, FLAG))
+def build(src: Path, build_dir: Path, extra_flags: tuple[str, ...] = ()) -> c_build.CBuild:
+    """A native profiling build of the sources in `src` (the hook defined: FLAG)."""
+    return c_build.build(src, build_dir, extra_flags=(*extra_flags, FLAG))
+
+
+def measure(build: c_build.CBuild, images: np.ndarray, *, runs: int, warmup: int) -> dict:
+    """Time each layer of a profiling `build` (compiled with FLAG) on `images`."""
     raw = c_run.layer_times(build, images, min(int(runs), MAX_RUNS), int(warmup))
     per_run = np.array([l["ms"] for l in raw["layers"]], dtype=np.float64)  # (layers, runs)
     # a layer's time includes the marks (clock reads) that closed it: once per inference in

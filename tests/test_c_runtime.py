@@ -536,7 +536,7 @@ def test_profiling_build_times_every_layer(generated, native, reference, tmp_pat
 
     _, summary, folder = generated
     x = reference[0][:30]
-    prof = c_profile.measure(folder, tmp_path / "p", x, runs=40, warmup=2)
+    prof = c_profile.measure(c_profile.build(folder, tmp_path / "p"), x, runs=40, warmup=2)
     names = [l["name"] for l in prof["layers"]]
     assert names == [l["name"] for l in summary["layers"]] + ["other"]
     assert [l["kind"] for l in prof["layers"][:-1]] == [l["kind"] for l in summary["layers"]]
