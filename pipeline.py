@@ -482,8 +482,10 @@ def compress(store: Store, plan: Plan, model: Path | None = None, *,
     ticket = out.add("retrain", retrain(store, model, mask.path, plan.retrain, plan.data,
                                         plan.run, report))
     onnx = out.add("export", export(store, ticket.path / "model.pt", plan.export, report))
+    from targets.registry import runtime_of
+
     if plan.validate.target is None and _c_sources(onnx) is None and \
-            any(p.kind == "c" for p in profs):
+            any(runtime_of(p).export_files for p in profs):
         # a default C target the export could not write the C runtime for is left out, saying
         # why (a named one is refused by validation, exit 2)
         vcfg = replace(vcfg, target=ORT_TARGET)
