@@ -37,6 +37,11 @@ CROSS_CC = Tool("aarch64 cross compiler", ("aarch64-linux-gnu-gcc",),
                 "gcc-aarch64-linux-gnu libc6-dev-arm64-cross")
 QEMU = Tool("ARM64 user-mode emulator", ("qemu-aarch64-static", "qemu-aarch64"),
             "qemu-user-static")
+# Cortex-M microcontrollers: the bare-metal compiler (newlib supplies memcpy/memset) and the
+# system-mode emulator that runs its firmware on an emulated board (targets/boards.py)
+MCU_CC = Tool("Cortex-M bare-metal compiler", ("arm-none-eabi-gcc",),
+              "gcc-arm-none-eabi libnewlib-arm-none-eabi")
+QEMU_SYSTEM = Tool("Cortex-M board emulator", ("qemu-system-arm",), "qemu-system-arm")
 
 
 def mode(isa: str) -> str | None:
