@@ -15,8 +15,10 @@ Exit codes (SYS_EXIT_EXTENDED): 0 done; 2 bad input (one line on stderr); 3 a fa
 would eat bytes of binary images.
 
 Memory layout: the stack sits at the bottom of RAM, below .data and .bss, so growing past its
-reserve never silently overwrites the model's state; the reset handler paints it and main
-measures its peak from the paint (and fails when the guard word at the bottom was touched).
+reserve runs off the start of RAM and faults (QEMU reports the core's lockup; mcu_run says the
+stack outgrew its reserve) instead of silently overwriting the model's state. The reset
+handler paints the stack; main measures its peak from the paint (and exits 4 should the
+bottom word have been written).
 """
 from __future__ import annotations
 

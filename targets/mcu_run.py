@@ -13,6 +13,7 @@ indicative of the device.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -51,6 +52,22 @@ def find_qemu() -> str:
     return found
 
 
+def _failure(p: subprocess.CompletedProcess, board: Board) -> str:
+    """Why the firmware stopped, in one phrase. A fault whose exception entry cannot push onto
+    the stack locks the core up, and QEMU aborts printing its registers: with the stack at the
+    bottom of RAM, an SP below RAM's start means the stack outgrew its reserve."""
+    text = p.stderr + p.stdout
+    lines = [l for l in text.splitlines() if l.strip()]
+    if "Lockup" in text:
+        sp = re.search(r"R13=([0-9a-fA-F]{8})", text)
+        if sp and int(sp.group(1), 16) < board.ram[0]:
+            return (f"{EXIT_REASONS[4]}: the core locked up with SP at {sp.group(1)}, below RAM "
+                    f"at {board.ram[0]:#010x}")
+        return "the core locked up: a fault while handling a fault"
+    why = EXIT_REASONS.get(p.returncode, f"exit {p.returncode}")
+    return f"{why}: {lines[-1][:300] if lines else 'no message'}"
+
+
 def command(qemu: str, board: Board, image: Path) -> list[str]:
     return [qemu, "-M", board.machine, "-cpu", board.cpu, "-nographic", "-monitor", "none",
             "-serial", "none", "-semihosting-config", "enable=on,target=native",
@@ -74,10 +91,7 @@ def run(image: Path, board: Board, images: np.ndarray, *, timeout: int = TIMEOUT
         except subprocess.TimeoutExpired:
             raise UserError(f"the firmware on {board.machine} took over {timeout} s") from None
         if p.returncode != 0:
-            lines = [l for l in (p.stderr + p.stdout).splitlines() if l.strip()]
-            why = EXIT_REASONS.get(p.returncode, f"exit {p.returncode}")
-            raise UserError(f"the firmware failed on {board.machine} ({why}): "
-                            f"{lines[-1][:300] if lines else 'no message'}")
+            raise UserError(f"the firmware failed on {board.machine} ({_failure(p, board)})")
         info = json.loads((job / "info.json").read_text())
         n, k = x.shape[0], int(info["num_classes"])
         if list(info["input_shape"]) != list(x.shape[1:]) or int(info["images"]) != n:

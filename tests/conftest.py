@@ -37,6 +37,10 @@ requires_cross_cc = _requirement(tools.CROSS_CC.find() is not None and HAVE_QEMU
                                  "EDGEPRUNE_REQUIRE_ARM64",
                                  f"{tools.CROSS_CC.package} and {tools.QEMU.package} are not "
                                  "installed")
+requires_mcu = _requirement(tools.MCU_CC.find() is not None
+                            and tools.QEMU_SYSTEM.find() is not None, "EDGEPRUNE_REQUIRE_MCU",
+                            f"{tools.MCU_CC.package} and {tools.QEMU_SYSTEM.package} are not "
+                            "installed")
 requires_fashion = _requirement(data_sources.fashion_available(), "EDGEPRUNE_REQUIRE_FASHION",
                                 "Debian's dataset-fashion-mnist is not installed")
 
