@@ -193,9 +193,6 @@ def _trained_on(model_pt: Path | None) -> str | None:
     return (open_artifact(Path(model_pt).parent).config.get("data") or {}).get("name")
 
 
-C_FILES = ("model.h", "model.c", "model_weights.c", "runner.c")
-
-
 def _profiles(cfg: ValidateConfig) -> list:
     """The target profiles `cfg` names, with its overrides; refused before any work when one is
     bad or needs a tool (compiler, cross compiler, emulator) that is not installed."""
@@ -204,30 +201,37 @@ def _profiles(cfg: ValidateConfig) -> list:
     profs = profiles_mod.load_many(cfg.target)
     if cfg.latency_budget_ms is not None:
         profs = [p.with_latency_budget(cfg.latency_budget_ms) for p in profs]
-    profs = [p.with_dense_gates(cfg.min_speedup, cfg.max_accuracy_drop) for p in profs]
+    profs = [p.with_dense_gates(cfg.min_speedup, cfg.max_accuracy_drop)
+             .with_remote(cfg.remote, cfg.ssh_config, cfg.remote_python) for p in profs]
     _tools_for(profs)
     return profs
 
 
 def _tools_for(profs: list) -> None:
-    """Refuse, before any work, targets whose compiler (or emulator) is not installed."""
-    from targets import c_build, emulation, runtime
+    """Refuse, before any work, targets whose tools (compiler, emulator, ssh) are not
+    installed, or that no platform here runs."""
+    from targets import registry
 
     for p in profs:
-        emulated = runtime.mode(p) == "emulated"  # refuses an ISA this host cannot run at all
-        if p.kind == "c":
-            c_build.find_tools(p.isa)
-        if emulated:
-            emulation.find_qemu()
+        registry.check_tools(p)
 
 
 def _c_sources(art: Artifact | None) -> Path | None:
     """The artifact's folder when it holds the C runtime's sources (each sha256 checked)."""
-    if art is None or not all(n in art.manifest["files"] for n in C_FILES):
+    from targets.c_build import FILES
+
+    if art is None or not all(n in art.manifest["files"] for n in FILES):
         return None
-    for n in C_FILES:
+    for n in FILES:
         art.file(n)
     return art.path
+
+
+def _runs_c(profs: list) -> bool:
+    """Whether a target runs the export's C runtime (so the dense model's export needs it)."""
+    from targets import registry
+
+    return any(registry.runtime_of(p).export_files for p in profs)
 
 
 @dataclass(frozen=True)
@@ -264,7 +268,7 @@ def dense_export(store: Store, source: Artifact | None, profs: list,
     c = source.config
     cfg = ExportConfig(outputs="logits", opset=c.get("opset", 17), sparse_initializers=False,
                        compact=False, int8=False, nir=False,
-                       c_runtime=None if any(p.kind == "c" for p in profs) else False,
+                       c_runtime=None if _runs_c(profs) else False,
                        timesteps=c.get("timesteps"), probe=c.get("probe", 256))
     if not _has_torch():
         return DenseExport(None, note="exporting the dense model needs PyTorch, which this "

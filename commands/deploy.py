@@ -166,6 +166,16 @@ def verify(bundle_path: Path = typer.Argument(..., help="A bundle .tar.gz made b
            latency_budget_ms: Optional[float] = typer.Option(
                None, "--latency-budget-ms", help="Override every profile's latency budget "
                "[default: the bundle's recorded profiles', or the --target profiles']."),
+           remote: Optional[str] = typer.Option(
+               None, "--remote", help="Run on a board over SSH: USER@HOST[:PORT] or a Host "
+               "alias of the ssh config (the system OpenSSH client, your keys, BatchMode); the "
+               "bundle's targets of the board's ISA run there, and their budgets are gated."),
+           ssh_config: Optional[Path] = typer.Option(
+               None, "--ssh-config", help="The ssh config file for --remote (ssh -F FILE).",
+               dir_okay=False),
+           remote_python: Optional[str] = typer.Option(
+               None, "--remote-python", help="The board's Python with numpy and onnxruntime "
+               "[default: python3]."),
            as_json: bool = JsonOpt):
     """Check a bundle: bounded, safe extraction, its signature (--trust), every sha256, the
     reference inputs re-run on the target against the stored outputs, and the model timed there
@@ -177,7 +187,9 @@ def verify(bundle_path: Path = typer.Argument(..., help="A bundle .tar.gz made b
     failed = None
     try:
         result = bundle.verify(bundle_path, target, trust=trust, rebuild_c=rebuild_c,
-                               latency_budget_ms=latency_budget_ms,
+                               latency_budget_ms=latency_budget_ms, remote=remote,
+                               ssh_config=str(ssh_config) if ssh_config else None,
+                               remote_python=remote_python,
                                progress=lambda text: render.err.print(f"[dim]{text}[/dim]",
                                                                       highlight=False))
     except GateFailed as e:  # the runs were made: show them, then exit 1

@@ -11,7 +11,8 @@ import platform
 from importlib import metadata
 
 from edgeprune import data_sources
-from targets import emulation, profiles, tools
+from edgeprune.errors import UserError
+from targets import profiles, registry, tools
 
 from . import render
 from .options import JsonOpt
@@ -61,25 +62,24 @@ def _gpu() -> dict:
 
 def _target(name: str) -> dict:
     p = profiles.load(name)
-    entry = {"name": name, "runtime": p.kind, "isa": p.isa, "mode": tools.mode(p.isa),
+    rt = registry.runtime_of(p)
+    try:
+        pf = registry.platform_for(p)
+    except UserError:  # no platform on this host runs it
+        pf = None
+    entry = {"name": name, "runtime": rt.name, "isa": p.isa, "mode": pf and pf.mode,
              "runnable": False, "missing": [], "install": None, "note": ""}
-    needed = tools.needed(p.kind, p.isa)
-    if needed is None:
+    if pf is None:
         entry["note"] = f"needs a {p.isa} machine"
         return entry
-    missing = [t for t in needed if t.find() is None]
+    missing = [t for t in (*rt.tools(pf), *pf.tools()) if t.find() is None]
     entry["missing"] = [{"tool": t.label, "looked_for": list(t.names), "package": t.package}
                         for t in missing]
     install = [f"apt-get install {' '.join(t.package for t in missing)}"] if missing else []
-    if p.kind == "onnxruntime" and _version("onnxruntime") is None:
-        install.append("pip install onnxruntime")
+    install += [f"pip install {pkg}" for pkg in rt.packages if _version(pkg) is None]
     entry["install"] = "; ".join(install) or None
     entry["runnable"] = not install
-    if entry["mode"] == "emulated" and p.kind == "onnxruntime" and not emulation.ready():
-        entry["note"] = "the first run builds the emulator: needs the Debian mirror and PyPI"
-        entry["emulator_cache"] = str(emulation.cache_root())
-    elif entry["mode"] == "emulated":
-        entry["note"] = "emulated: parity is real, latency is not indicative"
+    entry.update(pf.doctor_notes(rt))
     return entry
 
 

@@ -435,6 +435,15 @@ class ValidateConfig:
                                                 "than this many percentage points of accuracy "
                                                 "against the dense model.",
                                                 show="the profile's (5)")
+    remote: Optional[str] = option(None, "Run the targets on a board over SSH: USER@HOST[:PORT] "
+                                   "or a Host alias of the ssh config (the system OpenSSH "
+                                   "client, your keys, BatchMode); its latency and memory are "
+                                   "gated.", show="the profile's [remote], else this host")
+    ssh_config: Optional[str] = option(None, "The ssh config file for --remote (ssh -F FILE).",
+                                       show="~/.ssh/config")
+    remote_python: Optional[str] = option(None, "The board's Python with numpy and onnxruntime "
+                                          "(ONNX Runtime targets on --remote).",
+                                          show="python3")
 
     def __post_init__(self):
         _check(self.latency_budget_ms is None or self.latency_budget_ms > 0,

@@ -38,7 +38,8 @@ from edgeprune import names
 from edgeprune.errors import GateFailed, UserError
 from edgeprune.hashing import bytes_sha256, file_sha256, is_file_table
 
-from . import archive, modelcard, profiles as profiles_mod, runtime, scratch, signing, tools
+from . import archive, modelcard, profiles as profiles_mod, registry, scratch, signing, ssh, tools
+from .runtimes import INT8_FILE, ORT_PLATFORM
 from .validate_stage import REFERENCE_BYTES
 from .validation import FAIL, budget_gates, latency_of, memory_of, parity, parity_ok
 
@@ -52,9 +53,10 @@ SIGNATURE = HEAD[1]
 HEAD_CAP = {MANIFEST: 8 * 1024 ** 2, SIGNATURE: signing.MAX_SIGNATURE}
 ZERO = "0" * 64
 MODEL_SUFFIXES = (".onnx", ".nir")
-INT8_FILE = "model.int8.onnx"
-C_SOURCES = ("model.h", "model.c", "model_weights.c", "runner.c")
-ORT_PLATFORM = {"x86_64": "amd64", "aarch64": "arm"}
+# the export files the runtimes run besides the models (the C sources): shipped under c/
+RUNTIME_FILES = frozenset(f for r in registry.RUNTIMES.values() for f in r.export_files)
+# the ONNX Runtime profile verify uses for a bundle with no target this host runs
+DEFAULT_PROFILE = {"x86_64": "x86_64", "aarch64": "arm64-cortex-a72"}
 Progress = Callable[[str], None]
 UNTRUSTED_C = ("verify runs no native code from a bundle it cannot trust: pass --trust KEY.pub "
                "(the packager's public key, for a bundle made with `package --sign`) or "
@@ -62,6 +64,16 @@ UNTRUSTED_C = ("verify runs no native code from a bundle it cannot trust: pass -
 
 
 # -- package -----------------------------------------------------------------------------------
+
+def _runtime(entry: dict):
+    """The runtime a validation report's target entry ran (reports before the C runtime name
+    none: ONNX Runtime); a UserError for a name this edgeprune does not know."""
+    name = entry.get("runtime", "onnxruntime")
+    if name not in registry.RUNTIMES:
+        raise UserError(f"a validation report names the runtime {shown(str(name))}, which this "
+                        "edgeprune does not know")
+    return registry.RUNTIMES[name]
+
 
 def _verdict(art: Artifact) -> dict:
     """The validation's report.json (sha256 checked), after checking that what its manifest
@@ -197,7 +209,7 @@ def package(source: Path, cfg: PackageConfig = PackageConfig(), out_dir: Path | 
             reports.append({"id": v.id, "report": report})
         entries = [e for r in reports for e in r["report"]["targets"]]
         # int8 ships only where every ONNX Runtime validation kept it
-        ort = [e for e in entries if e.get("runtime", "onnxruntime") == "onnxruntime"]
+        ort = [e for e in entries if _runtime(e).runs_onnx]
         int8_ok = bool(ort) and all((e.get("int8") or {}).get("kept") for e in ort)
         for name in sorted(export.manifest["files"]):
             names.plain_name(name, f"export artifact {export.path}: file")
@@ -206,14 +218,14 @@ def package(source: Path, cfg: PackageConfig = PackageConfig(), out_dir: Path | 
                 continue
             if name.endswith(MODEL_SUFFIXES):
                 files[name] = export.file(name).read_bytes()  # sha256 checked on read
-            elif name in C_SOURCES:
+            elif name in RUNTIME_FILES:
                 files[f"c/{name}"] = export.file(name).read_bytes()
         if "model.onnx" not in files:
             raise UserError(f"export artifact {export.id} has no model.onnx")
         for r, v in ((r, v) for r in reports for v in vals if v.id == r["id"]):
-            for e in r["report"]["targets"]:  # the binaries each C validation built and ran
-                if e.get("runtime") == "c" and e["passed"]:
-                    for f in ("runner", "libmodel.a"):
+            for e in r["report"]["targets"]:  # the binaries each validation built and ran
+                if e["passed"]:
+                    for f in _runtime(e).binaries:
                         if f"{e['target']}.{f}" in v.manifest["files"]:
                             files[f"c/{e['target']}/{f}"] = \
                                 v.file(f"{e['target']}.{f}").read_bytes()
@@ -224,7 +236,8 @@ def package(source: Path, cfg: PackageConfig = PackageConfig(), out_dir: Path | 
                     "validate_id": r["id"], "profile": e["profile"]}
                    for r in reports for e in r["report"]["targets"]]
         if cfg.ort:
-            for isa in sorted({t["isa"] for t in targets if t["runtime"] == "onnxruntime"}):
+            for isa in sorted({t["isa"] for t in targets
+                               if registry.RUNTIMES[t["runtime"]].runs_onnx}):
                 progress(f"package: converting to ORT format for {ORT_PLATFORM[isa]}")
                 files.update(_convert_ort(files["model.onnx"], ORT_PLATFORM[isa]))
         meta = json.loads(files[f"reports/validate-{val.id}/report.json"])["model"]["metadata"]
@@ -324,44 +337,46 @@ def _read(bundle: Path, dest: Path, trust: Path | None) -> tuple[dict, str | Non
     return manifest, checked["by"], contents.names
 
 
-def _profiles_for(manifest: dict, c_ok: bool, skipped: list[dict]) -> list:
-    """Every validated target this host runs: natively, and the C
-    runtime's aarch64 runner under QEMU when qemu-aarch64-static is installed (ONNX Runtime
-    under QEMU only when named: it needs the emulated Python environment). C targets only
-    with `c_ok` (a trusted bundle, or --rebuild-c); the others go to `skipped`."""
-    host = runtime.host_isa()
-    emulated_c = host == "x86_64" and tools.QEMU.find() is not None
+def _profiles_for(manifest: dict, c_ok: bool, skipped: list[dict],
+                  remote: tuple = (None, None, None)) -> list:
+    """Every validated target that runs here without setting anything up: natively, and a
+    self-contained runtime (the C runner) under QEMU when the emulator is installed (ONNX
+    Runtime under QEMU only when named: it needs the emulated Python environment). With a
+    board (`remote`: host, ssh config, python), the targets of the board's ISA, run there.
+    Targets that run native code from the bundle only with `c_ok` (a trusted bundle, or
+    --rebuild-c); the others go to `skipped`."""
+    host, ssh_config, _python = remote
+    board_isa = ssh.Board(host, ssh_config or "").isa() if host else None
     chosen, seen = [], set()
     for t in manifest.get("targets", []):
-        c_here = t.get("runtime") == "c" and t["isa"] == "aarch64" and emulated_c
-        if (t["isa"] == host or c_here) and t["target"] not in seen:
-            seen.add(t["target"])
-            if t.get("runtime") == "c" and not c_ok:
-                skipped.append({"target": t["target"], "reason": UNTRUSTED_C})
-                continue
-            raw = {k: v for k, v in t["profile"].items() if v is not None}
-            chosen.append(profiles_mod.from_dict(raw, t["target"], "bundle manifest"))
+        # where it was validated is not part of the target: it runs here (or on the board)
+        raw = {k: v for k, v in t["profile"].items() if v is not None and k != "remote"}
+        prof = profiles_mod.from_dict(raw, t["target"], "bundle manifest").with_remote(*remote)
+        if t["target"] in seen or not _runs_by_default(prof, board_isa):
+            continue
+        seen.add(t["target"])
+        if registry.runtime_of(prof).native_code and not c_ok:
+            skipped.append({"target": t["target"], "reason": UNTRUSTED_C})
+            continue
+        chosen.append(prof)
     if not chosen:
-        chosen = [profiles_mod.load("x86_64" if host == "x86_64" else "arm64-cortex-a72")]
+        isa = board_isa or tools.host_isa()
+        if isa not in DEFAULT_PROFILE:
+            raise UserError(f"the bundle has no target for {isa}, and edgeprune has no "
+                            f"{isa} profile: name one with --target")
+        chosen = [profiles_mod.load(DEFAULT_PROFILE[isa]).with_remote(*remote)]
     return chosen
 
 
-def _run_c(runner: Path, prof, inputs: np.ndarray) -> runtime.TargetRun:
-    """The bundle's C runner for `prof` on the reference inputs (natively or under QEMU), timed
-    with the profile's plan: only for a bundle whose signature was verified."""
-    from . import c_build, c_run
-
-    runner.chmod(0o755)
-    native = prof.isa == runtime.host_isa()
-    build = c_build.CBuild(folder=runner.parent, isa=prof.isa, native=native, sanitize=False,
-                           compiler="", flags=(), runner=runner,
-                           library=runner.parent / "libmodel.a", objects=(), static=not native)
-    qemu_cpu = prof.emulation.qemu_cpu if prof.emulation else "cortex-a72"
-    plan = prof.latency if native or prof.emulation is None else prof.emulation
-    out = c_run.run(build, inputs, bench=(plan.runs, plan.warmup), qemu_cpu=qemu_cpu)
-    return runtime.TargetRun(out.logits, {"onnxruntime": None, "machine": prof.isa,
-                                          "latencies_ms": out.latencies_ms}, out.mode,
-                             " ".join(out.command))
+def _runs_by_default(prof, board_isa: str | None) -> bool:
+    if board_isa is not None:
+        return prof.isa == board_isa
+    try:
+        pf = registry.platform_for(prof)
+    except UserError:  # no platform here runs it
+        return False
+    return pf.mode == "native" or (registry.runtime_of(prof).self_contained
+                                   and all(t.find() for t in pf.tools()))
 
 
 def _reference(path: Path, manifest: dict) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -377,16 +392,17 @@ def _reference(path: Path, manifest: dict) -> tuple[np.ndarray, np.ndarray, dict
 
 def verify(bundle: Path, target: str | None = None, *, trust: Path | None = None,
            rebuild_c: bool = False, latency_budget_ms: float | None = None,
-           progress: Progress = lambda m: None) -> dict:
+           remote: str | None = None, ssh_config: str | None = None,
+           remote_python: str | None = None, progress: Progress = lambda m: None) -> dict:
     """Bounded extraction, the signature (with `trust`), every checksum, then the reference
     inputs re-run on each target and the model timed there with the profile's latency plan;
     GateFailed naming the file on any mismatch, and with both numbers on a missed latency or
     memory budget (the bundle's recorded profiles' budgets, or those of the `target` profiles,
-    or `latency_budget_ms`; not gated under emulation). C targets run the bundle's runner only
-    when its signature was verified; with `rebuild_c`, a runner compiled here from the bundle's
-    C sources; else they are refused (named) or left out."""
-    from . import c_target
-
+    or `latency_budget_ms`; not gated under emulation). With `remote` (USER@HOST[:PORT] or an
+    ssh alias; `ssh_config`: ssh -F; `remote_python`: the board's Python), the targets run on
+    that board over SSH, where the budgets apply. Runtimes that run native code from the bundle
+    (the C runner) run it only when its signature was verified; with `rebuild_c`, a runner
+    compiled here from the bundle's C sources; else they are refused (named) or left out."""
     bundle = Path(bundle)
     if not bundle.is_file():
         raise UserError(f"bundle {bundle} does not exist")
@@ -395,11 +411,12 @@ def verify(bundle: Path, target: str | None = None, *, trust: Path | None = None
     if latency_budget_ms is not None and not (math.isfinite(latency_budget_ms)
                                               and latency_budget_ms > 0):
         raise UserError(f"--latency-budget-ms must be a positive number, got {latency_budget_ms}")
-    named = profiles_mod.load_many(target) if target else None
-    if named and trust is None and not rebuild_c:
-        for p in named:
-            if p.kind == "c":
-                raise UserError(f"target {p.name}: {UNTRUSTED_C}")
+    board = (remote, ssh_config, remote_python)
+    named = ([p.with_remote(*board) for p in profiles_mod.load_many(target)] if target
+             else None)
+    for p in named or ():
+        if registry.runtime_of(p).native_code and trust is None and not rebuild_c:
+            raise UserError(f"target {p.name}: {UNTRUSTED_C}")
     with scratch.folder("verify") as root:
         manifest, signer, members = _read(bundle, root, trust)
         progress(f"verify: {len(members)} files match their sha256"
@@ -407,7 +424,8 @@ def verify(bundle: Path, target: str | None = None, *, trust: Path | None = None
                     "; signed, not checked (give --trust KEY.pub)" if SIGNATURE in members
                     else ""))
         skipped: list[dict] = []
-        profs = named or _profiles_for(manifest, signer is not None or rebuild_c, skipped)
+        profs = named or _profiles_for(manifest, signer is not None or rebuild_c, skipped,
+                                       board)
         if latency_budget_ms is not None:
             profs = [p.with_latency_budget(latency_budget_ms) for p in profs]
         for s in skipped:
@@ -418,37 +436,22 @@ def verify(bundle: Path, target: str | None = None, *, trust: Path | None = None
             raise UserError(f"bundle {bundle.name}: reference.npz holds no float inputs with "
                             "one row of logits each")
         runs, failed = [], []
+        shared: dict = {}
         for prof in profs:
+            rt, pf = registry.runtime_of(prof), registry.platform_for(prof, shared)
             # The shipped model (model.onnx, or the C runner) is timed with the profile's plan;
             # the other files (.ort, int8) get one untimed pass, for their outputs only.
             quick = replace(prof, latency=replace(prof.latency, warmup=0, runs=1),
                             emulation=(replace(prof.emulation, warmup=0, runs=1)
                                        if prof.emulation else None))
-            if prof.kind == "c" and rebuild_c:
-                models = ["c/model.c (rebuilt here)"]
-                if not c_target.has_sources(root / "c"):
-                    failed.append(f"target {prof.name}: the bundle has no C sources to rebuild")
-                    continue
-            elif prof.kind == "c":
-                models = [f"c/{prof.name}/runner"]
-                if models[0] not in members:
-                    failed.append(f"target {prof.name}: the bundle has no C runner for it "
-                                  "(validate and package with this target)")
-                    continue
-            else:
-                models = ["model.onnx"] + [n for n in sorted(members)
-                                           if n in (f"model.{ORT_PLATFORM[prof.isa]}.ort",
-                                                    INT8_FILE)]
+            try:
+                models = rt.bundled(prof, members, rebuild_c)
+            except UserError as e:
+                failed.append(str(e))
+                continue
             for i, name in enumerate(models):
                 plan = prof if i == 0 else quick
-                if prof.kind == "c" and rebuild_c:
-                    run = c_target.run(root / "c", plan, inputs, progress=progress,
-                                       scratch=root)
-                elif prof.kind == "c":
-                    run = _run_c(root / name, plan, inputs)
-                else:
-                    run = runtime.run(root / name, plan, inputs, progress=progress,
-                                      scratch=root)
+                run = rt.run_bundled(root, name, plan, pf, inputs, rebuild_c, progress)
                 want = expected
                 if name == INT8_FILE:  # what the int8 model gave when it was validated
                     want = int8_expected.get(prof.name, next(iter(int8_expected.values()),

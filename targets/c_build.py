@@ -20,16 +20,20 @@ from pathlib import Path
 from edgeprune.errors import UserError
 
 from . import child, elf, tools
-from .tools import host_isa
+from .tools import ISAS, host_isa
 
 SOURCES = ("model.c", "model_weights.c")
 RUNNER_SOURCE = "runner.c"
+# Every file of a generated C runtime: what an export writes, a validation builds and a bundle
+# ships under c/.
+FILES = ("model.h", *SOURCES, RUNNER_SOURCE)
+# What a build leaves that a validation keeps per target and a bundle ships under c/<target>/.
+BINARIES = ("runner", "libmodel.a")
 BASE_FLAGS = ("-std=c99", "-ffp-contract=off", "-Wall", "-Wextra")
 OPT_FLAGS = ("-O2",)
 SANITIZE_FLAGS = ("-O1", "-g", "-fsanitize=address,undefined", "-fno-omit-frame-pointer",
                   "-fno-sanitize-recover=all")
 COMPILE_TIMEOUT_S = 600
-ISAS = ("x86_64", "aarch64")
 
 
 @dataclass(frozen=True)
@@ -104,12 +108,14 @@ def _run(argv: list[str], what: str) -> str:
 
 
 def build(src: Path, out: Path | None = None, *, isa: str = "native", sanitize: bool = False,
-          mcpu: str | None = None, extra_flags: tuple[str, ...] = ()) -> CBuild:
+          mcpu: str | None = None, extra_flags: tuple[str, ...] = (),
+          static: bool | None = None) -> CBuild:
     """Compile the sources in `src` (written by export.c_codegen.write_c) into `out` (default:
     `src/build-<isa>[-sanitize]`). `isa`: "native", "x86_64" or "aarch64". `mcpu`: e.g.
-    "cortex-a72" for aarch64 (-mcpu), to use no instruction the device lacks."""
+    "cortex-a72" for aarch64 (-mcpu), to use no instruction the device lacks. `static`: link
+    the runner statically (default: when it is not for this host)."""
     src = Path(src)
-    missing = [n for n in (*SOURCES, RUNNER_SOURCE, "model.h") if not (src / n).is_file()]
+    missing = [n for n in FILES if not (src / n).is_file()]
     if missing:
         raise UserError(f"{src} is not a generated C runtime folder (missing {', '.join(missing)})")
     isa = host_isa() if isa == "native" else isa
@@ -126,7 +132,8 @@ def build(src: Path, out: Path | None = None, *, isa: str = "native", sanitize: 
     if mcpu:
         flags.append(f"-mcpu={mcpu}")
     flags += list(extra_flags)
-    static = not native  # qemu-aarch64-static runs a static binary without a sysroot
+    if static is None:
+        static = not native  # qemu-aarch64-static runs a static binary without a sysroot
     warnings = []
     objects = []
     for name in SOURCES:

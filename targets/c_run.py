@@ -13,26 +13,23 @@ from an emulated run says so in `latency_note`.
 from __future__ import annotations
 
 import json
-import subprocess
 from dataclasses import dataclass
 
 import numpy as np
 
 from edgeprune.errors import UserError
 
-from . import child, emulation
+from . import platforms
 from .c_build import CBuild
 
-NATIVE_TIMEOUT_S = 900
-EMULATED_TIMEOUT_S = 1800
-EMULATED_NOTE = "emulated (qemu-aarch64): latency is not indicative of the device"
+EMULATED_NOTE = platforms.EMULATED_NOTE
 
 
 @dataclass
 class CRun:
     logits: np.ndarray  # (N, classes) float32
     latencies_ms: list[float] | None  # per timed run, when bench was asked for
-    mode: str  # native | emulated
+    mode: str  # native | emulated | remote
     command: list[str]  # how the runner was started
     latency_note: str | None  # set when the latencies mean nothing for the device
 
@@ -44,39 +41,32 @@ class CRun:
         return {f"p{q}": float(np.percentile(a, q)) for q in (50, 95, 99)}
 
 
-def _argv(build: CBuild, args: list[str], qemu_cpu: str) -> tuple[list[str], str]:
-    if not build.runner.is_file():
-        raise UserError(f"the C runner {build.runner} does not exist: build it first")
+def platform_of(build: CBuild, qemu_cpu: str = "cortex-a72") -> platforms.Platform:
+    """Where a build made on this host runs by default: natively, or (aarch64 on x86-64)
+    under qemu-aarch64 user mode on `qemu_cpu`."""
     if build.native:
-        return [str(build.runner), *args], "native"
+        return platforms.Native(build.isa)
     if build.isa != "aarch64":
         raise UserError(f"cannot run a {build.isa} build on this host")
-    qemu = emulation.find_qemu()
-    emulation.check_core(qemu_cpu, qemu)
-    argv = [qemu, "-cpu", qemu_cpu]
-    if not build.static:  # a dynamic aarch64 binary needs the cross sysroot's loader and libc
-        argv += ["-L", "/usr/aarch64-linux-gnu"]
-    return [*argv, str(build.runner), *args], "emulated"
+    return platforms.QemuUser(build.isa, qemu_cpu)
 
 
-def _call(argv: list[str], stdin: bytes, mode: str, timeout: int | None) -> bytes:
-    timeout = timeout or (EMULATED_TIMEOUT_S if mode == "emulated" else NATIVE_TIMEOUT_S)
-    try:
-        p = child.run(argv, input=stdin, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise UserError(f"the C runner took over {timeout} s ({mode})") from None
+def _call(pf: platforms.Platform, build: CBuild, args: list[str], stdin: bytes) -> bytes:
+    argv = pf.c_argv(build, args)
+    p = pf.call(argv, "the C runner", input=stdin)
     if p.returncode != 0:
         err = p.stderr.decode(errors="replace").strip().splitlines()
         why = (f"killed by signal {-p.returncode}" if p.returncode < 0
                else f"exit {p.returncode}")
-        raise UserError(f"the C runner failed ({mode}, {why}): "
+        raise UserError(f"the C runner failed ({pf.mode}, {why}): "
                         f"{err[-1][:300] if err else 'no message'}")
     return p.stdout
 
 
-def info(build: CBuild, *, qemu_cpu: str = "cortex-a72") -> dict:
-    argv, mode = _argv(build, ["--info"], qemu_cpu)
-    return json.loads(_call(argv, b"", mode, None))
+def info(build: CBuild, *, qemu_cpu: str = "cortex-a72",
+         platform: platforms.Platform | None = None) -> dict:
+    pf = platform or platform_of(build, qemu_cpu)
+    return json.loads(_call(pf, build, ["--info"], b""))
 
 
 def _images(images: np.ndarray, shape: list[int]) -> bytes:
@@ -90,15 +80,17 @@ def _images(images: np.ndarray, shape: list[int]) -> bytes:
 
 
 def run(build: CBuild, images: np.ndarray, *, bench: tuple[int, int] | None = None,
-        qemu_cpu: str = "cortex-a72", timeout: int | None = None,
-        model_info: dict | None = None) -> CRun:
+        qemu_cpu: str = "cortex-a72", model_info: dict | None = None,
+        platform: platforms.Platform | None = None) -> CRun:
     """Logits (N, classes) of `images` (N, C, H, W) float32 in [0, 1]. With bench=(runs,
     warmup), also time `runs` single-image inferences (after `warmup` untimed ones) inside the
-    runner, cycling over the images: per-run milliseconds without process-start overhead."""
-    meta = model_info or info(build, qemu_cpu=qemu_cpu)
+    runner, cycling over the images: per-run milliseconds without process-start overhead.
+    `platform`: where it runs (default: natively, or under QEMU for an aarch64 build)."""
+    pf = platform or platform_of(build, qemu_cpu)
+    meta = model_info or info(build, platform=pf)
     payload = _images(images, meta["input_shape"])
-    argv, mode = _argv(build, [], qemu_cpu)
-    out = _call(argv, payload, mode, timeout)
+    argv = pf.c_argv(build, [])
+    out = _call(pf, build, [], payload)
     n, k = len(payload) // (4 * int(np.prod(meta["input_shape"]))), meta["num_classes"]
     if len(out) != 4 * n * k:
         raise UserError(f"the C runner wrote {len(out)} bytes, expected {4 * n * k} "
@@ -107,20 +99,20 @@ def run(build: CBuild, images: np.ndarray, *, bench: tuple[int, int] | None = No
     latencies = None
     if bench is not None:
         runs, warmup = (int(v) for v in bench)
-        bargv, _ = _argv(build, ["--bench", str(runs), str(warmup)], qemu_cpu)
-        result = json.loads(_call(bargv, payload, mode, timeout))
+        result = json.loads(_call(pf, build, ["--bench", str(runs), str(warmup)], payload))
         latencies = [float(v) for v in result["latency_ms"]]
-    note = EMULATED_NOTE if mode == "emulated" and bench is not None else None
-    return CRun(logits, latencies, mode, argv, note)
+    note = pf.latency_note if bench is not None else None
+    return CRun(logits, latencies, pf.mode, argv, note)
 
 
 def spike_counts(build: CBuild, images: np.ndarray, *, qemu_cpu: str = "cortex-a72",
-                 model_info: dict | None = None) -> dict:
+                 model_info: dict | None = None,
+                 platform: platforms.Platform | None = None) -> dict:
     """{"images", "timesteps", "layers": [{"name", "neurons", "spikes", "rate"}]}: spikes per
     LIF layer summed over images and steps; rate = spikes / (neurons * timesteps * images)."""
-    meta = model_info or info(build, qemu_cpu=qemu_cpu)
-    argv, mode = _argv(build, ["--stats"], qemu_cpu)
-    result = json.loads(_call(argv, _images(images, meta["input_shape"]), mode, None))
+    pf = platform or platform_of(build, qemu_cpu)
+    meta = model_info or info(build, platform=pf)
+    result = json.loads(_call(pf, build, ["--stats"], _images(images, meta["input_shape"])))
     for layer in result["layers"]:
         denom = layer["neurons"] * result["timesteps"] * result["images"]
         layer["rate"] = layer["spikes"] / denom if denom else 0.0

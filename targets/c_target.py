@@ -1,15 +1,16 @@
-"""A target profile of kind "c": build the generated C sources for the profile's ISA and run
-them through the standalone runner, giving what validation needs from any target (logits for
+"""A target profile of kind "c": build the generated C sources for the profile's platform and
+run them through the standalone runner, giving what validation needs from any target (logits for
 every input, per-run latencies, size). Torch-free (stdlib + numpy), like all of targets/.
 
-The sources are the export artifact's `model.h`, `model.c`, `model_weights.c`, `runner.c`
-(export/c_codegen.py); they are copied (sha256 checked by the caller) into a scratch folder, so
-nothing is ever written into an artifact. With `keep`, the compiled `libmodel.a` and `runner`
-are copied there: the binaries that were validated are the ones a bundle ships.
+The sources are the export artifact's c_build.FILES (`model.h`, `model.c`, `model_weights.c`,
+`runner.c`, from export/c_codegen.py); they are copied (sha256 checked by the caller) into a
+scratch folder, so nothing is ever written into an artifact. With `keep`, the compiled
+c_build.BINARIES (`runner`, `libmodel.a`) are copied there: the binaries that were validated are
+the ones a bundle ships.
 """
 from __future__ import annotations
 
-import platform
+import platform as host
 import shutil
 import tempfile
 from pathlib import Path
@@ -19,50 +20,51 @@ import numpy as np
 
 from edgeprune.errors import UserError
 
-from . import c_build, c_run, runtime
+from . import c_build, c_run, registry, runtime
+from .platforms import Platform
 from .profiles import Profile
 
-SOURCES = ("model.h", "model.c", "model_weights.c", "runner.c")
 STATIC_METHOD = ("static: the context struct (activations and neuron state) plus the loaded "
                  "sections of the model's objects; the runtime allocates nothing")
 
 
 def has_sources(folder: Path) -> bool:
-    return all((Path(folder) / n).is_file() for n in SOURCES)
+    return all((Path(folder) / n).is_file() for n in c_build.FILES)
 
 
 def run(src: Path, profile: Profile, inputs: np.ndarray, *, keep: Path | None = None,
-        progress: Callable[[str], None] = lambda m: None,
-        scratch: Path | None = None) -> runtime.TargetRun:
-    """Build `src` for `profile` and run `inputs` (N, C, H, W) through its runner. The build
-    folder goes under `scratch` (default: the system temp dir)."""
-    how = runtime.mode(profile)
+        progress: Callable[[str], None] = lambda m: None, scratch: Path | None = None,
+        platform: Platform | None = None) -> runtime.TargetRun:
+    """Build `src` for `profile` and run `inputs` (N, C, H, W) through its runner on
+    `platform` (default: the registry's for the profile). The build folder goes under
+    `scratch` (default: the system temp dir)."""
+    pf = platform or registry.platform_for(profile)
     if inputs.ndim != 4:
         raise UserError(f"target {profile.name}: the C runtime takes images (N, C, H, W), got "
                         f"an input of shape {list(inputs.shape)}")
-    emulated = how == "emulated"
-    warmup, runs = ((profile.emulation.warmup, profile.emulation.runs) if emulated
-                    else (profile.latency.warmup, profile.latency.runs))
-    qemu_cpu = profile.emulation.qemu_cpu if profile.emulation else "cortex-a72"
+    plan = pf.plan(profile)
     with tempfile.TemporaryDirectory(prefix="edgeprune-c-", dir=scratch) as d:
         work = Path(d) / "src"
         work.mkdir()
-        for name in SOURCES:
+        for name in c_build.FILES:
             shutil.copyfile(Path(src) / name, work / name)
         progress(f"{profile.name}: compiling the C runtime for {profile.isa}")
         build = c_build.build(work, Path(d) / "build", isa=profile.isa,
                               mcpu=profile.runtime.mcpu or None,
                               extra_flags=((f"-march={profile.runtime.march}",)
-                                           if profile.runtime.march else ()))
-        info = c_run.info(build, qemu_cpu=qemu_cpu)
-        progress(f"{profile.name}: running {len(inputs)} inputs + {warmup}+{runs} timed runs "
-                 f"({how})")
-        out = c_run.run(build, inputs, bench=(runs, warmup), qemu_cpu=qemu_cpu, model_info=info)
+                                           if profile.runtime.march else ()),
+                              static=pf.static)
+        with pf.session():
+            info = c_run.info(build, platform=pf)
+            progress(f"{profile.name}: running {len(inputs)} inputs + {plan.warmup}+{plan.runs} "
+                     f"timed runs ({pf.mode})")
+            out = c_run.run(build, inputs, bench=(plan.runs, plan.warmup), model_info=info,
+                            platform=pf)
         objects = sum(s["total"] for s in build.sizes.values())
         if keep is not None:
             keep.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(build.runner, keep / "runner")
-            shutil.copyfile(build.library, keep / "libmodel.a")
+            for f, path in zip(c_build.BINARIES, (build.runner, build.library)):
+                shutil.copyfile(path, keep / f)
         result = {"latencies_ms": out.latencies_ms, "session_load_ms": None,
                   "static_bytes": objects + int(info["context_bytes"]),
                   "deploy_bytes": objects, "object_sizes": build.sizes,
@@ -70,9 +72,7 @@ def run(src: Path, profile: Profile, inputs: np.ndarray, *, keep: Path | None = 
                   "weight_bytes": int(info["weight_bytes"]),
                   "compiler": Path(build.compiler).name, "flags": list(build.flags),
                   "static_link": build.static, "onnxruntime": None,
-                  "machine": profile.isa if emulated else platform.machine(),
-                  "python": platform.python_version(),
+                  "machine": profile.isa if pf.mode != "native" else host.machine(),
+                  "python": host.python_version(),
                   "providers": [f"c ({Path(build.compiler).name})"]}
-        command = (f"qemu-aarch64 -cpu {qemu_cpu} runner" if emulated else "runner") + \
-            f" ({Path(build.compiler).name} {' '.join(build.flags)})"
-        return runtime.TargetRun(out.logits, result, how, command)
+        return runtime.TargetRun(out.logits, result, pf.mode, pf.c_command(build))

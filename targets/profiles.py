@@ -15,8 +15,9 @@ from pathlib import Path
 
 from edgeprune.errors import UserError
 
+from .tools import ISAS
+
 PROFILE_DIR = Path(__file__).parent / "profiles"
-ISAS = ("x86_64", "aarch64")
 OPT_LEVELS = ("disable", "basic", "extended", "all")
 # A profile's name names files and folders (a validation's `<name>.runner`, a bundle's
 # `c/<name>/`): one plain path component, never a path.
@@ -26,12 +27,9 @@ NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
 MAX_RUNS, MAX_WARMUP, MAX_BATCH, MAX_THREADS = 1_000_000, 100_000, 4096, 1024
 
 
-RUNTIME_KINDS = ("onnxruntime", "c")
-
-
 @dataclass(frozen=True)
 class Runtime:
-    kind: str = "onnxruntime"  # onnxruntime | c (the event-driven sparse C runtime)
+    kind: str = "onnxruntime"  # a name in targets/registry.py's RUNTIMES: onnxruntime | c
     provider: str = "CPUExecutionProvider"  # onnxruntime only
     graph_optimization_level: str = "all"  # onnxruntime only
     intra_op_threads: int = 1  # onnxruntime only
@@ -89,6 +87,17 @@ class Emulation:
 
 
 @dataclass(frozen=True)
+class Remote:
+    """A board reached over SSH (targets/ssh.py): the target runs there, not on this host."""
+
+    host: str = ""  # USER@HOST[:PORT], or a Host alias of the ssh config
+    ssh_config: str = ""  # a file passed as `ssh -F FILE` ("": the user's own ~/.ssh/config)
+    python: str = "python3"  # the board's Python with numpy and onnxruntime (ONNX Runtime only)
+    connect_timeout_s: int = 10
+    timeout_s: int = 900  # for one run of the model there
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str
     isa: str
@@ -101,6 +110,7 @@ class Profile:
     accuracy: Accuracy = field(default_factory=Accuracy)
     dense: Dense = field(default_factory=Dense)
     emulation: Emulation | None = None
+    remote: Remote | None = None
 
     def __post_init__(self):
         # Every Profile is checked, however it was made (a file, a bundle's manifest,
@@ -116,7 +126,23 @@ class Profile:
     def to_dict(self) -> dict:
         d = asdict(self)
         d.pop("source")
+        for name in UNSET_OMITTED:  # absent from a profile's id unless set, as before they existed
+            if d.get(name) is None:
+                d.pop(name, None)
         return d
+
+    def with_remote(self, host: str | None = None, ssh_config: str | None = None,
+                    python: str | None = None) -> "Profile":
+        """This profile run on a board over SSH (the given fields override the profile's)."""
+        from dataclasses import replace
+
+        if host is None and ssh_config is None and python is None:
+            return self
+        r = self.remote or Remote()
+        return replace(self, remote=replace(
+            r, host=r.host if host is None else host,
+            ssh_config=r.ssh_config if ssh_config is None else str(ssh_config),
+            python=r.python if python is None else python))
 
     def with_latency_budget(self, budget_ms: float) -> "Profile":
         from dataclasses import replace
@@ -136,7 +162,12 @@ class Profile:
 
 
 SECTIONS = {"runtime": Runtime, "latency": Latency, "memory": Memory, "parity": Parity,
-            "accuracy": Accuracy, "dense": Dense, "emulation": Emulation}
+            "accuracy": Accuracy, "dense": Dense, "emulation": Emulation, "remote": Remote}
+# Sections a profile has only when its file has them (None otherwise).
+OPTIONAL_SECTIONS = ("emulation", "remote")
+# Sections left out of to_dict() when unset: added after artifact ids were first derived from
+# profiles, so a profile without them keeps its ids.
+UNSET_OMITTED = ("remote",)
 TOP_KEYS = {"name": str, "description": str, "isa": str}
 
 
@@ -195,7 +226,7 @@ def from_dict(raw: dict, default_name: str = "custom", source: str = "<dict>") -
     if raw["isa"] not in ISAS:
         raise UserError(f"{where}: isa must be one of {', '.join(ISAS)}, got {raw['isa']!r}")
     sections = {name: _section(where, name, cls, raw.get(name, {}))
-                for name, cls in SECTIONS.items() if name in raw or name != "emulation"}
+                for name, cls in SECTIONS.items() if name in raw or name not in OPTIONAL_SECTIONS}
     if raw["isa"] == "aarch64" and "emulation" not in raw:
         sections["emulation"] = Emulation()  # so the profile still runs on an x86-64 host
     if "name" not in raw:  # named after its file: say how to name it when that name is no name
@@ -233,6 +264,18 @@ def _tname(v) -> str:
             list: "array"}.get(type(v), type(v).__name__)
 
 
+def _remote_problems(r: Remote) -> list[str]:
+    from .ssh import destination_problem
+
+    problems = [f"remote.host {why}" for why in [destination_problem(r.host)] if why]
+    if not r.python.strip() or any(c.isspace() for c in r.python):
+        problems.append(f"remote.python must be one command name or path, got {r.python!r}")
+    if not 1 <= r.connect_timeout_s <= 600 or not 1 <= r.timeout_s <= 86400:
+        problems.append("remote.connect_timeout_s must be in [1, 600] and remote.timeout_s in "
+                        "[1, 86400]")
+    return problems
+
+
 def _check_values(where: str, p: Profile) -> None:
     problems = [f"{section}.{f.name} must be a finite number, got {value!r}"
                 for section in SECTIONS if (table := getattr(p, section)) is not None
@@ -249,8 +292,12 @@ def _check_values(where: str, p: Profile) -> None:
         problems.append(f"runtime.intra_op_threads must be at most {MAX_THREADS:,}")
     if p.parity.int8_max_abs_logit_diff < 0:
         problems.append("parity.int8_max_abs_logit_diff must be >= 0 (0: not gated)")
-    if p.runtime.kind not in RUNTIME_KINDS:
-        problems.append(f"runtime.kind must be one of {', '.join(RUNTIME_KINDS)}")
+    from .registry import RUNTIMES  # the registry's runtimes import this module
+
+    if p.runtime.kind not in RUNTIMES:
+        problems.append(f"runtime.kind must be one of {', '.join(RUNTIMES)}")
+    if p.remote is not None:
+        problems += _remote_problems(p.remote)
     if p.dense.min_speedup < 0 or not 0 <= p.dense.max_accuracy_drop <= 100:
         problems.append("dense.min_speedup must be >= 0 and dense.max_accuracy_drop in [0, 100] "
                         "(percentage points)")

@@ -18,7 +18,7 @@ from edgeprune.bounded_read import GiB, Budget, npz_arrays
 from edgeprune.errors import GateFailed, UserError
 from edgeprune.hashing import arrays_digest
 
-from . import report as rep
+from . import registry, report as rep
 from .modelfile import ModelInfo, inspect
 from .profiles import Profile
 from .validation import Extras, failures, validate
@@ -67,7 +67,7 @@ def run_validate(store: Store, model: Path, profiles: list[Profile], inputs: np.
                        if d else {"none": extras.dense_note})
     config["int8"] = ({"sha256": extras.int8.sha256, "required": extras.int8_required}
                       if extras.int8 else None)
-    if any(p.kind == "c" for p in profiles):
+    if any(registry.runtime_of(p).export_files for p in profiles):
         config["c_sources"] = str(extras.c_sources) if extras.c_sources else None
     if config.get("c_sources") and source:
         config["c_sources"] = "export artifact"  # the export id (an input) already fixes them
@@ -84,9 +84,9 @@ def run_validate(store: Store, model: Path, profiles: list[Profile], inputs: np.
             keep.mkdir()
             v = validate(info, profiles, inputs, labels, reference, reference_source, progress,
                          replace(extras, keep=keep, scratch=Path(scratch)))
-            for folder in sorted(keep.iterdir()):  # the validated C binaries, per target
-                for f in ("runner", "libmodel.a"):
-                    shutil.copyfile(folder / f, job.dir / f"{folder.name}.{f}")
+            for folder in sorted(keep.iterdir()):  # the validated binaries, per target
+                for f in sorted(folder.iterdir()):
+                    shutil.copyfile(f, job.dir / f"{folder.name}.{f.name}")
         v.report["model"]["artifact"] = source.id if source else None
         v.report["dense_note"] = extras.dense_note
         dense = store.find("export", d.artifact) if d else None

@@ -17,7 +17,7 @@ import numpy as np
 
 from edgeprune.errors import UserError
 
-from . import c_target, emulation, runtime
+from . import c_target, registry, runtime
 from .modelfile import ModelInfo
 from .profiles import Profile
 
@@ -63,20 +63,12 @@ def take(inputs: np.ndarray, n: int) -> np.ndarray:
     return inputs[:, :n] if inputs.ndim == 5 else inputs[:n]
 
 
-def _run(profile: Profile, onnx: ModelInfo | None, c_sources: Path | None, what: str,
-         inputs: np.ndarray, emulator, progress, scratch: Path | None,
+def _run(profile: Profile, platform, onnx: ModelInfo | None, c_sources: Path | None,
+         what: str, inputs: np.ndarray, progress, scratch: Path | None,
          keep: Path | None = None) -> runtime.TargetRun:
-    if profile.kind == "c":
-        if c_sources is None:
-            raise UserError(f"target {profile.name} runs the C runtime, but the {what} was "
-                            "exported without it (export with --c-runtime; models with "
-                            "residual blocks or poisson encoding cannot be expressed in C)")
-        return c_target.run(c_sources, profile, inputs, keep=keep, progress=progress,
-                            scratch=scratch)
-    if onnx is None:
-        raise UserError(f"target {profile.name} runs ONNX Runtime, but there is no ONNX {what}")
-    return runtime.run(onnx.path, profile, inputs, emulator=emulator, progress=progress,
-                       scratch=scratch)
+    rt = registry.runtime_of(profile)
+    return rt.run(rt.model(profile, onnx, c_sources, what), profile, platform, inputs,
+                  keep=keep, progress=progress, scratch=scratch)
 
 
 def validate(info: ModelInfo, profiles: list[Profile], inputs: np.ndarray,
@@ -93,30 +85,28 @@ def validate(info: ModelInfo, profiles: list[Profile], inputs: np.ndarray,
     if reference is not None and reference.shape[0] != n_all:
         raise UserError(f"the reference has logits for {reference.shape[0]} inputs, the data "
                         f"has {n_all}: they must come from the same inputs")
-    emulator = None
+    shared: dict = {}  # what the targets' platforms set up once (the emulator)
     entries, outputs, int8_outputs = [], {}, {}
     for profile in profiles:
-        how = runtime.mode(profile)
-        n = min(n_all, profile.emulation.max_inputs) if how == "emulated" else n_all
-        if how == "emulated" and emulator is None and profile.kind == "onnxruntime":
-            emulator = emulation.setup(progress)
+        rt, pf = registry.runtime_of(profile), registry.platform_for(profile, shared)
+        most = pf.max_inputs(profile)
+        n = min(n_all, most) if most else n_all
         # profile.name is a plain name (a Profile checks it): the folder stays inside keep
-        keep = extras.keep / profile.name if extras.keep and profile.kind == "c" else None
-        run = _run(profile, info, extras.c_sources, "model", take(inputs, n), emulator,
-                   progress, extras.scratch, keep)
+        keep = extras.keep / profile.name if extras.keep and rt.binaries else None
+        run = _run(profile, pf, info, extras.c_sources, "model", take(inputs, n), progress,
+                   extras.scratch, keep)
         outputs[profile.name] = run.outputs
         entry = _measure(profile, run, n, labels, reference, info)
-        entry["runtime"] = profile.kind
-        entry["setup_seconds"] = emulator.setup_seconds if (
-            how == "emulated" and profile.kind == "onnxruntime") else 0.0
-        if extras.int8 is not None and profile.kind == "onnxruntime":
+        entry["runtime"] = rt.name
+        entry["setup_seconds"] = rt.setup_seconds(pf)
+        if extras.int8 is not None and rt.runs_onnx:
             progress(f"{profile.name}: the int8 model")
-            q = runtime.run(extras.int8.path, profile, take(inputs, n), emulator=emulator,
-                            progress=progress, scratch=extras.scratch)
+            q = rt.run(extras.int8.path, profile, pf, take(inputs, n), progress=progress,
+                       scratch=extras.scratch)
             entry["int8"] = _int8(profile, q, n, labels, reference, extras)
             entry["gates"].append(entry["int8"].pop("gate"))
             int8_outputs[profile.name] = q.outputs
-        _vs_dense(profile, entry, run, n, labels, inputs, emulator, progress, extras)
+        _vs_dense(profile, pf, entry, run, n, labels, inputs, progress, extras)
         entry["passed"] = all(g["status"] != FAIL for g in entry["gates"])
         if entries:  # how far this target is from the first one (e.g. ARM64 vs x86-64 ORT)
             first = outputs[entries[0]["target"]]
@@ -190,8 +180,8 @@ def _int8(profile: Profile, q: runtime.TargetRun, n: int, labels, reference,
     return out
 
 
-def _vs_dense(profile: Profile, entry: dict, run: runtime.TargetRun, n: int, labels,
-              inputs: np.ndarray, emulator, progress, extras: Extras) -> None:
+def _vs_dense(profile: Profile, platform, entry: dict, run: runtime.TargetRun, n: int, labels,
+              inputs: np.ndarray, progress, extras: Extras) -> None:
     """Measure the dense model on the same target with the same inputs; add the comparison
     and its two gates (speed-up, accuracy drop in points) to `entry`."""
     d = extras.dense
@@ -202,7 +192,7 @@ def _vs_dense(profile: Profile, entry: dict, run: runtime.TargetRun, n: int, lab
                            {"gate": "accuracy vs dense", "status": SKIP, "detail": why}]
         return
     progress(f"{profile.name}: the dense model (export {d.artifact})")
-    dr = _run(profile, d.onnx, d.c_sources, "dense model", take(inputs, n), emulator, progress,
+    dr = _run(profile, platform, d.onnx, d.c_sources, "dense model", take(inputs, n), progress,
               extras.scratch)
     dense_p50 = float(np.percentile(dr.result["latencies_ms"], 50))
     p50 = entry["latency"]["p50_ms"]
@@ -255,7 +245,7 @@ def latency_of(profile: Profile, run: runtime.TargetRun) -> dict:
             "p99_ms": float(np.percentile(lat, 99)), "mean_ms": float(lat.mean()),
             "percentile": pct, "at_percentile_ms": float(np.percentile(lat, pct)),
             "budget_ms": profile.latency.budget_ms, "emulated": emulated,
-            "note": EMULATED_NOTE if emulated else "native",
+            "note": EMULATED_NOTE if emulated else run.mode,
             "session_load_ms": res.get("session_load_ms")}
 
 
