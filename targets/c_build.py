@@ -20,7 +20,7 @@ from pathlib import Path
 from edgeprune.errors import UserError
 
 from . import child, elf, tools
-from .tools import ISAS, host_isa
+from .tools import LINUX_ISAS as ISAS, host_isa
 
 SOURCES = ("model.c", "model_weights.c")
 RUNNER_SOURCE = "runner.c"

@@ -49,6 +49,12 @@ def find_compiler() -> str:
     return found
 
 
+def find_tools() -> tuple[str, str]:
+    """The bare-metal compiler and its `ar`; a UserError naming the packages when missing."""
+    compiler = find_compiler()
+    return compiler, _archiver(compiler)
+
+
 def build(src: Path, out: Path, board: Board, *, stack_bytes: int = STACK_BYTES) -> McuBuild:
     """Compile the generated sources in `src` (model.h, model.c, model_weights.c) for `board`
     into `out`."""
@@ -56,8 +62,7 @@ def build(src: Path, out: Path, board: Board, *, stack_bytes: int = STACK_BYTES)
     missing = [n for n in (*SOURCES, "model.h") if not (src / n).is_file()]
     if missing:
         raise UserError(f"{src} is not a generated C runtime folder (missing {', '.join(missing)})")
-    compiler = find_compiler()
-    archiver = _archiver(compiler)
+    compiler, archiver = find_tools()
     out.mkdir(parents=True, exist_ok=True)
     prefix = mcu_firmware.model_prefix((src / "model.h").read_text(errors="replace"))
     firmware = out / mcu_firmware.FIRMWARE_SOURCE

@@ -11,8 +11,12 @@ from dataclasses import dataclass
 SEE_DOCTOR = "(see `edgeprune doctor`)"  # ends every missing-tool message
 
 
-# The instruction sets a target profile may name (`isa = ...`).
-ISAS = ("x86_64", "aarch64")
+# The instruction sets a target profile may name (`isa = ...`): those of Linux hosts (native,
+# QEMU user mode, a board over SSH), and that of the Cortex-M4/M7 microcontrollers that run on
+# a board emulated by qemu-system-arm (targets/boards.py; a profile's [mcu] names it).
+LINUX_ISAS = ("x86_64", "aarch64")
+MCU_ISAS = ("armv7e-m",)
+ISAS = LINUX_ISAS + MCU_ISAS
 
 
 def isa_of(machine: str) -> str:

@@ -1,6 +1,7 @@
 """Cortex-M microcontroller targets: the generated C runtime built bare-metal with
 arm-none-eabi-gcc and run on QEMU's mps2-an386 (Cortex-M4) and mps2-an500 (Cortex-M7) boards
 under semihosting, its flash and RAM read from the ELF."""
+import json
 import re
 import shutil
 import subprocess
@@ -11,7 +12,7 @@ import torch
 
 from edgeprune.errors import UserError
 
-from .conftest import requires_cc, requires_mcu, skip_unless
+from .conftest import requires_cc, requires_mcu, run_cli, skip_unless
 
 T = 5
 
@@ -150,13 +151,123 @@ def test_missing_tools_name_the_packages(model_c, tmp_path, monkeypatch):
 
 
 def test_footprint_gates_name_bytes_against_the_budget():
-    from targets.mcu_target import footprint_gates
+    from targets.validation import footprint_gates
 
     fp = {"flash_bytes": 31_949, "ram_bytes": 23_352, "stack_bytes": 4096}
     flash, ram = footprint_gates(fp, flash_kb=16, ram_kb=1)
     assert flash["status"] == ram["status"] == "fail"
-    assert flash["detail"].startswith("flash 31.2 KB > budget 16 KB (31,949 B vs 16,384 B")
-    assert ram["detail"].startswith("ram 22.8 KB > budget 1 KB (23,352 B vs 1,024 B")
+    assert flash["detail"].startswith("31.2 KB > budget 16 KB (31,949 B vs 16,384 B")
+    assert ram["detail"].startswith("22.8 KB > budget 1 KB (23,352 B vs 1,024 B")
     ok = footprint_gates(fp, flash_kb=32, ram_kb=0)
     assert [g["status"] for g in ok] == ["pass", "skipped"]
     assert footprint_gates({**fp, "flash_bytes": 16_384}, 16, 64)[0]["status"] == "pass"
+
+
+# -- end to end through the CLI: validate, package, verify ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def mcu_ticket(tmp_path_factory, digits_model):
+    """A 50% imp ticket of the trained digits convnet, retrained and exported (C runtime)."""
+    import pipeline
+    from edgeprune.artifacts import Store
+    from edgeprune.config import ImpSettings, RetrainConfig, SearchConfig
+
+    skip_unless(requires_mcu)
+    run_dir = tmp_path_factory.mktemp("mcu-runs")
+    store = Store(run_dir)
+    shutil.copytree(digits_model.path, run_dir / digits_model.path.name)
+    dense = run_dir / digits_model.path.name / "model.pt"
+    mask, _ = pipeline.search(store, dense, SearchConfig(method="imp", sparsity=0.5,
+                                                         imp=ImpSettings(0.5)))
+    ticket, _ = pipeline.retrain(store, dense, mask.path, RetrainConfig(epochs=2))
+    export, _ = pipeline.export(store, ticket.path / "model.pt")
+    return run_dir, export.path / "model.onnx", ticket.path / "model.pt"
+
+
+@pytest.fixture(scope="module")
+def mcu_validated(mcu_ticket):
+    run_dir, onnx, ticket = mcu_ticket
+    r = run_cli("validate", onnx, "--against", ticket, "--target", "c-cortex-m4,c-cortex-m7",
+                "--no-dense", "--out", run_dir, "--json")
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout)
+
+
+@requires_mcu
+def test_validate_on_both_boards_gates_parity_flash_and_ram(mcu_validated):
+    report = mcu_validated["report"]
+    assert [e["target"] for e in report["targets"]] == ["c-cortex-m4", "c-cortex-m7"]
+    for e in report["targets"]:
+        gates = {g["gate"]: g for g in e["gates"]}
+        assert e["passed"] and e["mode"] == "emulated" and e["isa"] == "armv7e-m"
+        assert e["parity"]["agreement"] == 1.0 and e["inputs"] == report["inputs"]
+        assert gates["parity"]["status"] == gates["accuracy"]["status"] == "pass"
+        assert gates["flash"]["status"] == gates["ram"]["status"] == "pass"
+        assert gates["latency"]["status"] == "skipped"
+        assert "not indicative" in gates["latency"]["detail"]
+        fp = e["memory"]["footprint"]
+        assert gates["ram"]["detail"].startswith(f"{fp['ram_bytes'] / 1024:.1f} KB <= budget ")
+        assert fp["flash_bytes"] > e["c"]["weight_bytes"] and fp["stack_peak_bytes"] > 0
+        assert fp["ram_bytes"] >= e["c"]["context_bytes"] + fp["stack_bytes"]
+        assert e["icount_instructions"]["p50"] > 0 and "not cycles" in \
+            e["icount_instructions"]["note"]
+        assert "qemu-system-arm -M mps2-an" in e["command"]
+
+
+@requires_mcu
+def test_a_model_that_does_not_fit_exits_1_with_bytes_vs_budget(mcu_ticket, tmp_path):
+    from targets import profiles
+
+    run_dir, onnx, ticket = mcu_ticket
+    tiny = tmp_path / "tiny-m4.toml"
+    tiny.write_text(profiles.PROFILE_DIR.joinpath("c-cortex-m4.toml").read_text()
+                    .replace("ram_kb = 192.0", "ram_kb = 1")
+                    .replace("flash_kb = 1024.0", "flash_kb = 4"))
+    r = run_cli("validate", onnx, "--against", ticket, "--target", tiny, "--no-dense",
+                "--out", run_dir)
+    assert r.returncode == 1, r.stderr[-2000:]
+    assert re.search(r"ram gate failed: [\d.]+ KB > budget 1 KB \([\d,]+ B vs 1,024 B",
+                     r.stderr), r.stderr[-2000:]
+    assert re.search(r"flash gate failed: [\d.]+ KB > budget 4 KB", r.stderr)
+    assert "Traceback" not in r.stderr
+
+
+@requires_mcu
+def test_bundle_carries_the_firmware_and_verify_reruns_it(mcu_validated, tmp_path):
+    import tarfile
+
+    if not shutil.which("ssh-keygen"):
+        pytest.skip("ssh-keygen is not installed (apt-get install openssh-client)")
+    key = tmp_path / "packager"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True,
+                   timeout=60)
+    r = run_cli("package", mcu_validated["artifacts"]["validation"], "--out", tmp_path,
+                "--sign", key, "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    bundle = json.loads(r.stdout)["bundle"]
+    with tarfile.open(bundle) as tar:
+        names = {m.name.split("/", 1)[1] for m in tar.getmembers() if m.isfile()}
+    for t in ("c-cortex-m4", "c-cortex-m7"):
+        assert {f"c/{t}/model.elf", f"c/{t}/libmodel.a"} <= names
+    assert "c/model.h" in names
+    # trusted: the very image validation ran is run again on its board
+    r = run_cli("verify", bundle, "--trust", f"{key}.pub", "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    runs = {x["target"]: x for x in json.loads(r.stdout)["runs"]}
+    assert runs["c-cortex-m4"]["file"] == "c/c-cortex-m4/model.elf"
+    for x in runs.values():
+        assert x["passed"] and x["agreement"] == 1.0 and x["mode"] == "emulated"
+        assert {g["gate"]: g["status"] for g in x["gates"]} == {
+            "latency": "skipped", "flash": "pass", "ram": "pass"}
+    # rebuilt from the bundled sources, and a budget the firmware misses
+    r = run_cli("verify", bundle, "--rebuild-c", "--target", "c-cortex-m7", "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout)["runs"][0]["file"] == "c/model.c (rebuilt here)"
+    tiny = tmp_path / "tiny-m7.toml"
+    from targets import profiles
+    tiny.write_text(profiles.PROFILE_DIR.joinpath("c-cortex-m7.toml").read_text()
+                    .replace("ram_kb = 320.0", "ram_kb = 1"))
+    r = run_cli("verify", bundle, "--rebuild-c", "--target", tiny)
+    assert r.returncode == 1 and "ram ram" not in r.stderr
+    assert re.search(r"ram [\d.]+ KB > budget 1 KB", r.stderr), r.stderr[-2000:]
