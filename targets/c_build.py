@@ -107,6 +107,22 @@ def _run(argv: list[str], what: str) -> str:
     return p.stderr
 
 
+def compile_library(src: Path, out: Path, compiler: str, archiver: str, flags, what: str
+                    ) -> tuple[list[Path], Path, list[str]]:
+    """The model's objects (SOURCES compiled with `flags` into `out`) and `out/libmodel.a`
+    archiving them, plus what the compiler printed; `what` names the build in messages."""
+    warnings, objects = [], []
+    for name in SOURCES:
+        obj = out / (Path(name).stem + ".o")
+        warnings.append(_run([compiler, *flags, "-c", str(src / name), "-o", str(obj)],
+                             f"compiling {name} {what}"))
+        objects.append(obj)
+    library = out / "libmodel.a"
+    library.unlink(missing_ok=True)
+    _run([archiver, "rcs", str(library), *map(str, objects)], "archiving libmodel.a")
+    return objects, library, warnings
+
+
 def build(src: Path, out: Path | None = None, *, isa: str = "native", sanitize: bool = False,
           mcpu: str | None = None, extra_flags: tuple[str, ...] = (),
           static: bool | None = None) -> CBuild:
@@ -134,16 +150,7 @@ def build(src: Path, out: Path | None = None, *, isa: str = "native", sanitize: 
     flags += list(extra_flags)
     if static is None:
         static = not native  # qemu-aarch64-static runs a static binary without a sysroot
-    warnings = []
-    objects = []
-    for name in SOURCES:
-        obj = out / (Path(name).stem + ".o")
-        warnings.append(_run([compiler, *flags, "-c", str(src / name), "-o", str(obj)],
-                             f"compiling {name} ({isa})"))
-        objects.append(obj)
-    library = out / "libmodel.a"
-    library.unlink(missing_ok=True)
-    _run([archiver, "rcs", str(library), *map(str, objects)], "archiving libmodel.a")
+    objects, library, warnings = compile_library(src, out, compiler, archiver, flags, f"({isa})")
     runner = out / "runner"
     link = [compiler, *flags, "-I", str(src), str(src / RUNNER_SOURCE), str(library),
             "-o", str(runner)]

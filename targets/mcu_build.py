@@ -20,7 +20,7 @@ from edgeprune.errors import UserError
 
 from . import elf, mcu_firmware, tools
 from .boards import Board
-from .c_build import BASE_FLAGS, OPT_FLAGS, SOURCES, _archiver, _run
+from .c_build import BASE_FLAGS, OPT_FLAGS, SOURCES, _archiver, _run, compile_library
 
 STACK_BYTES = 4096  # the firmware's stack reserve (the harness measures the peak it used)
 MCU_FLAGS = ("-ffunction-sections", "-fdata-sections")
@@ -40,13 +40,17 @@ class McuBuild:
     sizes: dict = field(default_factory=dict)  # elf.sizes() of the model's objects
 
 
-def find_compiler() -> str:
-    found = tools.MCU_CC.find()
+def require(tool: tools.Tool, what: str) -> str:
+    """The path of `tool`; a UserError naming its packages when it is not installed."""
+    found = tool.find()
     if not found:
-        raise UserError("building for a Cortex-M board needs arm-none-eabi-gcc and newlib: "
-                        f"install them with `apt-get install {tools.MCU_CC.package}` "
-                        f"(Debian/Ubuntu) {tools.SEE_DOCTOR}")
+        raise UserError(f"{what} needs {' and '.join(tool.names)}: install "
+                        f"`apt-get install {tool.package}` (Debian/Ubuntu) {tools.SEE_DOCTOR}")
     return found
+
+
+def find_compiler() -> str:
+    return require(tools.MCU_CC, "building for a Cortex-M board")
 
 
 def find_tools() -> tuple[str, str]:
@@ -71,15 +75,7 @@ def build(src: Path, out: Path, board: Board, *, stack_bytes: int = STACK_BYTES)
     script.write_text(mcu_firmware.linker_script(board, stack_bytes))
     flags = (*BASE_FLAGS, *OPT_FLAGS, *board.gcc_flags(), *MCU_FLAGS)
     what = f"({board.machine}, {board.cpu})"
-    warnings, objects = [], []
-    for name in SOURCES:
-        obj = out / (Path(name).stem + ".o")
-        warnings.append(_run([compiler, *flags, "-c", str(src / name), "-o", str(obj)],
-                             f"compiling {name} {what}"))
-        objects.append(obj)
-    library = out / "libmodel.a"
-    library.unlink(missing_ok=True)
-    _run([archiver, "rcs", str(library), *map(str, objects)], "archiving libmodel.a")
+    objects, library, warnings = compile_library(src, out, compiler, archiver, flags, what)
     image = out / "model.elf"
     warnings.append(_run([compiler, *flags, *LINK_FLAGS, "-T", str(script), "-I", str(src),
                           str(firmware), str(library), "-o", str(image)],

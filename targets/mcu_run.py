@@ -25,6 +25,7 @@ from edgeprune.errors import UserError
 
 from . import child, tools
 from .boards import Board
+from .mcu_build import require
 
 TIMEOUT_S = 900
 ICOUNT_SHIFT = 0  # 2**0 ns of virtual time per instruction
@@ -44,12 +45,7 @@ class McuRun:
 
 
 def find_qemu() -> str:
-    found = tools.QEMU_SYSTEM.find()
-    if not found:
-        raise UserError("running Cortex-M firmware needs qemu-system-arm: install it with "
-                        f"`apt-get install {tools.QEMU_SYSTEM.package}` (Debian/Ubuntu) "
-                        f"{tools.SEE_DOCTOR}")
-    return found
+    return require(tools.QEMU_SYSTEM, "running Cortex-M firmware")
 
 
 def _failure(p: subprocess.CompletedProcess, board: Board) -> str:

@@ -70,6 +70,23 @@ def digits_model(tmp_path_factory):
     return art
 
 
+def small_ticket(run_dir: Path, digits_model):
+    """A 50% imp ticket of `digits_model` (copied into `run_dir`: the lineage needs it there),
+    retrained two epochs and exported through the real stages; (store, export, ticket)."""
+    import pipeline
+    from edgeprune.artifacts import Store
+    from edgeprune.config import ImpSettings, RetrainConfig, SearchConfig
+
+    store = Store(run_dir)
+    shutil.copytree(digits_model.path, run_dir / digits_model.path.name)
+    dense = run_dir / digits_model.path.name / "model.pt"
+    mask, _ = pipeline.search(store, dense, SearchConfig(method="imp", sparsity=0.5,
+                                                         imp=ImpSettings(0.5)))
+    ticket, _ = pipeline.retrain(store, dense, mask.path, RetrainConfig(epochs=2))
+    export, _ = pipeline.export(store, ticket.path / "model.pt")
+    return store, export, ticket
+
+
 def _version(pkg: str) -> str:
     from importlib import metadata
 

@@ -12,7 +12,7 @@ import torch
 
 from edgeprune.errors import UserError
 
-from .conftest import requires_cc, requires_mcu, run_cli, skip_unless
+from .conftest import requires_cc, requires_mcu, run_cli, skip_unless, small_ticket
 
 T = 5
 
@@ -169,19 +169,9 @@ def test_footprint_gates_name_bytes_against_the_budget():
 @pytest.fixture(scope="module")
 def mcu_ticket(tmp_path_factory, digits_model):
     """A 50% imp ticket of the trained digits convnet, retrained and exported (C runtime)."""
-    import pipeline
-    from edgeprune.artifacts import Store
-    from edgeprune.config import ImpSettings, RetrainConfig, SearchConfig
-
     skip_unless(requires_mcu)
     run_dir = tmp_path_factory.mktemp("mcu-runs")
-    store = Store(run_dir)
-    shutil.copytree(digits_model.path, run_dir / digits_model.path.name)
-    dense = run_dir / digits_model.path.name / "model.pt"
-    mask, _ = pipeline.search(store, dense, SearchConfig(method="imp", sparsity=0.5,
-                                                         imp=ImpSettings(0.5)))
-    ticket, _ = pipeline.retrain(store, dense, mask.path, RetrainConfig(epochs=2))
-    export, _ = pipeline.export(store, ticket.path / "model.pt")
+    _, export, ticket = small_ticket(run_dir, digits_model)
     return run_dir, export.path / "model.onnx", ticket.path / "model.pt"
 
 
