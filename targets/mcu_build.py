@@ -22,6 +22,7 @@ from . import elf, mcu_firmware, tools
 from .boards import Board
 from .c_build import BASE_FLAGS, OPT_FLAGS, SOURCES, _archiver, _run, compile_library
 
+BINARIES = ("model.elf", "libmodel.a")  # what a validation keeps and a bundle ships
 STACK_BYTES = 4096  # the firmware's stack reserve (the harness measures the peak it used)
 MCU_FLAGS = ("-ffunction-sections", "-fdata-sections")
 LINK_FLAGS = ("-nostartfiles", "--specs=nano.specs", "-Wl,--gc-sections")

@@ -23,7 +23,7 @@ from .boards import Board
 from .profiles import Profile
 
 SOURCES = ("model.h", "model.c", "model_weights.c")  # the harness replaces runner.c
-BINARIES = ("model.elf", "libmodel.a")  # what a validation keeps and a bundle ships
+BINARIES = mcu_build.BINARIES  # the firmware image first (what verify runs), then libmodel.a
 FOOTPRINT_METHOD = ("the firmware image's ELF sections: flash = text + rodata + data (its "
                     "initial values), RAM = data + bss + the stack reserve")
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from edgeprune.errors import UserError
 
-from . import c_build, c_target, mcu_target, runtime, tools
+from . import c_build, c_target, mcu_build, mcu_target, runtime, tools
 from .modelfile import ModelInfo
 from .platforms import Platform
 from .profiles import Profile
@@ -107,7 +107,8 @@ class CRuntime(Runtime):
     # interface: BINARIES (kept by a validation, shipped under c/<target>/; the first is the
     # program itself), check_tools(platform), run(...) from the sources, run_binary(...).
     PROGRAMS = {"runner": c_target, "firmware": mcu_target}
-    binaries = tuple(dict.fromkeys(b for p in PROGRAMS.values() for b in p.BINARIES))
+    # (read from the build modules: c_target and mcu_target may still be importing here)
+    binaries = tuple(dict.fromkeys((*c_build.BINARIES, *mcu_build.BINARIES)))
     native_code = True
     self_contained = True
     REBUILT = "c/model.c (rebuilt here)"
