@@ -31,11 +31,6 @@ STATIC_METHOD = ("static: the context struct (activations and neuron state) plus
 BINARIES = c_build.BINARIES  # the runner first (what verify runs), then libmodel.a
 
 
-def check_tools(platform: Platform) -> None:
-    """A UserError naming the package when the compiler or `ar` for the platform is missing."""
-    c_build.find_tools(platform.isa)
-
-
 def run_binary(runner: Path, profile: Profile, inputs: np.ndarray, *,
                platform: Platform) -> runtime.TargetRun:
     """A prebuilt runner (a bundle's) on `platform`, timed with the profile's plan."""
@@ -73,11 +68,7 @@ def run(src: Path, profile: Profile, inputs: np.ndarray, *, keep: Path | None = 
         for name in c_build.FILES:
             shutil.copyfile(Path(src) / name, work / name)
         progress(f"{profile.name}: compiling the C runtime for {profile.isa}")
-        build = c_build.build(work, Path(d) / "build", isa=profile.isa,
-                              mcpu=profile.runtime.mcpu or None,
-                              extra_flags=((f"-march={profile.runtime.march}",)
-                                           if profile.runtime.march else ()),
-                              static=pf.static)
+        build = pf.build_c(work, Path(d) / "build", profile)
         with pf.session():
             info = c_run.info(build, platform=pf)
             progress(f"{profile.name}: running {len(inputs)} inputs + {plan.warmup}+{plan.runs} "

@@ -28,12 +28,6 @@ FOOTPRINT_METHOD = ("the firmware image's ELF sections: flash = text + rodata + 
                     "initial values), RAM = data + bss + the stack reserve")
 
 
-def check_tools(platform) -> None:
-    """A UserError naming the packages when the bare-metal compiler or its `ar` is missing
-    (the platform checks its emulator)."""
-    mcu_build.find_tools()
-
-
 def run(src: Path, profile: Profile, inputs: np.ndarray, *, platform,
         keep: Path | None = None, progress: Callable[[str], None] = lambda m: None,
         scratch: Path | None = None) -> runtime.TargetRun:

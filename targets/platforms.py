@@ -23,7 +23,7 @@ from typing import Callable
 
 from edgeprune.errors import UserError
 
-from . import boards, child, emulation, tools
+from . import boards, c_build, child, emulation, mcu_build, tools
 from .profiles import Profile
 from .ssh import Board, last_line
 from .tools import host_isa
@@ -73,6 +73,17 @@ class Platform:
         """The C compiler that builds for this platform on this host."""
         return tools.compiler_for(self.isa)
 
+    def check_c_build(self) -> None:
+        """A UserError naming the package when this host cannot build C for here."""
+        c_build.find_tools(self.isa)
+
+    def build_c(self, src: Path, out: Path, profile: Profile) -> c_build.CBuild:
+        """Compile the generated C runtime in `src` into `out` for here."""
+        return c_build.build(src, out, isa=profile.isa, mcpu=profile.runtime.mcpu or None,
+                             extra_flags=((f"-march={profile.runtime.march}",)
+                                          if profile.runtime.march else ()),
+                             static=self.static)
+
     def plan(self, profile: Profile):
         """The timing plan (warmup, runs): the profile's [emulation] where latency is not
         indicative, else its [latency]."""
@@ -101,8 +112,8 @@ class Platform:
 
     # -- the C runner: an executable fed on stdin -------------------------------------------
 
-    def c_argv(self, build, args: list[str]) -> list[str]:
-        """argv that runs the built C runner (a targets.c_build.CBuild) with `args`."""
+    def c_argv(self, build: c_build.CBuild, args: list[str]) -> list[str]:
+        """argv that runs the built C runner with `args`."""
         if not build.runner.is_file():
             raise UserError(f"the C runner {build.runner} does not exist: build it first")
         return [str(build.runner), *args]
@@ -239,6 +250,13 @@ class QemuSystem(Platform):
         return {"note": f"emulated board ({self.board.machine}, {self.board.cpu}): parity, "
                         "flash and RAM are real, latency is not indicative"}
 
+    def check_c_build(self) -> None:
+        mcu_build.find_tools()
+
+    def build_c(self, src, out, profile):
+        raise UserError(f"a {self.board.cpu} board runs firmware (targets/mcu_target.py), not "
+                        "the C runner")
+
     def c_argv(self, build, args):
         raise UserError(f"a {self.board.cpu} board runs firmware, not the C runner")
 
@@ -290,7 +308,7 @@ class Ssh(Platform):
 
     def call(self, argv, what, *, input=None, text=False, env=None):
         data = input.encode() if isinstance(input, str) else input
-        p = self.board.call(argv, what, input=data, timeout=self.timeout_s)
+        p = self.board.call(argv, f"running {what}", input=data, timeout=self.timeout_s)
         if text:
             p = subprocess.CompletedProcess(p.args, p.returncode,
                                             p.stdout.decode(errors="replace"),

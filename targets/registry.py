@@ -8,10 +8,13 @@ target asks here; nothing else branches on it.
 Adding a target:
   - a new device of a known kind: only a profile .toml in targets/profiles/;
   - a new runtime: a Runtime subclass in runtimes.py and its entry in RUNTIMES;
-  - a new place to run (an emulated board, a device farm): a Platform subclass in platforms.py
-    and its entry in PLATFORMS, before the ones it must win over (the first that serves a
-    profile is chosen), plus any profile fields it reads (profiles.py; add an optional section
-    to UNSET_OMITTED so that existing profiles keep their artifact ids).
+  - a new place to run (a QEMU system board, a device farm): a Platform subclass (in
+    platforms.py or a module of its own) and its entry in PLATFORMS, before the ones it must
+    win over (the first whose serves(profile) is true is chosen). It says how code is built for
+    it (compiler(), check_c_build(), build_c()), how its programs run (c_argv(), call(),
+    run_script()), its timing plan and whether its latency is the device's (indicative). Any
+    profile fields it reads go in profiles.py, as an optional section listed in
+    OPTIONAL_SECTIONS and UNSET_OMITTED, so that existing profiles keep their artifact ids.
 """
 from __future__ import annotations
 

@@ -105,7 +105,7 @@ class CRuntime(Runtime):
     export_files = c_build.FILES
     # The C programs a platform can ask for (its `c_program`), each a module with the same
     # interface: BINARIES (kept by a validation, shipped under c/<target>/; the first is the
-    # program itself), check_tools(platform), run(...) from the sources, run_binary(...).
+    # program itself), run(...) from the sources, run_binary(...) of a bundle's binary.
     PROGRAMS = {"runner": c_target, "firmware": mcu_target}
     # (read from the build modules: c_target and mcu_target may still be importing here)
     binaries = tuple(dict.fromkeys((*c_build.BINARIES, *mcu_build.BINARIES)))
@@ -123,7 +123,7 @@ class CRuntime(Runtime):
 
     def check_host(self, platform):
         self.tools(platform)  # an ISA this host cannot build for at all
-        self.PROGRAMS[platform.c_program].check_tools(platform)
+        platform.check_c_build()
 
     def model(self, profile, onnx, c_sources, what):
         if c_sources is None:

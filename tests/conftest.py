@@ -21,6 +21,16 @@ def run_cli(*args, cwd=None, timeout=600, env_extra=None):
                           env={**os.environ, "PYTHONPATH": str(ROOT), **(env_extra or {})})
 
 
+def one_line_exit_2(r: subprocess.CompletedProcess, *words: str) -> str:
+    """The line a refused command printed: exit 2, one line, no traceback, naming `words`."""
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    for w in words:
+        assert w in lines[0], lines[0]
+    return lines[0]
+
+
 # Skip markers for optional tools and data, from the lookups the runtime and `edgeprune doctor`
 # use; an EDGEPRUNE_REQUIRE_* variable set to 1 makes the need mandatory (the test runs, and fails).
 def _requirement(present: bool, env: str, reason: str):
@@ -41,6 +51,10 @@ requires_mcu = _requirement(tools.MCU_CC.find() is not None
                             and tools.QEMU_SYSTEM.find() is not None, "EDGEPRUNE_REQUIRE_MCU",
                             f"{tools.MCU_CC.package} and {tools.QEMU_SYSTEM.package} are not "
                             "installed")
+# sshd is started by the tests as a board on 127.0.0.1 (tests/test_remote.py)
+requires_ssh = _requirement(tools.SSHD.find() is not None and tools.SSH.find() is not None,
+                            "EDGEPRUNE_REQUIRE_SSH", "sshd is not installed (apt-get install "
+                            f"{tools.SSHD.package} {tools.SSH.package})")
 requires_fashion = _requirement(data_sources.fashion_available(), "EDGEPRUNE_REQUIRE_FASHION",
                                 "Debian's dataset-fashion-mnist is not installed")
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, run_cli
+from .conftest import ROOT, one_line_exit_2, run_cli
 
 HAVE_CC = any(shutil.which(c) for c in ("cc", "gcc", "clang")) and bool(shutil.which("ar"))
 
@@ -42,13 +42,7 @@ def _profile(path: Path, body: str) -> Path:
     return path
 
 
-def _one_line_exit_2(r: subprocess.CompletedProcess, *words: str) -> str:
-    lines = r.stderr.strip().splitlines()
-    assert r.returncode == 2, r.stderr[-2000:]
-    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
-    for w in words:
-        assert w in lines[0], lines[0]
-    return lines[0]
+_one_line_exit_2 = one_line_exit_2
 
 
 def _tree(folder: Path) -> list[str]:
