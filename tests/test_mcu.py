@@ -134,7 +134,7 @@ def test_stack_overflow_and_bad_input_fail_with_one_line(model_c, tmp_path):
     with pytest.raises(UserError, match="not a whole number of images"):
         mcu_run.run(good.elf, board, x[:3, :, :, :7])
     with pytest.raises(UserError, match="stack reserve must be"):
-        mcu_build.build(folder, tmp_path / "odd", board, stack_bytes=1000)
+        mcu_build.build(folder, tmp_path / "odd", board, stack_bytes=1004)
 
 
 def test_missing_tools_name_the_packages(model_c, tmp_path, monkeypatch):
@@ -232,7 +232,7 @@ def test_bundle_carries_the_firmware_and_verify_reruns_it(mcu_validated, tmp_pat
     key = tmp_path / "packager"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True,
                    timeout=60)
-    r = run_cli("package", mcu_validated["artifacts"]["validation"], "--out", tmp_path,
+    r = run_cli("package", mcu_validated["path"], "--out", tmp_path,
                 "--sign", key, "--json")
     assert r.returncode == 0, r.stderr[-2000:]
     bundle = json.loads(r.stdout)["bundle"]
