@@ -13,15 +13,14 @@ AddressSanitizer + UndefinedBehaviorSanitizer (native only; any finding aborts t
 from __future__ import annotations
 
 import shutil
-import struct
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeprune.errors import UserError
 
-from . import child, tools
-from .tools import ISAS, host_isa
+from . import child, elf, tools
+from .tools import LINUX_ISAS as ISAS, host_isa
 
 SOURCES = ("model.c", "model_weights.c")
 RUNNER_SOURCE = "runner.c"
@@ -50,7 +49,7 @@ class CBuild:
     objects: tuple[Path, ...]
     static: bool  # the runner is statically linked
     warnings: str = ""  # what the compiler printed (empty for a clean build)
-    sizes: dict = field(default_factory=dict)  # object_sizes() of the model's objects
+    sizes: dict = field(default_factory=dict)  # elf.sizes() of the model's objects
 
 
 def find_compiler(isa: str) -> str:
@@ -108,6 +107,22 @@ def _run(argv: list[str], what: str) -> str:
     return p.stderr
 
 
+def compile_library(src: Path, out: Path, compiler: str, archiver: str, flags, what: str
+                    ) -> tuple[list[Path], Path, list[str]]:
+    """The model's objects (SOURCES compiled with `flags` into `out`) and `out/libmodel.a`
+    archiving them, plus what the compiler printed; `what` names the build in messages."""
+    warnings, objects = [], []
+    for name in SOURCES:
+        obj = out / (Path(name).stem + ".o")
+        warnings.append(_run([compiler, *flags, "-c", str(src / name), "-o", str(obj)],
+                             f"compiling {name} {what}"))
+        objects.append(obj)
+    library = out / "libmodel.a"
+    library.unlink(missing_ok=True)
+    _run([archiver, "rcs", str(library), *map(str, objects)], "archiving libmodel.a")
+    return objects, library, warnings
+
+
 def build(src: Path, out: Path | None = None, *, isa: str = "native", sanitize: bool = False,
           mcpu: str | None = None, extra_flags: tuple[str, ...] = (),
           static: bool | None = None) -> CBuild:
@@ -135,58 +150,14 @@ def build(src: Path, out: Path | None = None, *, isa: str = "native", sanitize: 
     flags += list(extra_flags)
     if static is None:
         static = not native  # qemu-aarch64-static runs a static binary without a sysroot
-    warnings = []
-    objects = []
-    for name in SOURCES:
-        obj = out / (Path(name).stem + ".o")
-        warnings.append(_run([compiler, *flags, "-c", str(src / name), "-o", str(obj)],
-                             f"compiling {name} ({isa})"))
-        objects.append(obj)
-    library = out / "libmodel.a"
-    library.unlink(missing_ok=True)
-    _run([archiver, "rcs", str(library), *map(str, objects)], "archiving libmodel.a")
+    objects, library, warnings = compile_library(src, out, compiler, archiver, flags, f"({isa})")
     runner = out / "runner"
     link = [compiler, *flags, "-I", str(src), str(src / RUNNER_SOURCE), str(library),
             "-o", str(runner)]
     if static:
         link.insert(1, "-static")
     warnings.append(_run(link, f"linking the runner ({isa})"))
-    sizes = {o.name: object_sizes(o) for o in objects}
+    sizes = {o.name: elf.sizes(o) for o in objects}
     return CBuild(folder=out, isa=isa, native=native, sanitize=sanitize, compiler=compiler,
                   flags=tuple(flags), runner=runner, library=library, objects=tuple(objects),
                   static=static, warnings="".join(warnings).strip(), sizes=sizes)
-
-
-# -- object sizes ------------------------------------------------------------------------------
-
-SHF_ALLOC, SHF_WRITE, SHF_EXECINSTR = 0x2, 0x1, 0x4
-SHT_NOBITS = 8
-
-
-def object_sizes(path: Path) -> dict:
-    """Bytes an ELF64 object occupies once loaded, by kind: {"text", "rodata", "data", "bss",
-    "total"} (sections with SHF_ALLOC; "total" excludes bss, which takes no file or flash
-    space), plus "file" (the object file's size on disk). Works for any ELF64 little-endian
-    object (x86-64, aarch64) without binutils."""
-    data = Path(path).read_bytes()
-    out = {"text": 0, "rodata": 0, "data": 0, "bss": 0, "file": len(data)}
-    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
-        raise UserError(f"{path} is not an ELF64 little-endian object")
-    shoff, = struct.unpack_from("<Q", data, 0x28)
-    shentsize, shnum = struct.unpack_from("<HH", data, 0x3A)
-    for i in range(shnum):
-        base = shoff + i * shentsize
-        _name, sh_type, flags = struct.unpack_from("<IIQ", data, base)
-        size, = struct.unpack_from("<Q", data, base + 0x20)
-        if not flags & SHF_ALLOC:
-            continue
-        if sh_type == SHT_NOBITS:
-            out["bss"] += size
-        elif flags & SHF_EXECINSTR:
-            out["text"] += size
-        elif flags & SHF_WRITE:
-            out["data"] += size
-        else:
-            out["rodata"] += size
-    out["total"] = out["text"] + out["rodata"] + out["data"]
-    return out

@@ -29,6 +29,25 @@ STATIC_METHOD = ("static: the context struct (activations and neuron state) plus
                  "sections of the model's objects; the runtime allocates nothing")
 
 
+BINARIES = c_build.BINARIES  # the runner first (what verify runs), then libmodel.a
+
+
+def run_binary(runner: Path, profile: Profile, inputs: np.ndarray, *,
+               platform: Platform) -> runtime.TargetRun:
+    """A prebuilt runner (a bundle's) on `platform`, timed with the profile's plan."""
+    runner.chmod(0o755)
+    build = c_build.CBuild(folder=runner.parent, isa=profile.isa,
+                           native=platform.mode == "native", sanitize=False, compiler="",
+                           flags=(), runner=runner, library=runner.parent / "libmodel.a",
+                           objects=(), static=platform.static)
+    plan = platform.plan(profile)
+    with platform.session():
+        out = c_run.run(build, inputs, bench=(plan.runs, plan.warmup), platform=platform)
+    return runtime.TargetRun(out.logits, {"onnxruntime": None, "machine": profile.isa,
+                                          "latencies_ms": out.latencies_ms}, out.mode,
+                             " ".join(out.command))
+
+
 def has_sources(folder: Path) -> bool:
     return all((Path(folder) / n).is_file() for n in c_build.FILES)
 

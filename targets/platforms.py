@@ -3,12 +3,14 @@
     Native     this host, the profile's ISA is the host's: latency and memory are the device's
     QemuUser   an aarch64 build on an x86-64 host under qemu-aarch64 user mode: outputs are
                real, latency is not indicative (emulated), so its budgets are not gated
+    QemuSystem a Cortex-M board emulated by qemu-system-arm (a profile's [mcu]): the C runtime
+               as bare-metal firmware; outputs, flash and RAM are real (gated), latency is not
     Ssh        a board over SSH (a profile's [remote], or --remote): built here for the board's
                ISA, copied there and run there; its latency and memory are real and gated
 
-A platform runs the two kinds of programs the runtimes hand it: a Python script with a job
-folder (the ONNX Runtime runner, targets/runner.py) and an executable fed on stdin (the C
-runner). Which platform serves a profile is decided in targets/registry.py.
+A platform runs the programs the runtimes hand it: a Python script with a job folder (the ONNX
+Runtime runner, targets/runner.py), and a C program of the kind its `c_program` names
+(targets/runtimes.py: "runner", an executable fed on stdin; "firmware", an image for a board). Which platform serves a profile is decided in targets/registry.py.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from typing import Callable
 
 from edgeprune.errors import UserError
 
-from . import c_build, child, emulation, tools
+from . import boards, c_build, child, emulation, mcu_build, tools
 from .profiles import Profile
 from .ssh import Board, last_line
 from .tools import host_isa
@@ -37,6 +39,7 @@ class Platform:
     timeout_s = 900  # for one run of a model
     static = False  # C executables are linked statically (there is no sysroot there)
     setup_seconds = 0.0  # spent preparing it in this validation (QEMU's emulated Python)
+    c_program = "runner"  # the C runtime here: a POSIX runner (c_target) or firmware (mcu_target)
 
     def __init__(self, isa: str):
         self.isa = isa
@@ -209,6 +212,54 @@ class QemuUser(Platform):
         emulation.check_core(self.core, emu.qemu)
         argv, env = emu.command(self.core, args)
         return argv, env, f"qemu-aarch64 -cpu {self.core} (onnxruntime {emu.onnxruntime} aarch64)"
+
+
+class QemuSystem(Platform):
+    """A Cortex-M board emulated by qemu-system-arm (targets/boards.py), running the C runtime
+    as bare-metal firmware (targets/mcu_target.py). Its latency is not the device's; its flash
+    and RAM are the firmware image's own, and gated."""
+
+    mode = "emulated"
+    indicative = False
+    c_program = "firmware"
+    static = True
+
+    def __init__(self, isa: str, board: boards.Board, stack_bytes: int):
+        super().__init__(isa)
+        self.board, self.stack_bytes = board, stack_bytes
+        self.latency_note = (f"emulated (qemu-system-arm {board.machine}): latency is not "
+                             "indicative of the device")
+
+    @classmethod
+    def serves(cls, profile: Profile) -> bool:
+        return profile.mcu is not None
+
+    @classmethod
+    def from_profile(cls, profile: Profile, shared: dict) -> "QemuSystem":
+        return cls(profile.isa, boards.get(profile.mcu.board), profile.mcu.stack_bytes)
+
+    def tools(self) -> list[tools.Tool]:
+        return [tools.QEMU_SYSTEM]
+
+    def compiler(self) -> tools.Tool | None:
+        return tools.MCU_CC
+
+    def max_inputs(self, profile: Profile) -> int | None:
+        return profile.emulation.max_inputs if profile.emulation else None
+
+    def doctor_notes(self, runtime) -> dict:
+        return {"note": f"emulated board ({self.board.machine}, {self.board.cpu}): parity, "
+                        "flash and RAM are real, latency is not indicative"}
+
+    def check_c_build(self) -> None:
+        mcu_build.find_tools()
+
+    def build_c(self, src, out, profile):
+        raise UserError(f"a {self.board.cpu} board runs firmware (targets/mcu_target.py), not "
+                        "the C runner")
+
+    def c_argv(self, build, args):
+        raise UserError(f"a {self.board.cpu} board runs firmware, not the C runner")
 
 
 class Ssh(Platform):

@@ -98,6 +98,17 @@ class Remote:
 
 
 @dataclass(frozen=True)
+class Mcu:
+    """A microcontroller (targets/boards.py): the C runtime built bare-metal and run on the
+    board QEMU emulates; its firmware's flash and RAM, read from the ELF, are gated here."""
+
+    board: str = ""  # a QEMU board in targets/boards.py: mps2-an386 (Cortex-M4), mps2-an500 (M7)
+    flash_kb: float = 0.0  # gate: text + rodata + data of the firmware image (0: not gated)
+    ram_kb: float = 0.0  # gate: data + bss + the stack reserve (0: not gated)
+    stack_bytes: int = 4096  # the firmware's stack reserve (its measured peak is reported)
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str
     isa: str
@@ -111,6 +122,7 @@ class Profile:
     dense: Dense = field(default_factory=Dense)
     emulation: Emulation | None = None
     remote: Remote | None = None
+    mcu: Mcu | None = None
 
     def __post_init__(self):
         # Every Profile is checked, however it was made (a file, a bundle's manifest,
@@ -162,12 +174,13 @@ class Profile:
 
 
 SECTIONS = {"runtime": Runtime, "latency": Latency, "memory": Memory, "parity": Parity,
-            "accuracy": Accuracy, "dense": Dense, "emulation": Emulation, "remote": Remote}
+            "accuracy": Accuracy, "dense": Dense, "emulation": Emulation, "remote": Remote,
+            "mcu": Mcu}
 # Sections a profile has only when its file has them (None otherwise).
-OPTIONAL_SECTIONS = ("emulation", "remote")
+OPTIONAL_SECTIONS = ("emulation", "remote", "mcu")
 # Sections left out of to_dict() when unset: added after artifact ids were first derived from
 # profiles, so a profile without them keeps its ids.
-UNSET_OMITTED = ("remote",)
+UNSET_OMITTED = ("remote", "mcu")
 TOP_KEYS = {"name": str, "description": str, "isa": str}
 
 
@@ -276,6 +289,28 @@ def _remote_problems(r: Remote) -> list[str]:
     return problems
 
 
+def _mcu_problems(p: Profile) -> list[str]:
+    from .boards import BOARDS
+    from .tools import MCU_ISAS
+
+    if (p.mcu is not None) != (p.isa in MCU_ISAS):
+        return [f"isa {', '.join(MCU_ISAS)} and an [mcu] table go together (a microcontroller "
+                "is named by its board)"]
+    if p.mcu is None:
+        return []
+    m, problems = p.mcu, []
+    if m.board not in BOARDS:
+        problems.append(f"mcu.board must be one of {', '.join(BOARDS)}, got {m.board!r}")
+    if p.runtime.kind != "c" or p.remote is not None:
+        problems.append("a microcontroller runs the C runtime (runtime.kind = \"c\"), on its "
+                        "emulated board, not over [remote]")
+    if m.flash_kb < 0 or m.ram_kb < 0:
+        problems.append("mcu.flash_kb and mcu.ram_kb must be >= 0 (0: not gated)")
+    if m.stack_bytes < 256 or m.stack_bytes % 8 or m.stack_bytes > 1 << 20:
+        problems.append("mcu.stack_bytes must be a multiple of 8 in [256, 1048576]")
+    return problems
+
+
 def _check_values(where: str, p: Profile) -> None:
     problems = [f"{section}.{f.name} must be a finite number, got {value!r}"
                 for section in SECTIONS if (table := getattr(p, section)) is not None
@@ -298,6 +333,7 @@ def _check_values(where: str, p: Profile) -> None:
         problems.append(f"runtime.kind must be one of {', '.join(RUNTIMES)}")
     if p.remote is not None:
         problems += _remote_problems(p.remote)
+    problems += _mcu_problems(p)
     if p.dense.min_speedup < 0 or not 0 <= p.dense.max_accuracy_drop <= 100:
         problems.append("dense.min_speedup must be >= 0 and dense.max_accuracy_drop in [0, 100] "
                         "(percentage points)")

@@ -25,9 +25,9 @@ from .profiles import Profile
 
 RUNTIMES: dict[str, runtimes.Runtime] = {r.name: r for r in (runtimes.OnnxRuntime(),
                                                               runtimes.CRuntime())}
-# First match wins: a remote board over anything local.
-PLATFORMS: tuple[type[platforms.Platform], ...] = (platforms.Ssh, platforms.Native,
-                                                   platforms.QemuUser)
+# First match wins: a remote board over anything local; a microcontroller names its board.
+PLATFORMS: tuple[type[platforms.Platform], ...] = (platforms.Ssh, platforms.QemuSystem,
+                                                   platforms.Native, platforms.QemuUser)
 
 
 def runtime_of(profile: Profile) -> runtimes.Runtime:

@@ -3,7 +3,8 @@
     OnnxRuntime  the exported model.onnx (and its int8 and .ort variants) in ONNX Runtime,
                  through targets/runner.py in a fresh Python process
     CRuntime     the generated event-driven C runtime (c_build.FILES), compiled for the
-                 platform and run through its standalone runner
+                 platform and run as the program its `c_program` names: the standalone runner
+                 (targets/c_target.py) or bare-metal firmware on a board (targets/mcu_target.py)
 
 A runtime knows its files (what it needs from the export, what a validation keeps and a bundle
 ships), the tools and Python packages this host needs for it, how to run a model on a platform
@@ -19,7 +20,7 @@ import numpy as np
 
 from edgeprune.errors import UserError
 
-from . import c_build, c_run, c_target, runtime, tools
+from . import c_build, c_target, mcu_build, mcu_target, runtime, tools
 from .modelfile import ModelInfo
 from .platforms import Platform
 from .profiles import Profile
@@ -102,7 +103,12 @@ class OnnxRuntime(Runtime):
 class CRuntime(Runtime):
     name = "c"
     export_files = c_build.FILES
-    binaries = c_build.BINARIES
+    # The C programs a platform can ask for (its `c_program`), each a module with the same
+    # interface: BINARIES (kept by a validation, shipped under c/<target>/; the first is the
+    # program itself), run(...) from the sources, run_binary(...) of a bundle's binary.
+    PROGRAMS = {"runner": c_target, "firmware": mcu_target}
+    # (read from the build modules: c_target and mcu_target may still be importing here)
+    binaries = tuple(dict.fromkeys((*c_build.BINARIES, *mcu_build.BINARIES)))
     native_code = True
     self_contained = True
     REBUILT = "c/model.c (rebuilt here)"
@@ -111,7 +117,7 @@ class CRuntime(Runtime):
         tool = platform.compiler()
         if tool is None:
             raise UserError(f"cannot build the C runtime for {platform.isa} on this "
-                            f"{tools.host_isa()} host (supported: {', '.join(tools.ISAS)}; "
+                            f"{tools.host_isa()} host (supported: {', '.join(tools.LINUX_ISAS)}; "
                             "aarch64 cross-builds from x86_64)")
         return [tool]
 
@@ -128,34 +134,26 @@ class CRuntime(Runtime):
 
     def run(self, model, profile, platform, inputs, *, keep=None, progress=lambda m: None,
             scratch=None):
-        return c_target.run(model, profile, inputs, keep=keep, progress=progress,
-                            scratch=scratch, platform=platform)
+        return self.PROGRAMS[platform.c_program].run(model, profile, inputs, keep=keep,
+                                                     progress=progress, scratch=scratch,
+                                                     platform=platform)
 
     def bundled(self, profile, members, rebuild):
         if rebuild:
             if not all(f"c/{n}" in members for n in self.export_files):
                 raise UserError(f"target {profile.name}: the bundle has no C sources to rebuild")
             return [self.REBUILT]
-        runner = f"c/{profile.name}/{self.binaries[0]}"
-        if runner not in members:
-            raise UserError(f"target {profile.name}: the bundle has no C runner for it "
-                            "(validate and package with this target)")
-        return [runner]
+        for program in self.PROGRAMS.values():
+            member = f"c/{profile.name}/{program.BINARIES[0]}"
+            if member in members:
+                return [member]
+        raise UserError(f"target {profile.name}: the bundle has no C runner for it "
+                        "(validate and package with this target)")
 
     def run_bundled(self, root, member, profile, platform, inputs, rebuild, progress):
+        program = self.PROGRAMS[platform.c_program]
         if rebuild:
-            return c_target.run(root / "c", profile, inputs, progress=progress, scratch=root,
-                                platform=platform)
-        # the bundle's runner: only for a bundle whose signature was verified
-        runner = root / member
-        runner.chmod(0o755)
-        build = c_build.CBuild(folder=runner.parent, isa=profile.isa,
-                               native=platform.mode == "native", sanitize=False, compiler="",
-                               flags=(), runner=runner, library=runner.parent / "libmodel.a",
-                               objects=(), static=platform.static)
-        plan = platform.plan(profile)
-        with platform.session():
-            out = c_run.run(build, inputs, bench=(plan.runs, plan.warmup), platform=platform)
-        return runtime.TargetRun(out.logits, {"onnxruntime": None, "machine": profile.isa,
-                                              "latencies_ms": out.latencies_ms}, out.mode,
-                                 " ".join(out.command))
+            return program.run(root / "c", profile, inputs, progress=progress, scratch=root,
+                               platform=platform)
+        # the bundle's binary: only for a bundle whose signature was verified
+        return program.run_binary(root / member, profile, inputs, platform=platform)

@@ -11,8 +11,12 @@ from dataclasses import dataclass
 SEE_DOCTOR = "(see `edgeprune doctor`)"  # ends every missing-tool message
 
 
-# The instruction sets a target profile may name (`isa = ...`).
-ISAS = ("x86_64", "aarch64")
+# The instruction sets a target profile may name (`isa = ...`): those of Linux hosts (native,
+# QEMU user mode, a board over SSH), and that of the Cortex-M4/M7 microcontrollers that run on
+# a board emulated by qemu-system-arm (targets/boards.py; a profile's [mcu] names it).
+LINUX_ISAS = ("x86_64", "aarch64")
+MCU_ISAS = ("armv7e-m",)
+ISAS = LINUX_ISAS + MCU_ISAS
 
 
 def isa_of(machine: str) -> str:
@@ -48,6 +52,11 @@ SSH = Tool("OpenSSH client", ("ssh",), "openssh-client")
 SSHD = Tool("OpenSSH server (tests only)", ("sshd",), "openssh-server")
 QEMU = Tool("ARM64 user-mode emulator", ("qemu-aarch64-static", "qemu-aarch64"),
             "qemu-user-static")
+# Cortex-M microcontrollers: the bare-metal compiler (newlib supplies memcpy/memset) and the
+# system-mode emulator that runs its firmware on an emulated board (targets/boards.py)
+MCU_CC = Tool("Cortex-M bare-metal compiler", ("arm-none-eabi-gcc",),
+              "gcc-arm-none-eabi libnewlib-arm-none-eabi")
+QEMU_SYSTEM = Tool("Cortex-M board emulator", ("qemu-system-arm",), "qemu-system-arm")
 
 
 def compiler_for(isa: str) -> Tool | None:

@@ -17,7 +17,7 @@ import numpy as np
 
 from edgeprune.errors import UserError
 
-from . import c_target, registry, runtime
+from . import c_target, mcu_target, registry, runtime
 from .modelfile import ModelInfo
 from .profiles import Profile
 
@@ -253,6 +253,11 @@ def memory_of(profile: Profile, run: runtime.TargetRun) -> dict | None:
     """What the model occupies on the target against the profile's budget (None: the run
     measured nothing, as a prebuilt C runner does)."""
     res = run.result
+    if "footprint" in res:  # firmware: the flash and RAM of its image, against [mcu]'s budgets
+        fp = res["footprint"]
+        return {"peak_rss_delta_mb": fp["ram_bytes"] / 2**20, "footprint": fp,
+                "method": mcu_target.FOOTPRINT_METHOD, "budget_mb": profile.memory.budget_mb,
+                "flash_kb": profile.mcu.flash_kb, "ram_kb": profile.mcu.ram_kb}
     if "static_bytes" in res:  # the C runtime: everything is static, nothing allocated
         return {"peak_rss_delta_mb": res["static_bytes"] / 2**20,
                 "method": c_target.STATIC_METHOD, "budget_mb": profile.memory.budget_mb}
@@ -267,10 +272,38 @@ def memory_of(profile: Profile, run: runtime.TargetRun) -> dict | None:
             "budget_mb": profile.memory.budget_mb}
 
 
+def footprint_gates(fp: dict, flash_kb: float, ram_kb: float) -> list[dict]:
+    """The flash and RAM gates of a firmware image (mcu_build.footprint) against budgets in KB
+    (1 KB = 1024 bytes; 0: not gated); a detail reads "31.2 KB > budget 16 KB (...)" after
+    its gate's name. Exact even on an emulated board: the image is the
+    device's."""
+    gates = []
+    for what, used, budget in (("flash", fp["flash_bytes"], flash_kb),
+                               ("ram", fp["ram_bytes"], ram_kb)):
+        parts = ("text + rodata + data" if what == "flash"
+                 else f"data + bss + {fp['stack_bytes']:,} B stack")
+        if budget <= 0:
+            gates.append({"gate": what, "status": SKIP,
+                          "detail": f"{used / 1024:.1f} KB ({used:,} B: {parts}); no budget "
+                                    "set"})
+            continue
+        ok = used <= budget * 1024
+        gates.append({"gate": what, "status": PASS if ok else FAIL,
+                      "detail": f"{used / 1024:.1f} KB {'<=' if ok else '>'} budget "
+                                f"{budget:g} KB ({used:,} B vs {int(budget * 1024):,} B; "
+                                f"{parts})"})
+    return gates
+
+
 def budget_gates(profile: Profile, latency: dict, memory: dict | None) -> list[dict]:
     """The latency and memory gates; skipped under emulation, where neither figure is the
-    device's."""
+    device's, except a firmware image's flash and RAM, which are."""
     pct = latency["percentile"]
+    if memory is not None and "footprint" in memory:
+        return [{"gate": "latency", "status": SKIP,
+                 "detail": f"p{pct:g} {latency['at_percentile_ms']:.3g} ms {EMULATED_NOTE}; "
+                           "the budget applies on the device"},
+                *footprint_gates(memory["footprint"], memory["flash_kb"], memory["ram_kb"])]
     if latency["emulated"]:
         return [{"gate": "latency", "status": SKIP,
                  "detail": f"p{pct:g} {latency['at_percentile_ms']:.3g} ms {EMULATED_NOTE}; "
@@ -338,6 +371,8 @@ def _measure(profile: Profile, run: runtime.TargetRun, n: int, labels, reference
         entry["c"] = {k: res[k] for k in ("compiler", "flags", "static_link", "object_sizes",
                                           "context_bytes", "weight_bytes")}
         entry["c"]["layer_profile"] = res.get("layer_profile")
+    if "icount_instructions" in res:  # an emulated board: what it executed, named as such
+        entry["icount_instructions"] = res["icount_instructions"]
     gates += budget_gates(profile, latency, memory)
     entry["gates"] = gates
     entry["passed"] = all(g["status"] != FAIL for g in gates)

@@ -47,6 +47,10 @@ requires_cross_cc = _requirement(tools.CROSS_CC.find() is not None and HAVE_QEMU
                                  "EDGEPRUNE_REQUIRE_ARM64",
                                  f"{tools.CROSS_CC.package} and {tools.QEMU.package} are not "
                                  "installed")
+requires_mcu = _requirement(tools.MCU_CC.find() is not None
+                            and tools.QEMU_SYSTEM.find() is not None, "EDGEPRUNE_REQUIRE_MCU",
+                            f"{tools.MCU_CC.package} and {tools.QEMU_SYSTEM.package} are not "
+                            "installed")
 # sshd is started by the tests as a board on 127.0.0.1 (tests/test_remote.py)
 requires_ssh = _requirement(tools.SSHD.find() is not None and tools.SSH.find() is not None,
                             "EDGEPRUNE_REQUIRE_SSH", "sshd is not installed (apt-get install "
@@ -94,6 +98,23 @@ def small_dense(root: Path, epochs: int):
     dense = stage_inputs.open_model(art.path)
     cfg, ds = stage_inputs.dataset_for(dense, DataConfig())
     return store, dense, cfg, ds
+
+
+def small_ticket(run_dir: Path, digits_model):
+    """A 50% imp ticket of `digits_model` (copied into `run_dir`: the lineage needs it there),
+    retrained two epochs and exported through the real stages; (store, export, ticket)."""
+    import pipeline
+    from edgeprune.artifacts import Store
+    from edgeprune.config import ImpSettings, RetrainConfig, SearchConfig
+
+    store = Store(run_dir)
+    shutil.copytree(digits_model.path, run_dir / digits_model.path.name)
+    dense = run_dir / digits_model.path.name / "model.pt"
+    mask, _ = pipeline.search(store, dense, SearchConfig(method="imp", sparsity=0.5,
+                                                         imp=ImpSettings(0.5)))
+    ticket, _ = pipeline.retrain(store, dense, mask.path, RetrainConfig(epochs=2))
+    export, _ = pipeline.export(store, ticket.path / "model.pt")
+    return store, export, ticket
 
 
 def _version(pkg: str) -> str:

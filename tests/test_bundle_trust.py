@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, run_cli
+from .conftest import ROOT, run_cli, small_ticket
 
 HAVE_CC = any(shutil.which(c) for c in ("cc", "gcc", "clang"))
 CC = HAVE_CC or os.environ.get("EDGEPRUNE_REQUIRE_CC") == "1"
@@ -42,17 +42,9 @@ def validated(tmp_path_factory, digits_model):
     """A trained-digits lineage (imp ticket at 50%, retrained, exported) validated against
     PyTorch on x86_64 and, with a compiler, c-x86_64. Returns the validate artifact."""
     import pipeline
-    from edgeprune.artifacts import Store
-    from edgeprune.config import ImpSettings, RetrainConfig, SearchConfig, ValidateConfig
+    from edgeprune.config import ValidateConfig
 
-    run_dir = tmp_path_factory.mktemp("trust-runs")
-    store = Store(run_dir)
-    shutil.copytree(digits_model.path, run_dir / digits_model.path.name)
-    dense = run_dir / digits_model.path.name / "model.pt"
-    mask, _ = pipeline.search(store, dense, SearchConfig(method="imp", sparsity=0.5,
-                                                         imp=ImpSettings(0.5)))
-    ticket, _ = pipeline.retrain(store, dense, mask.path, RetrainConfig(epochs=2))
-    export, _ = pipeline.export(store, ticket.path / "model.pt")
+    store, export, ticket = small_ticket(tmp_path_factory.mktemp("trust-runs"), digits_model)
     targets = "x86_64,c-x86_64" if CC else "x86_64"
     val, _ = pipeline.validate(store, export.path / "model.onnx",
                                ValidateConfig(target=targets, limit=16, dense=False,

@@ -68,6 +68,11 @@ def test_doctor_reports_this_host():
         assert (report["compress_targets"]["note"] is None) is has_cc
         if not has_cross:
             assert "gcc-aarch64-linux-gnu" in c_arm["install"], c_arm
+    has_mcu = shutil.which("arm-none-eabi-gcc") and shutil.which("qemu-system-arm")
+    for name in ("c-cortex-m4", "c-cortex-m7"):  # an emulated board, on any host
+        t = targets[name]
+        assert t["mode"] == "emulated" and t["runnable"] is bool(has_mcu), t
+        assert has_mcu or "qemu-system-arm" in t["install"] or "arm-none-eabi" in t["install"]
     datasets = {d["name"]: d for d in report["datasets"]}
     assert datasets["digits"]["found"] and Path(datasets["digits"]["where"]).is_file()
     fashion = Path(datasets["fashion-mnist"]["where"])

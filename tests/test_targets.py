@@ -82,8 +82,13 @@ def test_builtin_profiles_load():
     from targets import profiles
 
     assert profiles.builtin_names() == ["arm64-cortex-a72", "arm64-neoverse-n1",
-                                        "c-arm64-cortex-a72", "c-x86_64", "x86_64"]
-    a72, n1, ca72, cx86, x86 = (profiles.load(n) for n in profiles.builtin_names())
+                                        "c-arm64-cortex-a72", "c-cortex-m4", "c-cortex-m7",
+                                        "c-x86_64", "x86_64"]
+    a72, n1, ca72, m4, m7, cx86, x86 = (profiles.load(n) for n in profiles.builtin_names())
+    assert (m4.kind, m4.isa, m4.mcu.board, m7.mcu.board) == ("c", "armv7e-m", "mps2-an386",
+                                                             "mps2-an500")
+    assert m4.mcu.flash_kb > 0 and m4.mcu.ram_kb > 0 and m4.remote is None
+    assert "mcu" not in x86.to_dict() and m4.to_dict()["mcu"]["board"] == "mps2-an386"
     assert (ca72.kind, ca72.isa, ca72.runtime.mcpu) == ("c", "aarch64", "cortex-a72")
     assert (cx86.kind, cx86.isa, cx86.emulation) == ("c", "x86_64", None)
     assert x86.kind == a72.kind == "onnxruntime"
@@ -103,6 +108,15 @@ def test_builtin_profiles_load():
     ('isa = "riscv"\n', "isa must be one of"),
     ('isa = "x86_64"\n[accuracy]\nmax_drop = 5\n', "a fraction"),
     ('isa = "x86_64\n', "not valid TOML"),
+    ('isa = "armv7e-m"\n[runtime]\nkind = "c"\n', "an [mcu] table go together"),
+    ('isa = "x86_64"\n[mcu]\nboard = "mps2-an386"\n', "an [mcu] table go together"),
+    ('isa = "armv7e-m"\n[runtime]\nkind = "c"\n[mcu]\nboard = "stm32"\n',
+     "mcu.board must be one of mps2-an386, mps2-an500"),
+    ('isa = "armv7e-m"\n[mcu]\nboard = "mps2-an386"\n', "runs the C runtime"),
+    ('isa = "armv7e-m"\n[runtime]\nkind = "c"\n[mcu]\nboard = "mps2-an386"\nram_kb = -1\n',
+     "mcu.flash_kb and mcu.ram_kb must be >= 0"),
+    ('isa = "armv7e-m"\n[runtime]\nkind = "c"\n[mcu]\nboard = "mps2-an500"\n'
+     'stack_bytes = 100\n', "mcu.stack_bytes must be a multiple of 8"),
 ])
 def test_bad_profile_is_one_line_user_error(tmp_path, text, needle):
     from targets import profiles
