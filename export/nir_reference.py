@@ -109,7 +109,8 @@ def _sinabs(path: Path):
             net = sinabs.from_nir(graph, batch_size=len(x)).eval()
         xt = torch.from_numpy(np.ascontiguousarray(x, np.float32))
         seq = xt[:, None].expand(len(x), timesteps, *xt.shape[1:]).reshape(-1, *xt.shape[1:])
-        y = net(seq).reshape(len(x), timesteps, -1)
+        y = net(seq)
+        y = (y[0] if isinstance(y, tuple) else y).reshape(len(x), timesteps, -1)
         return y.transpose(0, 1).numpy()
     return run
 
