@@ -78,7 +78,7 @@ def _spikingjelly(path: Path, dt: float):
     import warnings
 
     import torch
-    from spikingjelly.activation_based import functional, nir_exchange
+    from spikingjelly.activation_based import nir_exchange
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -86,10 +86,13 @@ def _spikingjelly(path: Path, dt: float):
 
     @torch.no_grad()
     def run(x: np.ndarray, timesteps: int) -> np.ndarray:
-        functional.reset_net(net)
+        # the graph module returns (output, state); each step is given the last state back
         xt = torch.from_numpy(np.ascontiguousarray(x, np.float32))
-        out = np.stack([net(xt).reshape(len(x), -1).numpy() for _ in range(timesteps)])
-        functional.reset_net(net)
+        state, out = None, []
+        for _t in range(timesteps):
+            y, state = net(xt, state)
+            out.append(y.reshape(len(x), -1).numpy())
+        out = np.stack(out)
         return out
     return run
 

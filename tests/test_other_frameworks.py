@@ -16,6 +16,7 @@ from edgeprune import data as datalib
 from edgeprune.artifacts import Store
 from edgeprune.config import DataConfig, ImportConfig
 from edgeprune.errors import UserError
+from edgeprune.importers import nirfile
 from edgeprune.stage_inputs import open_model
 from tests.conftest import requires_cc, requires_framework, run_cli
 
@@ -165,16 +166,13 @@ def test_rockpool_lif_is_refused_and_its_input_dimensions_are_read(digits, tmp_p
         _one_line_refusal(r, "LIFTorch", "not imported")
     net = fw.rockpool_net(with_neurons=False)
     fw.rockpool_to_nir(net, tmp_path / "linear.nir", T)
-    art, _ = pipeline.import_model(Store(tmp_path), None, tmp_path / "linear.nir",
-                                   ImportConfig(timesteps=T, accept_mismatch=True),
-                                   DataConfig("digits"))
-    assert art.metrics["convention"] == "rockpool"
-    assert any("[1, 4, 64] read as [64]" in n for n in art.metrics["notes"])
-    x = digits.x_test.float()
-    with torch.no_grad():
-        out, _, _ = net(x.reshape(len(x), 1, 64).expand(len(x), T, 64))
-    got = _steps(art, digits)
-    assert float((out.transpose(0, 1) - got).abs().max()) < 1e-5
+    imp = nirfile.load(tmp_path / "linear.nir")
+    assert imp.convention == "rockpool" and imp.writer == "rockpool"
+    assert imp.input_shape == (64,) and imp.output_shape == (10,)
+    assert any("[1, 4, 64] read as [64]" in n for n in imp.notes)
+    (lin,) = imp.layers
+    # Rockpool's LinearTorch keeps (in, out); NIR and edgeprune (out, in)
+    assert np.array_equal(lin.tensors["weight"], net[0].weight.detach().numpy().T)
 
 
 # -- the import's own checks, on any NIR file ------------------------------------------------
