@@ -152,6 +152,26 @@ def test_spikingjelly_nir_compresses_to_90_percent(spikingjelly_model, tmp_path)
           f"{s['ticket_accuracy']:.4f}")
 
 
+@requires_framework["spikingjelly"]
+def test_spikingjelly_tutorial_net_imports_exactly_from_code(digits, tmp_path):
+    """layer.Conv2d/BatchNorm2d/AvgPool2d/Flatten/Linear (subclasses of the torch layers, in
+    multi-step mode) and LIFNode with decay_input off and a soft reset: read as what they are;
+    the import's own parity check (1e-5) and fidelity run against SpikingJelly itself."""
+    torch.manual_seed(0)
+    net = fw.train_the_spikingjelly_multistep_way(fw.spikingjelly_tutorial(), digits, T)
+    torch.save(net.state_dict(), tmp_path / "w.pt")
+    art, _ = pipeline.import_model(Store(tmp_path), f"{USERS}/other_frameworks.py:"
+                                   "spikingjelly_tutorial", tmp_path / "w.pt",
+                                   ImportConfig(timesteps=T), DataConfig("digits"))
+    m = art.metrics
+    assert m["frameworks"] == {"spikingjelly": "2.0.0"} and m["neurons"] == ["charge_lif"]
+    f = m["fidelity"][0]
+    assert f["prediction_agreement"] == 1.0 and f["max_abs_logit_diff"] < 1e-4
+    assert f["reference_accuracy"] > 0.2 and m["test_accuracy"] == f["reference_accuracy"]
+    print(f"SpikingJelly tutorial net from code: SpikingJelly {f['reference_accuracy']:.4f}, "
+          f"import {m['test_accuracy']:.4f}, max |d logits| {f['max_abs_logit_diff']}")
+
+
 # -- Rockpool -------------------------------------------------------------------------------------
 
 @requires_framework["rockpool"]

@@ -32,15 +32,22 @@ v_reset in the same step. With a = dt/tau (must be in (0, 1]):
                                                          -> cuba_lif, input gain r·w_in·b
     IF       v' = v + dt·r·I                             -> decay_lif (beta 1), gain dt·r
 A gain that is not 1 becomes a Scale layer before the neuron. v_leak must be 0.
-Conventions (`--convention`, else the graph's metadata, else "snntorch" when the graph carries
-snnTorch's fingerprint (every r = tau/1e-4), else "nir"):
+Conventions (`--convention`, else the graph's metadata, else the writer's fingerprint
+(written_by: snnTorch's r = tau/1e-4, Rockpool's and SpikingJelly's node names), else "nir"; a
+graph that looks Sinabs-written (IF with r = 1, nodes named by position) must name one):
     nir / norse   the equations above; dt defaults to the graph's metadata "dt", else Norse's
                   1e-3 under "norse", else it must be given
     snntorch      snnTorch's own arithmetic (beta = 1 − dt/tau, alpha = 1 − dt/tau_syn,
                   input gain r·dt/tau, 1 as snnTorch writes it) and its reset: subtract the
                   threshold one step after a spike. dt 1e-4, as snnTorch writes.
+    sinabs        IF / LIF as Sinabs' IAF / LIF with their layer defaults (multi-spike output,
+                  subtractive reset, LIF's norm_input, alpha = exp(−1/tau)): sinabs_lif; dt 1
+    spikingjelly  IF / LIF as SpikingJelly's IFNode / LIFNode (charge, spike at >= threshold,
+                  hard reset; decay_input from r): charge_lif; dt 1e-4
+    rockpool      the Input's batch/time dimensions dropped; its LIFTorch (CubaLIF) is refused
     edgeprune     what edgeprune's exporter writes: the metadata's dt, and each neuron's exact
                   description in its node metadata ("edgeprune.layer"), so a round trip is exact.
+Under sinabs, spikingjelly and rockpool any other neuron node is refused (FRAMEWORK_READERS).
 """
 from __future__ import annotations
 

@@ -80,6 +80,36 @@ def spikingjelly_net():
                          neuron.LIFNode(tau=2.0))
 
 
+def spikingjelly_tutorial():
+    """SpikingJelly's tutorial conv net: layer.* wrappers with BatchNorm, LIFNode (one without
+    decay_input, one with a soft reset), multi-step mode: input (T, B, C, H, W)."""
+    from spikingjelly.activation_based import functional, layer, neuron
+
+    net = nn.Sequential(
+        layer.Conv2d(1, 8, 3, padding=1, bias=False), layer.BatchNorm2d(8),
+        neuron.LIFNode(tau=2.0, decay_input=False), layer.AvgPool2d(2), layer.Flatten(),
+        layer.Linear(8 * 4 * 4, 10), neuron.LIFNode(tau=2.0, v_reset=None))
+    functional.set_step_mode(net, "m")
+    return net
+
+
+def train_the_spikingjelly_multistep_way(net, ds, timesteps, epochs=2, seed=0):
+    from spikingjelly.activation_based import functional
+
+    torch.manual_seed(seed)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    for epoch in range(epochs):
+        for x, y in _batches(ds, seed + epoch):
+            functional.reset_net(net)
+            rate = net(x[None].expand(timesteps, *x.shape)).mean(0)
+            loss = nn.functional.mse_loss(rate, nn.functional.one_hot(y, 10).float())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    functional.reset_net(net)
+    return net.eval()
+
+
 def spikingjelly_forward(net, x, timesteps):
     from spikingjelly.activation_based import functional
 
