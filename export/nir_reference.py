@@ -40,7 +40,14 @@ def _nir_equations(path: Path, dt: float, exact: bool):
 
     graph = _read(path)
 
+    import nir
+
+    (inp,) = [n for n in graph.nodes.values() if isinstance(n, nir.Input)]
+    shape = tuple(int(v) for v in np.ravel(inp.input_type["input"]))
+
     def run(x: np.ndarray, timesteps: int) -> np.ndarray:
+        if x.shape[1:] != shape and int(np.prod(x.shape[1:])) == int(np.prod(shape)):
+            x = x.reshape(len(x), *shape)  # a flat Input takes the images flattened
         return simulate(graph, x, timesteps, dt=dt, exact=exact)["step_logits"]
     return run
 

@@ -44,7 +44,7 @@ FIDELITY_IMAGES = 1000  # test images the fidelity report runs (all of a small t
 Reference = tuple[str, "Callable | str", bool]
 # A NIR import is refused (exit 2) unless --accept-mismatch when a binding reference agrees on
 # fewer predictions than this, when a spiking layer never fires on the inputs, or when the
-# import classifies the test set at chance.
+# import classifies the test set at chance and no binding reference confirms it.
 MIN_AGREEMENT = 0.99
 # bump when a NIR import computes something else for the same file (2: the checks above, and
 # their findings in metrics.problems, which a cached import is held to)
@@ -248,7 +248,11 @@ def problems(metrics: dict, num_classes: int | None) -> list[str]:
     if silent:
         out.append(f"layer {silent[0]} never fires on the inputs (its spike rate collapses to 0)")
     acc = metrics.get("test_accuracy")
-    if acc is not None and num_classes and acc <= CHANCE_FACTOR / num_classes:
+    # chance accuracy flags an import whose semantics nothing binding confirms; where a binding
+    # reference agrees, it says the network itself is untrained
+    confirmed = any(f.get("binding") and "unavailable" not in f
+                    for f in metrics.get("fidelity", []))
+    if acc is not None and num_classes and acc <= CHANCE_FACTOR / num_classes and not confirmed:
         out.append(f"it classifies the test set at chance ({acc:.2%}, {num_classes} classes)")
     for f in metrics.get("fidelity", []):
         if not f.get("binding"):
