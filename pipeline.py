@@ -18,6 +18,7 @@ from edgeprune.artifacts import Artifact, Store, open_artifact
 from edgeprune.config import (DataConfig, ExportConfig, ImportConfig, ModelConfig, PackageConfig,
                      RetrainConfig, RunConfig, SearchConfig, TrainConfig, ValidateConfig)
 from edgeprune.errors import GateFailed, UserError
+from edgeprune.nir_support import require_nir
 
 Report = Callable[[dict], None]
 DEFAULT_DATA = "digits"
@@ -115,6 +116,8 @@ def export(store: Store, model: Path, cfg: ExportConfig = ExportConfig(),
     source = open_artifact(model)
     if model.is_dir() or model.name != "model.pt":
         raise UserError(f"{model}: give the model.pt file inside an artifact folder")
+    if cfg.nir is not False:  # an old nir fails in one line here, not inside the NIR pass
+        require_nir()
     _stage(report, "export")
     return export_stage(store, source, cfg, report)
 
@@ -375,6 +378,7 @@ def import_model(store: Store, model_def: str | None, state_dict: Path, cfg: Imp
     if is_nir(state_dict):
         if model_def:
             raise UserError("a NIR file describes its model itself: leave out --model-def")
+        require_nir()
         from export.nir_reference import references
 
         return import_nir(store, Path(state_dict), cfg, replace(data, name=name), ds, run.seed,
@@ -455,6 +459,8 @@ def compress(store: Store, plan: Plan, model: Path | None = None, *,
             from targets.tools import SEE_DOCTOR
 
             note(f"validating on ONNX Runtime only: {why} {SEE_DOCTOR}")
+    if plan.export.nir is not False or is_nir(model):  # before any training, not after it
+        require_nir()
     profs = _profiles(vcfg)  # a bad profile or a missing compiler: refused before training
     device(plan.run)
     if is_nir(model) and not (model_def or state_dict):

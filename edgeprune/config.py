@@ -28,7 +28,8 @@ POOLS = ("avg", "max")
 SURROGATES = ("super", "triangle", "tanh", "circ", "heavi_erfc")
 RESETS = ("value", "subtract")
 OUTPUTS = ("logits", "all")
-NIR_CONVENTIONS = ("nir", "norse", "snntorch", "edgeprune")
+NIR_CONVENTIONS = ("nir", "norse", "snntorch", "sinabs", "spikingjelly", "rockpool",
+                   "edgeprune")
 GRANULARITIES = ("weight", "channel")  # edgeprune/search/run.py holds what each one prunes
 
 
@@ -526,13 +527,21 @@ class ImportConfig:
                                     parse=parse_floats, show="none")
     dt: Optional[float] = option(None, "NIR: the time step the graph's equations are "
                                  "integrated with (NIR graphs carry none; Norse writes with "
-                                 "1e-3, snnTorch with 1e-4).",
+                                 "1e-3, snnTorch and SpikingJelly with 1e-4, Sinabs in steps: "
+                                 "1).",
                                  show="the graph's metadata, else its convention's")
     convention: Optional[str] = option(None, "NIR: how to read the neurons: nir (forward Euler, "
                                        "reset in the same step), norse (nir with dt 1e-3), "
                                        "snntorch (snnTorch's arithmetic and one-step-late "
-                                       "reset, dt 1e-4), edgeprune (exact, from its metadata).",
-                                       show="the graph's metadata, else nir")
+                                       "reset, dt 1e-4), sinabs (Sinabs' layer defaults: "
+                                       "multi-spike, subtractive reset, dt 1), spikingjelly "
+                                       "(its charge and >= threshold, dt 1e-4), rockpool "
+                                       "(batch/time in the Input), edgeprune (exact, from its "
+                                       "metadata).",
+                                       show="the graph's metadata or fingerprint, else asked")
+    accept_mismatch: bool = option(False, "NIR: import even when the import's own checks fail "
+                                   "(spikes collapse, chance accuracy, a reference disagrees); "
+                                   "the failures stay in the artifact's metrics.")
 
     def __post_init__(self):
         _check(self.dt is None or (math.isfinite(self.dt) and self.dt > 0),

@@ -30,6 +30,12 @@ from typing import Callable, Optional
 import numpy as np
 
 from .config import NeuronParams, check_choice, check_finite, check_rate, check_surrogate
+from .errors import UserError
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise UserError(message)
 
 
 def heaviside(u):
@@ -124,6 +130,84 @@ class DecayParams:
         return asdict(self)
 
 
+SINABS_RESETS = ("subtract", "value")
+
+
+@dataclass(frozen=True)
+class SinabsParams:
+    """A LIF in Sinabs' form (sinabs.layers IAF / LIF and their Squeeze forms, no synaptic
+    current), in `lif_forward_single`'s order:
+        v' = alpha_mem·v + x  (norm_input: + (1 − alpha_mem)·x);  IAF: alpha_mem = 1
+        multi-spike: n = [v' > 0]·trunc(v'/threshold) (floor: v' > 0)   single: n = [v' − threshold >= 0]
+        reset: v' − n·threshold ("subtract"),  v'·[n == 0] + reset_value ("value")
+        min_v: v ← relu(v − min_v) + min_v (None: no floor)
+    alpha_mem is Sinabs' float32 exp(−1/tau_mem). The output is the spike count n."""
+
+    alpha_mem: float = 1.0
+    threshold: float = 1.0
+    norm_input: bool = False
+    multi_spike: bool = True
+    reset: str = "subtract"
+    reset_value: float = 0.0
+    min_v: Optional[float] = None
+    surrogate: str = "super"
+    alpha: float = 10.0
+
+    def __post_init__(self):
+        check_rate("Sinabs-form LIF alpha_mem", self.alpha_mem)
+        for name in ("threshold", "reset_value", "min_v"):
+            if getattr(self, name) is not None:
+                check_finite(f"Sinabs-form LIF {name}", getattr(self, name))
+        _require(self.threshold > 0, f"Sinabs-form LIF threshold must be positive, got "
+                                   f"{self.threshold!r}")
+        for name in ("norm_input", "multi_spike"):
+            check_choice(f"Sinabs-form LIF {name}", getattr(self, name), (True, False))
+        check_choice("Sinabs-form LIF reset", self.reset, SINABS_RESETS)
+        check_surrogate(self.surrogate)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ChargeParams:
+    """A LIF in SpikingJelly's form (neuron.IFNode / LIFNode / ParametricLIFNode): charge, fire,
+    reset, in SpikingJelly's CPU order:
+        IF:                 h = v + x
+        LIF, decay_input:   h = v + (x − (v − v_reset))/tau      (PLIF: ·q instead of /tau)
+        LIF, not:           h = v − (v − v_reset)/tau + x        (PLIF: ·q)
+        s = [h >= v_threshold];  v' = h − s·v_threshold (v_reset None: soft reset)
+                                 or  s·v_reset + (1 − s)·h
+    with v_reset 0 in the charge when it is None. tau: the LIFNode's float; q: the
+    ParametricLIFNode's float32 sigmoid(w); neither: an IF neuron."""
+
+    tau: Optional[float] = None
+    q: Optional[float] = None
+    decay_input: bool = True
+    v_threshold: float = 1.0
+    v_reset: Optional[float] = None  # None (the default here: NIR metadata stores no None)
+    surrogate: str = "super"
+    alpha: float = 4.0
+
+    def __post_init__(self):
+        _require(self.tau is None or self.q is None,
+               "SpikingJelly-form LIF: give tau (LIFNode) or q (ParametricLIFNode), not both")
+        if self.tau is not None:
+            check_finite("SpikingJelly-form LIF tau", self.tau)
+            _require(self.tau >= 1.0, f"SpikingJelly-form LIF tau must be at least 1, got "
+                                    f"{self.tau!r}")
+        if self.q is not None:
+            check_rate("SpikingJelly-form LIF q", self.q)
+        check_choice("SpikingJelly-form LIF decay_input", self.decay_input, (True, False))
+        for name in ("v_threshold", "v_reset"):
+            if getattr(self, name) is not None:
+                check_finite(f"SpikingJelly-form LIF {name}", getattr(self, name))
+        check_surrogate(self.surrogate)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
 @dataclass(frozen=True)
 class IntegratorParams:
     """A perfect integrator has no parameters (a gain stands in a Scale before it)."""
@@ -191,6 +275,66 @@ def decay_lif_step(x, state, p: DecayParams, spike=heaviside):
     return z, ((syn, m) if synaptic else (m,))
 
 
+def _floor(u):
+    """Round down, numpy or torch. Where Sinabs counts (v > 0) it is its trunc; elsewhere
+    the count is 0 either way. (ONNX has Floor, not Trunc.)"""
+    return np.floor(u) if isinstance(u, (np.ndarray, np.generic)) else u.floor()
+
+
+def sinabs_step(x, state, p: SinabsParams, spike=heaviside):
+    """Sinabs' lif_forward_single (see SinabsParams). The count's forward value is Sinabs'
+    exactly; `spike` adds its surrogate gradient at the threshold: spike(v − th) plus the
+    gradient-free difference to the count (0/1 and small integers: every sum is exact)."""
+    (v,) = state
+    th = p.threshold
+    if p.norm_input:
+        x = float(np.float32(1.0 - p.alpha_mem)) * x
+    v = p.alpha_mem * v + x if p.alpha_mem != 1.0 else v + x
+    if p.multi_spike:
+        n = heaviside(v) * _floor(v / th)
+    else:
+        n = 1 - heaviside(th - v)  # [v − th >= 0]: v >= th exactly
+    n = spike(v - th) + (n - heaviside(v - th))
+    if p.reset == "subtract":
+        v = v - n * th
+    else:
+        v = v * (1 - heaviside(n)) + p.reset_value
+    if p.min_v is not None:
+        u = v - p.min_v
+        v = u * heaviside(u) + p.min_v
+    return n, (v,)
+
+
+def charge_step(x, state, p: ChargeParams, spike=heaviside):
+    """SpikingJelly's IF / LIF / PLIF step (see ChargeParams); the spike is [h >= v_th], its
+    surrogate gradient taken at the threshold. SpikingJelly starts v at v_reset: with a
+    v_reset other than 0 a second state, 0 before the first step and 1 after it, adds v_reset
+    to the zero start once (v + 0·v_reset is v exactly afterwards)."""
+    vr = 0.0 if p.v_reset is None else p.v_reset
+    if _charge_started(p):
+        v, started = state
+        v = v + (1.0 - started) * vr
+    else:
+        (v,) = state
+    if p.tau is None and p.q is None:
+        h = v + x
+    elif p.decay_input:
+        h = v + ((x - (v - vr)) / p.tau if p.q is None else (x - (v - vr)) * p.q)
+    else:
+        h = (v - ((v - vr) / p.tau if p.q is None else (v - vr) * p.q)) + x
+    th = p.v_threshold
+    s = spike(h - th) + ((1 - heaviside(th - h)) - heaviside(h - th))
+    if p.v_reset is None:
+        v = h - s * th
+    else:
+        v = s * p.v_reset + (1.0 - s) * h
+    return s, ((v, 1.0 + 0.0 * started) if _charge_started(p) else (v,))
+
+
+def _charge_started(p: ChargeParams) -> bool:
+    return p.v_reset is not None and p.v_reset != 0.0
+
+
 def integrator_step(x, state, p: IntegratorParams, spike=heaviside):
     """NIR's Integrator (dv/dt = R·I) with the gain outside: v' = v + x, the output is v'."""
     v = state[0] + x
@@ -208,6 +352,7 @@ class NeuronKind:
     states: Callable[[object], tuple[str, ...]]  # the state names for parameters p
     spiking: bool  # its output is 0/1 spikes
     nested: bool = True  # described as {"neuron": params} (else the params' fields inline)
+    counts: bool = False  # its output is a spike count (0, 1, 2, ...), not 0/1 spikes
 
     def describe(self, p) -> dict:
         """The layer description of a neuron with parameters `p` (without "type"). Artifact
@@ -234,6 +379,10 @@ KINDS: dict[str, NeuronKind] = {k.key: k for k in (
                spiking=True),
     NeuronKind("decay_lif", "decay-form LIF", DecayParams, decay_lif_step,
                lambda p: ("syn", "mem") if p.alpha_syn is not None else ("mem",), spiking=True),
+    NeuronKind("sinabs_lif", "Sinabs-form LIF", SinabsParams, sinabs_step, _fixed("v"),
+               spiking=False, counts=True),
+    NeuronKind("charge_lif", "SpikingJelly-form LIF", ChargeParams, charge_step,
+               lambda p: ("v", "started") if _charge_started(p) else ("v",), spiking=True),
     NeuronKind("integrator", "integrator", IntegratorParams, integrator_step, _fixed("v"),
                spiking=False, nested=False),
 )}

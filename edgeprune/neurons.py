@@ -134,6 +134,20 @@ class DecayLIF(Neuron):
     kind = KINDS["decay_lif"]
 
 
+class SinabsLIF(Neuron):
+    """Sinabs' IAF / LIF (multi- or single-spike, subtract or value reset); state v. Its
+    output is a spike count."""
+
+    kind = KINDS["sinabs_lif"]
+
+
+class ChargeLIF(Neuron):
+    """SpikingJelly's IFNode / LIFNode / ParametricLIFNode (charge, fire at >= v_threshold,
+    hard or soft reset); state v."""
+
+    kind = KINDS["charge_lif"]
+
+
 class Integrator(Neuron):
     """Perfect integrators without spikes (NIR's Integrator): v' = v + x, the output is v'."""
 
@@ -142,7 +156,7 @@ class Integrator(Neuron):
 
 # the torch backend: kind key -> its module
 MODULES: dict[str, type[Neuron]] = {c.kind.key: c for c in (LIF, LI, CubaLIF, DecayLIF,
-                                                            Integrator)}
+                                                            SinabsLIF, ChargeLIF, Integrator)}
 
 
 class Threshold(nn.Module):

@@ -10,6 +10,10 @@ float per neuron each, 0 at the start); a spiking kind returns its spike count.
 - current-based LIF (Norse lif_feed_forward_step): the LI update, then the LIF's spike and reset.
 - decay-form LIF (snnTorch Leaky / Synaptic): r = [mem > th]; (syn' = alpha*syn + x;)
   m = beta*mem + (syn' or x) - r*th (or its zero/none reset); z = [m > th].
+- Sinabs-form LIF (IAF / LIF): v' = alpha*v + x (norm_input: (1 - alpha)*x); the count
+  n = trunc(v'/th) where v' > 0 (multi-spike) or [v' >= th]; subtract n*th or reset; floor.
+- SpikingJelly-form LIF (IFNode / LIFNode / ParametricLIFNode): h = v + x, or the LIF charge
+  (divided by tau, or times q); s = [h >= v_th]; v = s ? h - v_th (soft) or v_reset : h.
 - integrator: v' = v + x.
 Selects (`s ? a : b`) stand for the frameworks' (1 - z)*a + z*b: the same value for z in {0, 1}.
 """
@@ -109,6 +113,55 @@ def _decay_fn(op: dict, fn: str) -> str:
                      facts, ("syn", "mem") if syn else ("mem",), lines, True)
 
 
+def _sinabs_fn(op: dict, fn: str) -> str:
+    """Sinabs' lif_forward_single; the count is the float Sinabs computes (trunc of the
+    quotient, exact through an int below 2^23, where every float above is an integer)."""
+    th = hexf(op["threshold"])
+    alpha = float(np.float32(op["alpha_mem"]))
+    lines = [f"const float xi = {hexf(float(np.float32(1.0 - alpha)))} * x[i];"
+             if op["norm_input"] else "const float xi = x[i];",
+             "float vv = v[i] + xi;" if alpha == 1.0 else f"float vv = {hexf(alpha)} * v[i] + xi;"]
+    if op["multi_spike"]:
+        lines += [f"const float q = vv / {th};",
+                  "const float n = vv > 0.0f ? (q < 8388608.0f ? (float)(int32_t)q : q) : 0.0f;"]
+    else:
+        lines.append(f"const float n = vv >= {th} ? 1.0f : 0.0f;")
+    lines.append(f"vv = vv - n * {th};" if op["reset"] == "subtract"
+                 else f"vv = (n > 0.0f ? 0.0f : vv) + {hexf(op['reset_value'])};")
+    if op.get("min_v") is not None:
+        mv = hexf(op["min_v"])
+        lines += [f"const float u = vv - {mv};", f"vv = (u > 0.0f ? u : 0.0f) + {mv};"]
+    lines += ["v[i] = vv;", "y[i] = n;"]
+    facts = (f", alpha_mem {op['alpha_mem']!r}, threshold {op['threshold']!r}, "
+             f"{'multi' if op['multi_spike'] else 'single'}-spike, reset {op['reset']}; "
+             "writes spike counts")
+    return _function(op, fn, "Sinabs-form LIF", facts, ("v",), lines, False)
+
+
+def _charge_fn(op: dict, fn: str) -> str:
+    """SpikingJelly's charge, fire (>= threshold) and reset, in its CPU order."""
+    th = hexf(op["v_threshold"])
+    hard = op.get("v_reset") is not None
+    vr = hexf(op["v_reset"] if hard else 0.0)
+    started = hard and op["v_reset"] != 0.0
+    lines = ["float vv = v[i];"]
+    if started:  # SpikingJelly starts at v_reset: added to the zero start once
+        lines += [f"vv = vv + (1.0f - started[i]) * {vr};", "started[i] = 1.0f;"]
+    if op.get("tau") is None and op.get("q") is None:
+        lines.append("const float h = vv + x[i];")
+    else:
+        leak = (f"/ {hexf(float(np.float32(op['tau'])))}" if op.get("q") is None
+                else f"* {hexf(op['q'])}")
+        lines.append(f"const float h = vv + (x[i] - (vv - {vr})) {leak};" if op["decay_input"]
+                     else f"const float h = (vv - (vv - {vr}) {leak}) + x[i];")
+    lines += [f"const int s = h >= {th};", "z[i] = s ? 1.0f : 0.0f;",
+              f"v[i] = s ? {('h - ' + th) if not hard else vr} : h;", "spikes += (uint32_t)s;"]
+    facts = (f", tau {op.get('tau')!r}, q {op.get('q')!r}, v_threshold {op['v_threshold']!r}, "
+             f"v_reset {op.get('v_reset')!r}; returns the spike count.")
+    return _function(op, fn, "SpikingJelly-form LIF", facts,
+                     ("v", "started") if started else ("v",), lines, True)
+
+
 def _integrator_fn(op: dict, fn: str) -> str:
     return _function(op, fn, "integrator", "", ("v",), ["v[i] = v[i] + x[i];", "y[i] = v[i];"],
                      False)
@@ -130,5 +183,8 @@ C_NEURONS = {
     "li": NeuronC(_li_fn, ("tau_mem_inv", "tau_syn_inv")),
     "cuba_lif": NeuronC(_cuba_fn, ("tau_mem_inv", "tau_syn_inv", "v_th", "v_reset", "reset")),
     "decay_lif": NeuronC(_decay_fn, ("beta", "threshold", "alpha_syn", "reset", "reset_delay")),
+    "sinabs_lif": NeuronC(_sinabs_fn, ("alpha_mem", "threshold", "norm_input", "multi_spike",
+                                       "reset", "reset_value", "min_v")),
+    "charge_lif": NeuronC(_charge_fn, ("tau", "q", "decay_input", "v_threshold", "v_reset")),
     "integrator": NeuronC(_integrator_fn),
 }

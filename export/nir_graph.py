@@ -20,6 +20,12 @@ other readers see the standard node. The other neuron kinds:
                                  r = tau, w_in = tau_syn), or IF when beta = 1. NIR's equations
                                  reset in the same step: the one-step-late subtraction is
                                  only in the metadata
+    Sinabs-form LIF              IF (IAF) or LIF (tau = −1/ln alpha_mem), as Sinabs writes
+                                 them (r = 1): the count, the reset and the floor are only in
+                                 the metadata
+    SpikingJelly-form LIF        IF (r = 1/dt) or LIF (tau·dt, r = 1 or tau with decay_input
+                                 off, v_leak = v_reset) as SpikingJelly writes them; its
+                                 threshold test (>=) is only in the metadata
     Integrator, Threshold, Scale  Integrator (r = 1), Threshold, Scale
 
 Layer mapping (BatchNorm is folded into the preceding conv/linear first):
@@ -176,6 +182,31 @@ def _decay(name: str, p, shape, meta: dict):
                        w_in=_full(shape, ts / DT), metadata=meta)
 
 
+def _sinabs(name: str, p, shape, meta: dict):
+    """Sinabs' IAF / LIF the way sinabs.to_nir writes them (r = 1, v_leak = 0)."""
+    reset = p.reset_value if p.reset == "value" else 0.0
+    if p.alpha_mem >= 1.0:
+        return nir.IF(r=_full(shape, 1.0), v_threshold=_full(shape, p.threshold),
+                      v_reset=_full(shape, reset), metadata=meta)
+    return nir.LIF(tau=_full(shape, -DT / float(np.log(np.float64(p.alpha_mem)))),
+                   r=_full(shape, 1.0), v_leak=_full(shape, 0.0),
+                   v_threshold=_full(shape, p.threshold), v_reset=_full(shape, reset),
+                   metadata=meta)
+
+
+def _charge(name: str, p, shape, meta: dict):
+    """SpikingJelly's IFNode / LIFNode / ParametricLIFNode the way its nir_exchange writes
+    them (tau·dt, r = 1 or tau, v_leak = v_reset)."""
+    vr = 0.0 if p.v_reset is None else p.v_reset
+    if p.tau is None and p.q is None:
+        return nir.IF(r=_full(shape, 1.0 / DT), v_threshold=_full(shape, p.v_threshold),
+                      v_reset=_full(shape, vr), metadata=meta)
+    tau = p.tau if p.q is None else 1.0 / p.q
+    return nir.LIF(tau=_full(shape, tau * DT), r=_full(shape, 1.0 if p.decay_input else tau),
+                   v_leak=_full(shape, vr), v_threshold=_full(shape, p.v_threshold),
+                   v_reset=_full(shape, vr), metadata=meta)
+
+
 def _integrator(name: str, p, shape, meta: dict):
     return nir.I(r=_full(shape, 1.0), metadata=meta)
 
@@ -192,7 +223,7 @@ def _li(name: str, p, shape, meta: dict):
 # the NIR-write backend: neuron kind -> node(layer name, parameters, shape, metadata); each
 # node also carries the layer's exact edgeprune description
 NEURON_NODES = {"lif": _lif, "li": _li, "cuba_lif": _cuba, "decay_lif": _decay,
-                "integrator": _integrator}
+                "sinabs_lif": _sinabs, "charge_lif": _charge, "integrator": _integrator}
 
 
 def _neuron(b: _Builder, name: str, m: Neuron, x, y, sources):

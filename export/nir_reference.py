@@ -8,7 +8,15 @@ what "how faithful is the import" compares with.
 - edgeprune's exact descriptions (edgeprune convention): the nodes' "edgeprune.layer" metadata.
 - snnTorch's own reader (`snntorch.import_nir.import_from_nir`, snnTorch convention, when
   installed), run one image at a time (its Flatten folds the batch into the features).
-A reference that cannot run says why; that is reported, not fatal.
+- SpikingJelly's own reader (`nir_exchange.import_from_nir`, spikingjelly convention, when
+  installed), stepped T times from a reset.
+- Sinabs' own reader (`sinabs.from_nir`, sinabs convention, when installed).
+A reference is binding when it computes the convention's own semantics (the NIR equations
+under nir/norse, the exact descriptions under edgeprune, SpikingJelly's reader under
+spikingjelly): the import stage refuses an import that disagrees with it or where it cannot
+run. snnTorch's and Sinabs' readers do not read their own files as written (snnTorch's drops
+the late reset; Sinabs' reads LIF without norm_input and floors IAF at −threshold): they are
+reported, not binding.
 """
 from __future__ import annotations
 
@@ -32,7 +40,14 @@ def _nir_equations(path: Path, dt: float, exact: bool):
 
     graph = _read(path)
 
+    import nir
+
+    (inp,) = [n for n in graph.nodes.values() if isinstance(n, nir.Input)]
+    shape = tuple(int(v) for v in np.ravel(inp.input_type["input"]))
+
     def run(x: np.ndarray, timesteps: int) -> np.ndarray:
+        if x.shape[1:] != shape and int(np.prod(x.shape[1:])) == int(np.prod(shape)):
+            x = x.reshape(len(x), *shape)  # a flat Input takes the images flattened
         return simulate(graph, x, timesteps, dt=dt, exact=exact)["step_logits"]
     return run
 
@@ -66,28 +81,90 @@ def _snntorch(path: Path):
     return run
 
 
+def _spikingjelly(path: Path, dt: float):
+    import warnings
+
+    import torch
+    from spikingjelly.activation_based import nir_exchange
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        net = nir_exchange.import_from_nir(_read(path), dt=dt, step_mode="s").eval()
+
+    @torch.no_grad()
+    def run(x: np.ndarray, timesteps: int) -> np.ndarray:
+        # the graph module returns (output, state); each step is given the last state back
+        xt = torch.from_numpy(np.ascontiguousarray(x, np.float32))
+        state, out = None, []
+        for _t in range(timesteps):
+            y, state = net(xt, state)
+            out.append(y.reshape(len(x), -1).numpy())
+        out = np.stack(out)
+        return out
+    return run
+
+
+def _sinabs(path: Path):
+    import warnings
+
+    import torch
+    import sinabs
+
+    graph = _read(path)
+
+    @torch.no_grad()
+    def run(x: np.ndarray, timesteps: int) -> np.ndarray:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            net = sinabs.from_nir(graph, batch_size=len(x)).eval()
+        xt = torch.from_numpy(np.ascontiguousarray(x, np.float32))
+        seq = xt[:, None].expand(len(x), timesteps, *xt.shape[1:]).reshape(-1, *xt.shape[1:])
+        y = net(seq)
+        y = (y[0] if isinstance(y, tuple) else y).reshape(len(x), timesteps, -1)
+        return y.transpose(0, 1).numpy()
+    return run
+
+
+def _framework(refs: list, module: str, title: str, make, binding: bool) -> None:
+    """The reader of an installed framework as a reference (or why it is unavailable; a
+    framework that is not installed binds nothing)."""
+    import importlib
+    import importlib.metadata
+
+    try:
+        importlib.import_module(module)
+        version = importlib.metadata.version(module)
+    except ImportError:
+        refs.append((title, "not installed", False))
+        return
+    name = f"{title} {version}"
+    try:
+        refs.append((name, make(), binding))
+    except Exception as e:
+        refs.append((name, f"{type(e).__name__}: {' '.join(str(e).split())[:160]}", binding))
+
+
 def references(path: Path, imported) -> list:
-    """[(name, run | reason unavailable)] for a NIR file read as `imported`."""
+    """[(name, run | reason unavailable, binding)] for a NIR file read as `imported`."""
     refs = []
+    conv = imported.convention
     dt = imported.dt if imported.dt is not None else 1.0
     try:
         refs.append((f"NIR equations (numpy; forward Euler, dt {dt:g}, reset in the same step)",
-                     _nir_equations(path, dt, exact=False)))
-        if imported.convention == "edgeprune":
+                     _nir_equations(path, dt, exact=False), conv in ("nir", "norse")))
+        if conv == "edgeprune":
             refs.append(("edgeprune's exact node descriptions (numpy)",
-                         _nir_equations(path, dt, exact=True)))
+                         _nir_equations(path, dt, exact=True), True))
     except Exception as e:
         refs.append(("NIR equations (numpy)", f"the nir package could not read the file "
-                     f"({type(e).__name__}: {' '.join(str(e).split())[:120]})"))
-    if imported.convention == "snntorch" or imported.writer == "snntorch":
-        try:
-            import snntorch
-            name = f"snntorch {snntorch.__version__} (import_from_nir)"
-        except ImportError:
-            refs.append(("snntorch", "not installed"))
-        else:
-            try:
-                refs.append((name, _snntorch(path)))
-            except Exception as e:
-                refs.append((name, f"{type(e).__name__}: {' '.join(str(e).split())[:160]}"))
+                     f"({type(e).__name__}: {' '.join(str(e).split())[:120]})",
+                     conv in ("nir", "norse", "edgeprune")))
+    if conv == "snntorch" or imported.writer == "snntorch":
+        _framework(refs, "snntorch", "snntorch (import_from_nir)", lambda: _snntorch(path),
+                   False)
+    if conv == "spikingjelly":
+        _framework(refs, "spikingjelly", "spikingjelly (nir_exchange.import_from_nir)",
+                   lambda: _spikingjelly(path, dt), True)
+    if conv == "sinabs":
+        _framework(refs, "sinabs", "sinabs (from_nir)", lambda: _sinabs(path), False)
     return refs

@@ -28,8 +28,15 @@ from edgeprune.neuron_kinds import KINDS, heaviside
 F32 = np.float32
 
 
+def _pair(v) -> tuple[int, int]:
+    """A 2-d pooling/conv parameter given as one number (SpikingJelly writes scalars) or two."""
+    a = np.ravel(np.asarray(v))
+    return (int(a[0]), int(a[0])) if a.size == 1 else (int(a[0]), int(a[1]))
+
+
 def _windows(x: np.ndarray, kernel, stride, padding, dilation=(1, 1)) -> np.ndarray:
     """(B, C, H, W) -> (B, C, OH, OW, kh, kw) views of the zero-padded input."""
+    kernel, stride, padding, dilation = map(_pair, (kernel, stride, padding, dilation))
     ph, pw = int(padding[0]), int(padding[1])
     x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
     kh, kw = int(kernel[0]), int(kernel[1])
@@ -118,8 +125,8 @@ def _integrator_step(node: nir.I, inp, v, dt):
 
 def avg_pool(x: np.ndarray, node: nir.AvgPool2d) -> np.ndarray:
     win = _windows(x, node.kernel_size, node.stride, node.padding)
-    k = np.broadcast_to(np.asarray(node.kernel_size).ravel(), (2,))
-    k = int(k[0]) * int(k[1])  # count_include_pad: every window divides by its full area
+    kh, kw = _pair(node.kernel_size)
+    k = kh * kw  # count_include_pad: every window divides by its full area
     return (win.sum(axis=(-2, -1), dtype=F32) / F32(k)).astype(F32)
 
 

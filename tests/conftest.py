@@ -59,6 +59,21 @@ requires_fashion = _requirement(data_sources.fashion_available(), "EDGEPRUNE_REQ
                                 "Debian's dataset-fashion-mnist is not installed")
 
 
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+# The other SNN frameworks (optional test dependencies; .ci/run installs them, see README)
+FRAMEWORK_PINS = {"spikingjelly": "spikingjelly==2.0.0", "sinabs": "sinabs==3.1.3",
+                  "rockpool": "rockpool==3.1.0"}
+requires_framework = {
+    name: _requirement(_importable(name), "EDGEPRUNE_REQUIRE_FRAMEWORKS",
+                       f"{name} is not installed (pip install --no-deps '{pin}')")
+    for name, pin in FRAMEWORK_PINS.items()}
+
+
 def available(requirement) -> bool:
     """Whether a requires_* marker lets its tests run (the tool is there, or it is mandatory)."""
     return not requirement.mark.args[0]

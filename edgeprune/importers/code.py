@@ -16,8 +16,9 @@ from .. import layers
 from ..errors import UserError
 from . import norse as norse_table
 from . import snntorch as snntorch_table
+from . import spikingjelly as spikingjelly_table
 
-FRAMEWORKS = (norse_table, snntorch_table)
+FRAMEWORKS = (norse_table, snntorch_table, spikingjelly_table)
 
 
 def _cell_table(m: nn.Module):
@@ -37,12 +38,37 @@ def _container(user: nn.Module):
     return None
 
 
+def _flattened(m: nn.Module) -> bool:
+    """A plain nn.Sequential, or a framework's sequential container (SpikingJelly's
+    SeqToANNContainer): its children run in order."""
+    return type(m) is nn.Sequential or any(
+        type(m) is fw.classes().get(n) for fw in FRAMEWORKS for n in getattr(fw, "FLATTENED", ()))
+
+
+def _as_base(m: nn.Module) -> dict | None:
+    """A framework's wrapper of a torch layer (SpikingJelly's layer.Conv2d, a subclass of
+    nn.Conv2d) read as the registered torch class it subclasses, else None."""
+    if not any(type(m).__module__.startswith(w) for fw in FRAMEWORKS
+               for w in (getattr(fw, "WRAPPERS", None),) if w):
+        return None
+    for base in type(m).__mro__[1:]:
+        if base in layers.BY_MODULE:
+            kind = layers.BY_MODULE[base]
+            return {"type": kind.name, **kind.describe(m)}
+    return None
+
+
+def _torch_base(t: type) -> str:
+    base = next((b for b in t.__mro__[1:] if b.__module__.startswith("torch.nn")), None)
+    return f", a subclass of {base.__module__}.{base.__name__}" if base is not None else ""
+
+
 def leaves(module: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]]:
     """(path, layer) in execution order; nested plain Sequential containers are flattened."""
     out = []
     for name, child in module.named_children():
         path = f"{prefix}{name}"
-        if type(child) is nn.Sequential:
+        if _flattened(child):
             out += leaves(child, path + ".")
         else:
             out.append((path, child))
@@ -57,13 +83,13 @@ def describe(path: str, m: nn.Module) -> dict:
     """The layer-list entry of one user layer; UserError naming it if it is not supported."""
     fw, cell = _cell_table(m)
     try:
-        d = fw.CELLS[cell](m) if fw else layers.describe(m)
+        d = fw.CELLS[cell](m) if fw else (layers.describe(m) or _as_base(m))
     except UserError as e:
         raise UserError(f"layer {path} ({type(m).__name__}) is not supported: {e}") from None
     if d is None:
         t = type(m)
-        raise UserError(f"layer {path} ({t.__module__}.{t.__name__}) is not supported: use "
-                        f"{layers.SUPPORTED} and {supported_neurons()}")
+        raise UserError(f"layer {path} ({t.__module__}.{t.__name__}{_torch_base(t)}) is not "
+                        f"supported: use {layers.SUPPORTED} and {supported_neurons()}")
     return d
 
 

@@ -39,8 +39,17 @@ PROBE = 64
 FIDELITY_IMAGES = 1000  # test images the fidelity report runs (all of a small test set)
 
 # A reference simulation of a NIR import: (name, run(images (B, ...) numpy, T) -> per-step
-# outputs (T, B, K) numpy), or (name, reason it is unavailable).
-Reference = tuple[str, "Callable | str"]
+# outputs (T, B, K) numpy, binding), or (name, reason it is unavailable, binding). A binding
+# reference computes the convention's own semantics: the import must agree with it.
+Reference = tuple[str, "Callable | str", bool]
+# A NIR import is refused (exit 2) unless --accept-mismatch when a binding reference agrees on
+# fewer predictions than this, when a spiking layer never fires on the inputs, or when the
+# import classifies the test set at chance and no binding reference confirms it.
+MIN_AGREEMENT = 0.99
+# bump when a NIR import computes something else for the same file (2: the checks above, and
+# their findings in metrics.problems, which a cached import is held to)
+NIR_FORMAT = 2
+CHANCE_FACTOR = 1.5  # accuracy at most this × 1/classes counts as chance
 
 
 def name_map(paths: list[str], stem_len: int) -> dict[str, str]:
@@ -203,6 +212,67 @@ def import_model(store: Store, model_def: str | None, state_dict: Path, cfg: Imp
     return store.run("import", config, [], compute)
 
 
+@torch.no_grad()
+def _activity(model: nn.Module, x: torch.Tensor, timesteps: int) -> dict:
+    """Layer name -> the fraction of its outputs that are not 0, for every layer whose output
+    is spikes or spike counts, on the inputs `x`."""
+    seen: dict[str, list] = {}
+
+    def hook(name):
+        def record(_m, _inp, out):
+            seen[name][0] += float((out != 0).sum())
+            seen[name][1] += out.numel()
+        return record
+
+    handles = []
+    for name, m in model.named_modules():
+        kind = getattr(m, "kind", None)
+        if kind is not None and (kind.spiking or kind.counts) or \
+                (kind is None and getattr(m, "spiking", False)):
+            seen[name] = [0.0, 0]
+            handles.append(m.register_forward_hook(hook(name)))
+    try:
+        model.eval()(x, timesteps)
+    finally:
+        for h in handles:
+            h.remove()
+    return {n: (a / b if b else 0.0) for n, (a, b) in seen.items()}
+
+
+def problems(metrics: dict, num_classes: int | None) -> list[str]:
+    """Why a NIR import does not compute the network its file describes (empty: none found):
+    a spiking layer that never fires, chance accuracy, a binding reference that disagrees or
+    could not run."""
+    out = []
+    silent = [n for n, rate in metrics.get("neuron_activity", {}).items() if rate == 0.0]
+    if silent:
+        out.append(f"layer {silent[0]} never fires on the inputs (its spike rate collapses to 0)")
+    acc = metrics.get("test_accuracy")
+    # chance accuracy flags an import whose semantics nothing binding confirms; where a binding
+    # reference agrees, it says the network itself is untrained
+    confirmed = any(f.get("binding") and "unavailable" not in f
+                    for f in metrics.get("fidelity", []))
+    if acc is not None and num_classes and acc <= CHANCE_FACTOR / num_classes and not confirmed:
+        out.append(f"it classifies the test set at chance ({acc:.2%}, {num_classes} classes)")
+    for f in metrics.get("fidelity", []):
+        if not f.get("binding"):
+            continue
+        if "unavailable" in f:
+            out.append(f"its agreement with {f['reference']} could not be measured "
+                       f"({f['unavailable']})")
+        elif f["prediction_agreement"] < MIN_AGREEMENT:
+            out.append(f"it agrees with {f['reference']} on {f['prediction_agreement']:.1%} "
+                       f"of predictions (below {MIN_AGREEMENT:.0%})")
+    return out
+
+
+def refuse_unless_accepted(found: list[str], accept: bool) -> None:
+    if found and not accept:
+        raise UserError(f"the NIR import does not compute the network in the file: "
+                        f"{'; '.join(found)}; not imported (--accept-mismatch imports it "
+                        "anyway)")
+
+
 def import_nir(store: Store, path: Path, cfg: ImportConfig, data: DataConfig | None = None,
                ds: Dataset | None = None, seed: int = 0,
                references: Callable[[Path, "nirfile.Imported"], list] | None = None
@@ -233,7 +303,8 @@ def import_nir(store: Store, path: Path, cfg: ImportConfig, data: DataConfig | N
                      neuron=_first_neuron(described), input_shape=tuple(input_shape),
                      num_classes=num_classes, class_names=class_names, mean=mean, std=std,
                      layers=tuple(described))
-    config = {"nir": {"sha256": file_sha256(path), "dt": imp.dt, "convention": imp.convention},
+    config = {"format": NIR_FORMAT,
+              "nir": {"sha256": file_sha256(path), "dt": imp.dt, "convention": imp.convention},
               "model": spec.to_dict(), "seed": seed}
     if ds is not None:
         config["data"] = data_identity(data, ds)
@@ -264,23 +335,30 @@ def import_nir(store: Store, path: Path, cfg: ImportConfig, data: DataConfig | N
         xf = _probe(ds, input_shape, seed, FIDELITY_IMAGES)
         with torch.no_grad():
             got = ours.eval()(xf, cfg.timesteps).numpy()
-        for name, run in (references(path, imp) if references else []):
+        for name, run, binding in (references(path, imp) if references else []):
             if isinstance(run, str):
-                fidelity.append({"reference": name, "unavailable": run})
+                fidelity.append({"reference": name, "unavailable": run, "binding": binding})
                 continue
             try:
                 ref = run(xf.numpy(), cfg.timesteps)
                 entry = agreement(ref, got, name)
                 if ds is not None:
                     entry["reference_accuracy"] = _accuracy(ref, ds, len(xf))
-            except Exception as e:  # a reference that fails tells the user so; not fatal
+            except Exception as e:  # a reference that fails says so; fatal when binding
                 entry = {"reference": name, "unavailable": f"{type(e).__name__}: "
                                                            f"{' '.join(str(e).split())[:160]}"}
+            entry["binding"] = binding
             fidelity.append(entry)
         metrics["fidelity"] = fidelity
+        metrics["neuron_activity"] = _activity(ours, xf, cfg.timesteps)
+        metrics["problems"] = problems(metrics, num_classes if ds is not None else None)
+        refuse_unless_accepted(metrics["problems"], cfg.accept_mismatch)
         checkpoint.save(job.dir / "model.pt", spec, ours)
         (job.dir / "layers.json").write_text(json.dumps(
             [{"nir_node": l.node, **l.desc} for l in ls], indent=2) + "\n")
         return metrics
 
-    return store.run("import", config, [], compute)
+    art, cached = store.run("import", config, [], compute)
+    if cached:  # imported before with --accept-mismatch: the same checks hold now
+        refuse_unless_accepted(art.metrics.get("problems", []), cfg.accept_mismatch)
+    return art, cached

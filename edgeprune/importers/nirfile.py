@@ -32,15 +32,22 @@ v_reset in the same step. With a = dt/tau (must be in (0, 1]):
                                                          -> cuba_lif, input gain r·w_in·b
     IF       v' = v + dt·r·I                             -> decay_lif (beta 1), gain dt·r
 A gain that is not 1 becomes a Scale layer before the neuron. v_leak must be 0.
-Conventions (`--convention`, else the graph's metadata, else "snntorch" when the graph carries
-snnTorch's fingerprint (every r = tau/1e-4), else "nir"):
+Conventions (`--convention`, else the graph's metadata, else the writer's fingerprint
+(written_by: snnTorch's r = tau/1e-4, Rockpool's and SpikingJelly's node names), else "nir"; a
+graph that looks Sinabs-written (IF with r = 1, nodes named by position) must name one):
     nir / norse   the equations above; dt defaults to the graph's metadata "dt", else Norse's
                   1e-3 under "norse", else it must be given
     snntorch      snnTorch's own arithmetic (beta = 1 − dt/tau, alpha = 1 − dt/tau_syn,
                   input gain r·dt/tau, 1 as snnTorch writes it) and its reset: subtract the
                   threshold one step after a spike. dt 1e-4, as snnTorch writes.
+    sinabs        IF / LIF as Sinabs' IAF / LIF with their layer defaults (multi-spike output,
+                  subtractive reset, LIF's norm_input, alpha = exp(−1/tau)): sinabs_lif; dt 1
+    spikingjelly  IF / LIF as SpikingJelly's IFNode / LIFNode (charge, spike at >= threshold,
+                  hard reset; decay_input from r): charge_lif; dt 1e-4
+    rockpool      the Input's batch/time dimensions dropped; its LIFTorch (CubaLIF) is refused
     edgeprune     what edgeprune's exporter writes: the metadata's dt, and each neuron's exact
                   description in its node metadata ("edgeprune.layer"), so a round trip is exact.
+Under sinabs, spikingjelly and rockpool any other neuron node is refused (FRAMEWORK_READERS).
 """
 from __future__ import annotations
 
@@ -54,10 +61,14 @@ from .. import layers
 from ..bounded_read import MiB, Budget, regular_size
 from ..config import NIR_CONVENTIONS, NeuronParams
 from ..errors import UserError
-from ..neuron_kinds import CubaParams, DecayParams, LIParams
+from ..neuron_kinds import ChargeParams, CubaParams, DecayParams, LIParams, SinabsParams
 
 CONVENTIONS = NIR_CONVENTIONS
-DEFAULT_DT = {"norse": 1e-3, "snntorch": 1e-4}
+DEFAULT_DT = {"norse": 1e-3, "snntorch": 1e-4, "sinabs": 1.0, "spikingjelly": 1e-4,
+              "rockpool": 1e-3}
+# the conventions of frameworks whose neurons are not NIR's equations: a neuron node they write
+# is read by FRAMEWORK_READERS, or refused
+FRAMEWORKS = ("sinabs", "spikingjelly", "rockpool")
 # What reading the whole file may cost, counted from each dataset's declared shape and type
 # before it is read: numbers, and bytes (a fixed-length string is one element of any size). A
 # VGG16 of width 1 is 15M numbers, 60 MB.
@@ -252,7 +263,8 @@ class Reader:
     def need_dt(self, node: str) -> float:
         if self.dt is None:
             raise UserError(f"node {node}: the graph does not say its time step: give --dt "
-                            "(Norse writes with 1e-3, snnTorch with 1e-4) or --convention")
+                            "(Norse writes with 1e-3, snnTorch and SpikingJelly with 1e-4, "
+                            "Sinabs in steps: 1) or --convention")
         return self.dt
 
 
@@ -394,12 +406,22 @@ def _exact(r: Reader, name: str, node: dict) -> bool:
     return True
 
 
-def _exact_or(reader):
+def _exact_or(reader, node_type: str):
     """A neuron node's reader: an edgeprune-written node's exact description when it has one,
-    else `reader`'s mapping of NIR's parameters."""
+    the framework's meaning under a framework's convention (FRAMEWORK_READERS), else
+    `reader`'s mapping of NIR's parameters."""
     def read(r: Reader, name: str, node: dict):
-        if not _exact(r, name, node):
-            reader(r, name, node)
+        if _exact(r, name, node):
+            return
+        if r.convention in FRAMEWORK_READERS:
+            own = FRAMEWORK_READERS[r.convention].get(node_type)
+            if own is None:
+                raise UserError(f"node {name}: NIR {node_type} under the {r.convention} "
+                                f"convention is not supported: {WHY_NOT[r.convention]}; not "
+                                "imported")
+            own(r, name, node)
+            return
+        reader(r, name, node)
     return read
 
 
@@ -497,13 +519,102 @@ def _threshold(r: Reader, name: str, node: dict):
                  "threshold": _f32(_uniform(node, "threshold", name, r.shape))})
 
 
+# -- the frameworks' own meanings of NIR's neuron nodes ----------------------------------------
+
+def _one(r: Reader, name: str, node: dict, key: str, want: float, what: str) -> None:
+    """A parameter the framework always writes with one value; any other cannot be read."""
+    v = _uniform(node, key, name, r.shape, want)
+    if not math.isclose(v, want, rel_tol=1e-5, abs_tol=1e-12):
+        raise UserError(f"node {name}: {key} = {v:.6g}, but {what} writes {want:.6g}: not a "
+                        f"node this convention can read exactly")
+
+
+def _sinabs_alpha(tau: float) -> float:
+    """Sinabs' alpha_mem = exp(−1/tau_mem), computed as Sinabs does (float32 torch)."""
+    import torch
+
+    return float(torch.exp(-1.0 / torch.as_tensor(tau, dtype=torch.float32)))
+
+
+def _sinabs_if(r: Reader, name: str, node: dict):
+    """Sinabs' IAF (to_nir writes IF with r = 1): its defaults, multi-spike output and
+    subtractive reset, no floor."""
+    _one(r, name, node, "r", 1.0, "Sinabs")
+    _one(r, name, node, "v_reset", 0.0, "Sinabs")
+    th = _uniform(node, "v_threshold", name, r.shape)
+    r.add(name, {"type": "sinabs_lif", "neuron": SinabsParams(
+        alpha_mem=1.0, threshold=_f32(th)).to_dict()})
+    r.notes.append(f"{name}: Sinabs IAF defaults (multi-spike, subtractive reset)")
+
+
+def _sinabs_lif(r: Reader, name: str, node: dict):
+    """Sinabs' LIF (to_nir writes tau_mem in steps, r = 1, v_leak = 0): its defaults, input
+    normalized by (1 − alpha), multi-spike output and subtractive reset."""
+    _one(r, name, node, "r", 1.0, "Sinabs")
+    _one(r, name, node, "v_leak", 0.0, "Sinabs")
+    _one(r, name, node, "v_reset", 0.0, "Sinabs")
+    tau = _uniform(node, "tau", name, r.shape) / r.need_dt(name)
+    if not tau > 0:
+        raise UserError(f"node {name}: tau must be positive, got {tau}")
+    th = _uniform(node, "v_threshold", name, r.shape)
+    r.add(name, {"type": "sinabs_lif", "neuron": SinabsParams(
+        alpha_mem=_sinabs_alpha(tau), threshold=_f32(th), norm_input=True).to_dict()})
+    r.notes.append(f"{name}: Sinabs LIF defaults (norm_input, multi-spike, subtractive reset)")
+
+
+def _charge_if(r: Reader, name: str, node: dict):
+    """SpikingJelly's IFNode (nir_exchange writes IF with r = 1/dt)."""
+    dt = r.need_dt(name)
+    _one(r, name, node, "r", 1.0 / dt, f"SpikingJelly (r = 1/dt, dt {dt:g})")
+    r.add(name, {"type": "charge_lif", "neuron": ChargeParams(
+        v_threshold=_f32(_uniform(node, "v_threshold", name, r.shape)),
+        v_reset=_f32(_uniform(node, "v_reset", name, r.shape, 0.0))).to_dict()})
+
+
+def _charge_lif(r: Reader, name: str, node: dict):
+    """SpikingJelly's LIFNode (tau·dt, r = 1 with decay_input, r = tau without; v_leak =
+    v_reset; its exporter refuses soft resets, so a file's reset is the hard one)."""
+    dt = r.need_dt(name)
+    tau = _uniform(node, "tau", name, r.shape) / dt
+    if not (math.isfinite(tau) and tau > 1.0):
+        raise UserError(f"node {name}: tau/dt = {tau:.6g}; SpikingJelly's LIF needs it > 1")
+    res = _uniform(node, "r", name, r.shape, 1.0)
+    if math.isclose(res, 1.0, rel_tol=1e-6):
+        decay_input = True
+    elif math.isclose(res, tau, rel_tol=1e-5):
+        decay_input = False
+    else:
+        raise UserError(f"node {name}: r = {res:.6g}, but SpikingJelly writes 1 or tau/dt")
+    vr = _uniform(node, "v_reset", name, r.shape, 0.0)
+    _one(r, name, node, "v_leak", vr, "SpikingJelly (v_leak = v_reset)")
+    r.add(name, {"type": "charge_lif", "neuron": ChargeParams(
+        tau=tau, decay_input=decay_input, v_reset=_f32(vr),
+        v_threshold=_f32(_uniform(node, "v_threshold", name, r.shape))).to_dict()})
+
+
+# convention -> NIR neuron node type -> its reader; a framework convention's other neuron nodes
+# are refused (its neurons are not NIR's equations, and edgeprune has no exact form for them)
+FRAMEWORK_READERS = {
+    "sinabs": {"IF": _sinabs_if, "LIF": _sinabs_lif},
+    "spikingjelly": {"IF": _charge_if, "LIF": _charge_lif},
+    "rockpool": {},
+}
+WHY_NOT = {
+    "rockpool": "Rockpool's LIFTorch (exponential decay of current and membrane, up to "
+                "max_spikes_per_dt spikes a step, subtractive reset, a bias) has no exact "
+                "edgeprune form yet",
+    "sinabs": "Sinabs writes IF (IAF) and LIF only",
+    "spikingjelly": "SpikingJelly's IFNode and LIFNode are read (its CUBALIFNode is not)",
+}
+
+
 # the NIR-read backend of the neuron kinds: NIR neuron node type -> (the edgeprune kinds it
 # becomes, its reader of NIR's parameters). An edgeprune-written node reads as its exact
 # description instead, whatever its kind (_exact_or).
 NEURON_READERS = {
-    "LIF": (("lif", "decay_lif"), _lif),
+    "LIF": (("lif", "decay_lif", "sinabs_lif", "charge_lif"), _lif),
     "CubaLIF": (("cuba_lif", "decay_lif"), _cuba),
-    "IF": (("decay_lif",), _if),
+    "IF": (("decay_lif", "sinabs_lif", "charge_lif"), _if),
     "LI": (("li",), _li),
     "I": (("integrator",), _integrator),  # NIR's integrator node
     "Integrator": (("integrator",), _integrator),
@@ -517,7 +628,7 @@ NODES = {
     "Flatten": _flatten,
     "Scale": _scale,
     "Threshold": _threshold,
-    **{t: _exact_or(reader) for t, (_, reader) in NEURON_READERS.items()},
+    **{t: _exact_or(reader, t) for t, (_, reader) in NEURON_READERS.items()},
     "Identity": lambda r, n, d: None,
 }
 POOLS = {"SumPool2d": "sum", "AvgPool2d": "avg"}
@@ -536,7 +647,7 @@ class Imported:
     convention: str
     metadata: dict
     notes: list
-    writer: str | None = None  # "snntorch" when the graph carries snnTorch's fingerprint
+    writer: str | None = None  # the framework whose fingerprint the graph carries (written_by)
 
 
 def _edges(graph: dict) -> list[tuple[str, str]]:
@@ -630,6 +741,52 @@ def written_by_snntorch(order: list[str], nodes: dict, dt: float | None) -> bool
     return found
 
 
+def _names(order: list[str]) -> list[str]:
+    return order[1:-1]  # without Input and Output
+
+
+def written_by(order: list[str], nodes: dict, dt: float | None) -> str | None:
+    """The framework whose fingerprint the graph carries, or None:
+    - snntorch: r = tau/dt on every LIF/CubaLIF (written_by_snntorch);
+    - rockpool: every node named "<index>_<ModuleClass>" (to_nir names them so), one a
+      Rockpool "...Torch" module;
+    - spikingjelly: the Input named "input_1" and every node "_<index>" (torch.fx names of its
+      nir_exchange), every IF with r = 1/dt (1e-4).
+    Sinabs leaves none (see looks_like_sinabs)."""
+    import re
+
+    if written_by_snntorch(order, nodes, dt):
+        return "snntorch"
+    names = _names(order)
+    if names and all(re.fullmatch(r"\d+_[A-Za-z]\w*", n) for n in names) and \
+            any(n.endswith("Torch") for n in names):
+        return "rockpool"
+    if names and order[0] == "input_1" and all(re.fullmatch(r"_\d+", n) for n in names):
+        step = dt or DEFAULT_DT["spikingjelly"]
+        for n in names:
+            if nodes[n].get("type") == "IF":
+                rr = _num(nodes[n], "r", n, required=False)
+                if rr is None or not np.allclose(rr * step, 1.0, rtol=1e-6):
+                    return None
+        return "spikingjelly"
+    return None
+
+
+def looks_like_sinabs(order: list[str], nodes: dict) -> bool:
+    """sinabs.to_nir writes no metadata and names nodes by position ("0", "1", ...); an IF
+    node with r = 1 is then most likely its IAF, whose defaults (multi-spike, subtractive
+    reset) are not NIR's IF equations. Such a graph needs its convention named."""
+    names = _names(order)
+    if not names or not all(n.isdigit() for n in names):
+        return False
+    for n in names:
+        if nodes[n].get("type") == "IF":
+            rr = _num(nodes[n], "r", n, required=False)
+            if rr is not None and np.allclose(rr, 1.0):
+                return True
+    return False
+
+
 def resolve_convention(meta: dict, convention: str | None) -> str | None:
     """The convention asked for, or the one the graph's metadata names (None: neither)."""
     if convention is not None:
@@ -652,12 +809,20 @@ def convert(graph: dict, dt: float | None = None, convention: str | None = None)
     conv = resolve_convention(meta, convention)
     notes = []
     with np.errstate(all="ignore"):
-        snn = written_by_snntorch(order, nodes, dt)
+        writer = written_by(order, nodes, dt)
     if conv is None:
-        conv = "snntorch" if snn else "nir"
-        if snn:
+        if writer is None and looks_like_sinabs(order, nodes):
+            raise UserError("the NIR graph looks written by Sinabs (an IF node with r = 1, "
+                            "nodes named by position, no metadata): Sinabs' IAF defaults "
+                            "(multi-spike, subtractive reset) are not NIR's IF equations; give "
+                            "--convention sinabs, or --convention nir for NIR's equations")
+        conv = writer or "nir"
+        if writer == "snntorch":
             notes.append("written with snnTorch's mapping (r = tau/dt with dt 1e-4): read with "
                          "its arithmetic and reset (--convention nir reads NIR's equations)")
+        elif writer is not None:
+            notes.append(f"written by {writer} (its node names): read with its neurons' "
+                         "arithmetic (--convention nir reads NIR's equations)")
     if dt is None:
         md = meta.get("dt")
         if isinstance(md, (int, float)) and not isinstance(md, bool) and math.isfinite(md) \
@@ -679,6 +844,11 @@ def convert(graph: dict, dt: float | None = None, convention: str | None = None)
             float(np.prod(a)) > 50_000_000:
         raise UserError(f"node {order[0]} (Input): unusable input shape {a.tolist()}")
     shape = tuple(int(v) for v in a)
+    if conv == "rockpool" and len(shape) >= 2:
+        # Rockpool's Input keeps the batch and time dimensions ([1, T, N]); its modules see N
+        notes.append(f"{order[0]}: Rockpool's input shape {list(shape)} read as [{shape[-1]}] "
+                     "(the leading batch/time dimensions dropped)")
+        shape = shape[-1:]
     r = Reader(dt=dt, convention=conv, shape=shape, notes=notes)
     skip = False
     for i, name in enumerate(order[1:-1], start=1):
@@ -703,8 +873,7 @@ def convert(graph: dict, dt: float | None = None, convention: str | None = None)
             raise UserError(f"node {name} ({t}): malformed ({type(e).__name__})") from None
     if not r.out:
         raise UserError("the NIR graph has no layers between Input and Output")
-    return Imported(r.out, tuple(shape), tuple(r.shape), dt, conv, meta, r.notes,
-                    "snntorch" if snn else None)
+    return Imported(r.out, tuple(shape), tuple(r.shape), dt, conv, meta, r.notes, writer)
 
 
 def load(path: Path, dt: float | None = None, convention: str | None = None) -> Imported:

@@ -1,0 +1,157 @@
+"""SpikingJelly, Sinabs and Rockpool users' own models, written the way each framework's
+tutorials write them (not edgeprune code), trained with each framework's own loop, and written
+to NIR with each framework's own exporter. Used by tests/test_other_frameworks.py."""
+import torch
+from torch import nn
+
+
+def _batches(ds, seed, batch=64):
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(ds.x_train), generator=g)
+    for i in range(0, len(order), batch):
+        idx = order[i:i + batch]
+        yield ds.x_train[idx].float(), ds.y_train[idx]
+
+
+# -- Sinabs: IAFSqueeze / LIFSqueeze, SumPool2d; input (batch·time, C, H, W) ------------------
+
+def sinabs_net(kind: str, timesteps: int):
+    import sinabs.layers as sl
+
+    def neuron():
+        if kind == "iaf":
+            return sl.IAFSqueeze(num_timesteps=timesteps)  # Sinabs' defaults: multi-spike, subtract
+        # and norm_input=True (the input scaled by 1 − alpha); a lower threshold so it fires
+        return sl.LIFSqueeze(tau_mem=2.0, spike_threshold=0.25, num_timesteps=timesteps)
+
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), neuron(), sl.SumPool2d(2), nn.Flatten(),
+                         nn.Linear(8 * 4 * 4, 10), neuron())
+
+
+def sinabs_forward(net, x, timesteps):
+    """(B, ...) images, the same at every step -> (T, B, K) output spikes."""
+    import sinabs
+
+    sinabs.reset_states(net)
+    seq = x[:, None].expand(len(x), timesteps, *x.shape[1:]).reshape(-1, *x.shape[1:])
+    return net(seq).reshape(len(x), timesteps, -1).transpose(0, 1)
+
+
+def train_the_sinabs_way(net, ds, timesteps, epochs=2, seed=0):
+    torch.manual_seed(seed)
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    for epoch in range(epochs):
+        for x, y in _batches(ds, seed + epoch):
+            out = sinabs_forward(net, x, timesteps).sum(0)
+            loss = nn.functional.cross_entropy(out, y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return net.eval()
+
+
+def sinabs_to_nir(net, path, timesteps):
+    import nir
+    import sinabs
+
+    import numpy as np
+
+    graph = sinabs.to_nir(net, torch.rand(timesteps, 1, 8, 8))
+    # Sinabs 3.1.3 writes a LIF's parameters as scalars, which NIR's type inference (needed
+    # before nir.write) rejects: spread them over the layer's neurons, as a user has to
+    for name, node in graph.nodes.items():
+        if isinstance(node, nir.LIF) and np.ndim(node.tau) == 0:
+            shape = tuple(net[int(name)].v_mem.shape[1:])
+            for key in ("tau", "r", "v_leak", "v_threshold", "v_reset"):
+                setattr(node, key, np.full(shape, float(np.asarray(getattr(node, key)))))
+            node.input_type = {"input": np.array(shape)}
+            node.output_type = {"output": np.array(shape)}
+    graph.infer_types()  # nir.write needs the shapes sinabs leaves out
+    nir.write(str(path), graph)
+
+
+# -- SpikingJelly: layer.* wrappers, IFNode / LIFNode, single-step mode -------------------------
+
+def spikingjelly_net():
+    from spikingjelly.activation_based import layer, neuron
+
+    return nn.Sequential(layer.Conv2d(1, 8, 3, padding=1), neuron.IFNode(), layer.AvgPool2d(2),
+                         layer.Flatten(), layer.Linear(8 * 4 * 4, 10),
+                         neuron.LIFNode(tau=2.0))
+
+
+def spikingjelly_tutorial():
+    """SpikingJelly's tutorial conv net: layer.* wrappers with BatchNorm, LIFNode (one without
+    decay_input, one with a soft reset), multi-step mode: input (T, B, C, H, W)."""
+    from spikingjelly.activation_based import functional, layer, neuron
+
+    net = nn.Sequential(
+        layer.Conv2d(1, 8, 3, padding=1, bias=False), layer.BatchNorm2d(8),
+        neuron.LIFNode(tau=2.0, decay_input=False), layer.AvgPool2d(2), layer.Flatten(),
+        layer.Linear(8 * 4 * 4, 10), neuron.LIFNode(tau=2.0, v_reset=None))
+    functional.set_step_mode(net, "m")
+    return net
+
+
+def train_the_spikingjelly_multistep_way(net, ds, timesteps, epochs=2, seed=0):
+    from spikingjelly.activation_based import functional
+
+    torch.manual_seed(seed)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    for epoch in range(epochs):
+        for x, y in _batches(ds, seed + epoch):
+            functional.reset_net(net)
+            rate = net(x[None].expand(timesteps, *x.shape)).mean(0)
+            loss = nn.functional.mse_loss(rate, nn.functional.one_hot(y, 10).float())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    functional.reset_net(net)
+    return net.eval()
+
+
+def spikingjelly_forward(net, x, timesteps):
+    from spikingjelly.activation_based import functional
+
+    functional.reset_net(net)
+    out = torch.stack([net(x) for _ in range(timesteps)])
+    functional.reset_net(net)
+    return out
+
+
+def train_the_spikingjelly_way(net, ds, timesteps, epochs=2, seed=0):
+    """SpikingJelly's tutorial loop: T single-step calls, the rate as output, reset_net."""
+    torch.manual_seed(seed)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    for epoch in range(epochs):
+        for x, y in _batches(ds, seed + epoch):
+            rate = spikingjelly_forward(net, x, timesteps).mean(0)
+            loss = nn.functional.mse_loss(rate, nn.functional.one_hot(y, 10).float())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return net.eval()
+
+
+def spikingjelly_to_nir(net, path):
+    from spikingjelly.activation_based import nir_exchange
+
+    nir_exchange.export_to_nir(net, torch.rand(1, 1, 8, 8), save_path=str(path), dt=1e-4)
+
+
+# -- Rockpool: LinearTorch, LIFTorch in a TorchSequential -------------------------------------
+
+def rockpool_net(with_neurons: bool = True):
+    from rockpool.nn.combinators import Sequential
+    from rockpool.nn.modules import LIFTorch, LinearTorch
+
+    if not with_neurons:
+        return Sequential(LinearTorch((64, 10), has_bias=True))
+    return Sequential(LinearTorch((64, 32)), LIFTorch(32), LinearTorch((32, 10)), LIFTorch(10))
+
+
+def rockpool_to_nir(net, path, timesteps):
+    import nir
+    from rockpool.nn.modules.torch.nir import to_nir
+
+    nir.write(str(path), to_nir(net, torch.rand(1, timesteps, 64)))
