@@ -5,7 +5,8 @@ curve of the fix on full Fashion-MNIST.
     python benchmarks/deep_learning.py curve --arch vgg16 --candidates base --cpu-budget 1800
     python benchmarks/deep_learning.py report            # re-render report.md from results.json
 
-`init`: only the first-batch figures below, without training (dead layers, vanishing
+`bnstats`: after each epoch, validation accuracy with the running BatchNorm statistics
+and with statistics recomputed for the same weights. `init`: only the first-batch figures below, without training (dead layers, vanishing
 gradients). `probe`: each candidate changes one thing against today's defaults and trains from the same
 seed on a seeded subset of the training images (`--train-subset`, `--epochs`), then reports the
 accuracy on a fixed validation split held out of the training images (never the test set),
@@ -172,6 +173,31 @@ def init_probe(args, cand_name: str, seed: int, ds: datalib.Dataset) -> dict:
             **first_batch_probe(model, ds, spec.timesteps, args.batch_size)}
 
 
+def bn_stats(args, cand_name: str, seed: int, ds: datalib.Dataset) -> dict:
+    """Validation accuracy after each epoch with the running BatchNorm statistics and with
+    statistics recomputed for the same weights (edgeprune.training.recompute_batchnorm, on a
+    copy): what an evaluation after a few dozen steps sees."""
+    from edgeprune.training import recompute_batchnorm
+
+    cand = CANDIDATES[cand_name]
+    spec, model = build(args.arch, args.width, cand, ds, seed)
+    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, **cand.train)
+    trainer, rows = Trainer(model, ds, spec.timesteps, cfg, seed), []
+    for _ in range(args.epochs):
+        r = trainer.train_epoch()
+        other = copy.deepcopy(model)
+        recompute_batchnorm(other, ds.x_train, spec.timesteps)
+        rows.append({"epoch": r["epoch"], "steps": r["epoch"] * trainer.steps_per_epoch,
+                     "train_acc": r["train_acc"],
+                     "val_running": evaluate(model, ds.x_val, ds.y_val, spec.timesteps)[
+                         "accuracy"],
+                     "val_recomputed": evaluate(other, ds.x_val, ds.y_val, spec.timesteps)[
+                         "accuracy"]})
+    return {"mode": "bnstats", "data": args.data, "arch": args.arch, "width": args.width,
+            "candidate": cand_name, "what": cand.what, "seed": seed,
+            "train_images": len(ds.y_train), "rows": rows}
+
+
 class _Spent(Exception):
     """The CPU budget of a learning curve is spent."""
 
@@ -292,6 +318,16 @@ def render(data: dict) -> str:
             b = f"{grads[i][0]} | {grads[i][1]:.3g}" if i < len(grads) else " | "
             lines.append(f"| {a} | | {b} |")
         lines.append("")
+    for r in (r for r in data["runs"] if r["mode"] == "bnstats"):
+        lines += [f"## BatchNorm statistics: {r['data']}, {r['arch']} width {r['width']}, "
+                  f"candidate {r['candidate']}, seed {r['seed']}, {r['train_images']} "
+                  "training images", "",
+                  "| epoch | steps | train acc % | val acc %, running statistics | "
+                  "val acc %, recomputed |", "|---:|---:|---:|---:|---:|"]
+        lines += [f"| {x['epoch']} | {x['steps']} | {100 * x['train_acc']:.1f} | "
+                  f"{100 * x['val_running']:.1f} | {100 * x['val_recomputed']:.1f} |"
+                  for x in r["rows"]]
+        lines.append("")
     curves = [r for r in data["runs"] if r["mode"] == "curve"]
     if curves:
         lines += ["## Learning curves on full Fashion-MNIST", ""]
@@ -314,7 +350,7 @@ def render(data: dict) -> str:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("mode", choices=("init", "probe", "curve", "report"))
+    ap.add_argument("mode", choices=("init", "probe", "bnstats", "curve", "report"))
     ap.add_argument("--data", default="fashion-mnist")
     ap.add_argument("--val-images", type=int, default=VAL_IMAGES)
     ap.add_argument("--arch", default="vgg16")
@@ -340,7 +376,8 @@ def main(argv=None) -> None:
             raise SystemExit(f"unknown candidate {cand!r}: choose {', '.join(CANDIDATES)}")
         for seed in (int(s) for s in args.seeds.split(",")):
             log(f"{args.mode} {args.arch} {cand} seed {seed}")
-            row = {"init": init_probe, "probe": probe, "curve": curve}[args.mode](
+            row = {"init": init_probe, "probe": probe, "bnstats": bn_stats,
+                   "curve": curve}[args.mode](
                 args, cand, seed, ds)
             row["command"] = " ".join(sys.argv)
             args.out.mkdir(parents=True, exist_ok=True)
