@@ -27,6 +27,7 @@ ENCODINGS = ("direct", "poisson")
 POOLS = ("avg", "max")
 SURROGATES = ("super", "triangle", "tanh", "circ", "heavi_erfc")
 RESETS = ("value", "subtract")
+RESET_GRADS = ("through", "detach")
 OUTPUTS = ("logits", "all")
 NIR_CONVENTIONS = ("nir", "norse", "snntorch", "sinabs", "spikingjelly", "rockpool",
                    "edgeprune")
@@ -168,6 +169,9 @@ class NeuronParams:
     reset: str = option("value", "value (hard reset to v_reset) or subtract (v -= v_th).")
     surrogate: str = option("super", "Surrogate gradient: " + ", ".join(SURROGATES) + ".")
     alpha: float = option(10.0, "Surrogate sharpness (ignored by super).")
+    reset_grad: str = option("through", "Gradient of the reset: through (autograd's, Norse's) "
+                             "or detach (the reset is a constant: no gradient through the "
+                             "spike that caused it). Training only; inference is the same.")
     tau_syn_inv: Optional[float] = option(None, "Synaptic current decay b per step: a "
                                           "current-based LIF (Norse LIFCell: i += x; "
                                           "v += a·(i − v); i −= b·i), state (v, i).",
@@ -180,12 +184,15 @@ class NeuronParams:
         check_finite("v_th", self.v_th)
         check_finite("v_reset", self.v_reset)
         check_choice("reset", self.reset, RESETS)
+        check_choice("reset_grad", self.reset_grad, RESET_GRADS)
         check_surrogate(self.surrogate)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         if d["tau_syn_inv"] is None:  # ids of box-LIF models stay what they were
             del d["tau_syn_inv"]
+        if d["reset_grad"] == "through":  # likewise for models trained before the option
+            del d["reset_grad"]
         return d
 
 

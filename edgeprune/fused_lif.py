@@ -42,12 +42,16 @@ def _forward_step(x, v, spikes_out, decayed_out, a: float, th: float, r: float,
 
 
 def _backward_step(gz, gv, vd, z, grad_out, a: float, th: float, r: float, subtract: bool,
-                   surrogate: str, alpha: float, accumulate: bool):
+                   surrogate: str, alpha: float, accumulate: bool, detach: bool):
     """One step of backpropagation through time; returns dL/dv for the step before. The reset
-    depends on the spike (autograd differentiates Norse's reset the same way). `accumulate`:
-    the input is the same at every step, so its gradient sums over the steps."""
+    depends on the spike (autograd differentiates Norse's reset the same way), unless
+    `detach`: then the spike in the reset is a constant. `accumulate`: the input is the same
+    at every step, so its gradient sums over the steps."""
     s = SURROGATE_GRADS[surrogate](vd - th, alpha)
-    dv_dvd = 1 - th * s if subtract else (1 - z) + (r - vd) * s
+    if detach:
+        dv_dvd = 1.0 if subtract else 1 - z
+    else:
+        dv_dvd = 1 - th * s if subtract else (1 - z) + (r - vd) * s
     gvd = gz * s + gv * dv_dvd
     grad_out.copy_(grad_out + gvd * a if accumulate else gvd * a)
     return gvd * (1 - a)
@@ -136,7 +140,8 @@ class _LIFSequence(torch.autograd.Function):
         for t in range(T - 1, -1, -1):
             gv = _run_step(1, n, _flat(grad_z[t]), gv, _flat(decayed[t]), _flat(spikes[t]),
                            _flat(grad_x if ctx.static else grad_x[t]), p.tau_mem_inv, p.v_th,
-                           p.v_reset, p.reset == "subtract", p.surrogate, p.alpha, ctx.static)
+                           p.v_reset, p.reset == "subtract", p.surrogate, p.alpha, ctx.static,
+                           p.reset_grad == "detach")
         return grad_x, None, None
 
 

@@ -218,15 +218,22 @@ class IntegratorParams:
 
 # -- the step functions ------------------------------------------------------------------------
 
+def constant(z):
+    """z without a gradient (torch); numpy arrays have none to drop."""
+    return z.detach() if hasattr(z, "detach") else z
+
+
 def lif_step(x, state, p: NeuronParams, spike=heaviside):
     """Norse's lif_box_feed_forward_step with dt = 1, in its operation order:
     vd = v + a·((x + v_leak) − v) (v_leak = 0); z = H(vd − v_th); Norse's reset:
-    (1 − z)·vd + z·v_reset ("value") or (1 − z)·vd + z·(vd − v_th) ("subtract")."""
+    (1 − z)·vd + z·v_reset ("value") or (1 − z)·vd + z·(vd − v_th) ("subtract"). With
+    reset_grad "detach" the reset's z is a constant (the same values)."""
     (v,) = state
     vd = v + p.tau_mem_inv * ((x + 0.0) - v)
     z = spike(vd - p.v_th)
+    zr = constant(z) if p.reset_grad == "detach" else z
     after = vd - p.v_th if p.reset == "subtract" else p.v_reset
-    return z, ((1 - z) * vd + z * after,)
+    return z, ((1 - zr) * vd + zr * after,)
 
 
 def li_step(x, state, p: LIParams, spike=heaviside):

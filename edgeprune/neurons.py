@@ -26,6 +26,7 @@ from norse.torch.functional.threshold import threshold
 from torch import nn
 
 from .config import NeuronParams
+from .errors import UserError
 from .fused_lif import lif_sequence
 from .neuron_kinds import KINDS, CubaParams, NeuronKind
 
@@ -204,6 +205,8 @@ def neuron_layer(p: NeuronParams) -> nn.Module:
     current-based LIF (same leak, threshold, reset and surrogate)."""
     if p.tau_syn_inv is None:
         return LIF(p)
+    if p.reset_grad != "through":
+        raise UserError("--reset-grad detach is for the box LIF: leave --tau-syn-inv unset")
     return CubaLIF(CubaParams(tau_mem_inv=p.tau_mem_inv, tau_syn_inv=p.tau_syn_inv, v_th=p.v_th,
                               v_reset=p.v_reset, reset=p.reset, surrogate=p.surrogate,
                               alpha=p.alpha))

@@ -13,7 +13,7 @@ from .errors import UserError
 from .stage_inputs import ModelInput, data_identity, load_mask
 from .epochs import EpochCheckpoint, run_epochs
 from .train_stage import Report, state_copy
-from .training import Trainer, evaluate, held_out
+from .training import BN_STATS, Trainer, evaluate, held_out, recompute_batchnorm
 
 
 def retrain(store: Store, dense: ModelInput, ticket: Artifact, data: DataConfig, ds: Dataset,
@@ -38,6 +38,7 @@ def retrain(store: Store, dense: ModelInput, ticket: Artifact, data: DataConfig,
         raise UserError(f"retraining for {optim.epochs} epochs cannot resume the schedule at "
                         f"epoch {skip}")
     config = {"train": resolved(optim), "data": data_identity(data, ds), **run.identity(),
+              "batchnorm_stats": BN_STATS,
               "select": cfg.select, "init": cfg.init, "lr_start_epoch": skip}
     T, seed, device = dense.spec.timesteps, run.seed, run.device
 
@@ -65,6 +66,7 @@ def retrain(store: Store, dense: ModelInput, ticket: Artifact, data: DataConfig,
                               {"history": []}, on_epoch, report)
         if cfg.select == "best-val":
             model.load_state_dict(progress["best_state"])
+        recompute_batchnorm(model, ds.x_train, T, device)
         ev = evaluate(model, ds.x_test, ds.y_test, T, device)
         val = held_out(model, ds, T, device)
         achieved = masklib.of_model(model)

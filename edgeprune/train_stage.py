@@ -13,7 +13,7 @@ from .data import Dataset
 from .stage_inputs import data_identity
 from .models import ARCH_REVISION, ModelSpec, prunable
 from .epochs import EpochCheckpoint, run_epochs
-from .training import Trainer, evaluate, held_out
+from .training import BN_STATS, Trainer, evaluate, held_out, recompute_batchnorm
 
 Report = Callable[[dict], None]
 
@@ -34,6 +34,7 @@ def train(store: Store, data: DataConfig, ds: Dataset, model_cfg: ModelConfig,
     spec = ModelSpec.for_data(model_cfg, ds)
     config = {"data": data_identity(data, ds), "model": spec.to_dict(),
               "arch_revision": ARCH_REVISION[spec.arch], "train": resolved(optim),
+              "batchnorm_stats": BN_STATS,
               **run.identity()}
     seed, device = run.seed, run.device
 
@@ -59,6 +60,7 @@ def train(store: Store, data: DataConfig, ds: Dataset, model_cfg: ModelConfig,
                               {"history": [], "snapshots": {0: state_copy(model)}}, on_epoch,
                               report)
         snapshots = progress["snapshots"]
+        recompute_batchnorm(model, ds.x_train, spec.timesteps, device)
         ev = evaluate(model, ds.x_test, ds.y_test, spec.timesteps, device)
         val = held_out(model, ds, spec.timesteps, device)
         checkpoint.save(job.dir / "model.pt", spec, model)

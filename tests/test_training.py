@@ -52,12 +52,13 @@ def test_evaluate_reports_every_lif_layer():
 
 @pytest.mark.parametrize("surrogate", ["super", "triangle", "tanh", "circ", "heavi_erfc"])
 @pytest.mark.parametrize("reset", ["value", "subtract"])
-def test_fused_lif_equals_norse_step_loop(surrogate, reset):
+@pytest.mark.parametrize("reset_grad", ["through", "detach"])
+def test_fused_lif_equals_norse_step_loop(surrogate, reset, reset_grad):
     """Forward: the same spikes bit for bit; backward: the same gradients up to rounding."""
     from edgeprune.config import NeuronParams
     from edgeprune.neurons import LIF
 
-    p = NeuronParams(surrogate=surrogate, reset=reset, alpha=2.0)
+    p = NeuronParams(surrogate=surrogate, reset=reset, alpha=2.0, reset_grad=reset_grad)
     torch.manual_seed(0)
     x = (torch.randn(6, 8, 50) * 1.5).requires_grad_()
     w = torch.randn(6, 8, 50)
@@ -70,6 +71,28 @@ def test_fused_lif_equals_norse_step_loop(surrogate, reset):
     (z2 * w).sum().backward()
     assert torch.equal(z1, z2) and 0.1 < float(z1.detach().mean()) < 0.9
     assert torch.allclose(x.grad, g1, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("reset", ["value", "subtract"])
+def test_detached_reset_changes_only_the_gradient(reset):
+    """reset_grad=detach: the same spikes, a different gradient (the reset's path is cut),
+    and the model's description is unchanged at the default (ids stay)."""
+    from edgeprune.config import NeuronParams
+    from edgeprune.neurons import LIF
+
+    torch.manual_seed(0)
+    x = (torch.randn(6, 8, 50) * 1.5).requires_grad_()
+    grads, spikes = [], []
+    for rg in ("through", "detach"):
+        z = LIF(NeuronParams(reset=reset, reset_grad=rg))(x)
+        z.sum().backward()
+        grads.append(x.grad.clone())
+        spikes.append(z.detach())
+        x.grad = None
+    assert torch.equal(spikes[0], spikes[1])
+    assert not torch.allclose(grads[0], grads[1])
+    assert "reset_grad" not in NeuronParams().to_dict()
+    assert NeuronParams(reset_grad="detach").to_dict()["reset_grad"] == "detach"
 
 
 def test_bf16_autocast_keeps_spikes_exact_and_trains():
@@ -145,3 +168,27 @@ def test_skip_epochs_continues_the_schedule():
             assert late.opt.param_groups[0]["lr"] == pytest.approx(lrs[2 * full.steps_per_epoch + i])
             late.opt.step()
             late.sched.step()
+
+
+def test_recomputed_batchnorm_statistics_lift_a_briefly_trained_deep_model_off_chance():
+    """After 18 steps, VGG16's running BatchNorm statistics (momentum 0.1, starting at 0 / 1)
+    left it at chance on held-out digits; recomputed for the final weights it is not. The
+    weights are untouched and the global RNG is restored."""
+    from edgeprune.config import ModelConfig
+    from edgeprune.data import load
+    from edgeprune.models import ModelSpec
+    from edgeprune.training import evaluate, recompute_batchnorm
+
+    ds = load("digits").split_validation(300 / 1437)
+    torch.manual_seed(0)
+    m = ModelSpec.for_data(ModelConfig(arch="vgg16", width=0.125), ds).build()
+    Trainer(m, ds, 5, TrainConfig(epochs=1), seed=0).train_epoch()
+    before = evaluate(m, ds.x_val, ds.y_val, 5)["accuracy"]
+    weights = {k: v.clone() for k, v in m.state_dict().items() if "running" not in k
+               and "num_batches" not in k}
+    rng = torch.get_rng_state()
+    assert recompute_batchnorm(m, ds.x_train, 5) == min(2048, len(ds.y_train))
+    after = evaluate(m, ds.x_val, ds.y_val, 5)["accuracy"]
+    assert before < 0.15 and after > 0.3, (before, after)
+    assert all(torch.equal(v, m.state_dict()[k]) for k, v in weights.items())
+    assert torch.equal(rng, torch.get_rng_state())
