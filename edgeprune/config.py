@@ -132,7 +132,8 @@ class RunConfig:
     """How a run executes. The seed and the precision change the math and so the artifact ids;
     the device, compile and memory format do not (beyond float rounding)."""
 
-    seed: int = option(0, "Random seed (runs are deterministic on CPU).")
+    seed: int = option(0, "Random seed (a run repeats exactly on CPU with the same number of "
+                          "torch threads, OMP_NUM_THREADS).")
     device: str = option("cpu", "cpu, cuda or cuda:N.")
     precision: str = option("fp32", "fp32, bf16 or fp16: autocast for conv/linear layers; "
                             "membrane potentials and spikes stay fp32 (fp16 adds a gradient "

@@ -52,13 +52,23 @@ def retrain(store: Store, dense: ModelInput, ticket: Artifact, data: DataConfig,
             trainer.skip_epochs(skip)
 
         def on_epoch(row: dict, progress: dict) -> bool:
-            row.update(held_out(model, ds, T, device))
+            if cfg.select == "best-val":
+                # judged as it would be kept: with BatchNorm statistics recomputed for these
+                # weights (the running ones lag them); training goes on from its own state
+                training_state = state_copy(model)
+                with torch.no_grad():
+                    recompute_batchnorm(model, ds.x_train, T, device)
+                row.update(held_out(model, ds, T, device))
+                candidate = state_copy(model)
+                model.load_state_dict(training_state)
+            else:
+                row.update(held_out(model, ds, T, device))
             progress["history"].append(row)
             if cfg.select == "best-val":  # ties: the lower loss, then the later epoch
                 key = [row["val_acc"], -row["val_loss"]]
                 if progress.get("best_key") is None or key >= progress["best_key"]:
                     progress.update(best_key=key, best_epoch=row["epoch"],
-                                    best_state=state_copy(model))
+                                    best_state=candidate)
             report({"event": "epoch", **row})
             return False
 

@@ -15,7 +15,8 @@ from .conftest import requires_cc, run_cli
 # the quickest compress there is: a tiny ticket of a barely trained net (mechanics, not accuracy)
 QUICK = ("compress", "--data", "digits", "--width", "1", "--train-subset", "200", "--epochs", "2",
          "--method", "imp", "--sparsity", "0.5", "--prune-rate", "0.5", "--retrain-epochs", "1",
-         "--latency-budget-ms", "10000", "--no-int8", "--no-nir", "--probe", "64",
+         "--latency-budget-ms", "10000", "--max-accuracy-drop", "100", "--no-int8", "--no-nir",
+         "--probe", "64",
          "--limit", "64")
 ENV = {"OMP_NUM_THREADS": "1"}
 
