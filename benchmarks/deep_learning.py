@@ -173,20 +173,27 @@ def init_probe(args, cand_name: str, seed: int, ds: datalib.Dataset) -> dict:
             **first_batch_probe(model, ds, spec.timesteps, args.batch_size)}
 
 
+def _as_kept(model: nn.Module, ds: datalib.Dataset, timesteps: int) -> nn.Module:
+    """A copy with BatchNorm statistics recomputed for its weights, as `train` keeps a model
+    (edgeprune.training.recompute_batchnorm); the model in training is left as it is."""
+    from edgeprune.training import recompute_batchnorm
+
+    other = copy.deepcopy(model)
+    recompute_batchnorm(other, ds.x_train, timesteps)
+    return other
+
+
 def bn_stats(args, cand_name: str, seed: int, ds: datalib.Dataset) -> dict:
     """Validation accuracy after each epoch with the running BatchNorm statistics and with
     statistics recomputed for the same weights (edgeprune.training.recompute_batchnorm, on a
     copy): what an evaluation after a few dozen steps sees."""
-    from edgeprune.training import recompute_batchnorm
-
     cand = CANDIDATES[cand_name]
     spec, model = build(args.arch, args.width, cand, ds, seed)
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, **cand.train)
     trainer, rows = Trainer(model, ds, spec.timesteps, cfg, seed), []
     for _ in range(args.epochs):
         r = trainer.train_epoch()
-        other = copy.deepcopy(model)
-        recompute_batchnorm(other, ds.x_train, spec.timesteps)
+        other = _as_kept(model, ds, spec.timesteps)
         rows.append({"epoch": r["epoch"], "steps": r["epoch"] * trainer.steps_per_epoch,
                      "train_acc": r["train_acc"],
                      "val_running": evaluate(model, ds.x_val, ds.y_val, spec.timesteps)[
@@ -217,7 +224,8 @@ def curve(args, cand_name: str, seed: int, ds: datalib.Dataset) -> dict:
         clock["images"] += cfg.batch_size
         done = clock["cpu"] >= args.cpu_budget
         if r["step"] % args.eval_every == 0 or done or r["step"] == r["steps"]:
-            v = evaluate(model, ds.x_val, ds.y_val, spec.timesteps)
+            v = evaluate(_as_kept(model, ds, spec.timesteps), ds.x_val, ds.y_val,
+                         spec.timesteps)
             points.append({"epoch": r["epoch"], "step": r["step"], "images": clock["images"],
                            "train_cpu_s": clock["cpu"], "train_wall_s": clock["wall"],
                            "train_loss": r["loss"], "val_acc": v["accuracy"],
@@ -234,7 +242,7 @@ def curve(args, cand_name: str, seed: int, ds: datalib.Dataset) -> dict:
             clock["t"], clock["w"] = time.process_time(), time.perf_counter()
     except _Spent:
         pass
-    ev = evaluate(model, ds.x_test, ds.y_test, spec.timesteps)
+    ev = evaluate(_as_kept(model, ds, spec.timesteps), ds.x_test, ds.y_test, spec.timesteps)
     return {"mode": "curve", "data": args.data, "arch": args.arch, "width": args.width, "candidate": cand_name,
             "what": cand.what, "seed": seed, "train_images": len(ds.y_train),
             "epochs": args.epochs, "cpu_budget": args.cpu_budget, "train": cfg.to_dict(),
