@@ -92,8 +92,19 @@ def user_module(model_def: str | None, state_dict: Path, allow_pickle: bool
                         f"state_dict {state_dict} belongs to")
     user = load_definition(model_def)  # checks the file exists before it is hashed
     code.convert(user)  # an unsupported layer is the clearer error than weights that miss it
+    # a neuron's recorded state (Sinabs' v_mem, shaped by the last training batch) is not a
+    # weight: every run starts from the initial state
+    states = code.state_keys(user)
     try:
-        user.load_state_dict(weights)
+        if states:
+            missing, unexpected = user.load_state_dict(
+                {k: v for k, v in weights.items() if k not in states}, strict=False)
+            missing = [k for k in missing if k not in states]
+            if missing or unexpected:
+                raise RuntimeError(f"missing keys {missing[:3]}, unexpected keys "
+                                   f"{unexpected[:3]}")
+        else:
+            user.load_state_dict(weights)
     except RuntimeError as e:
         raise UserError(f"the state_dict {state_dict} does not fit the model of "
                         f"{model_def}: {' '.join(str(e).split())[:300]}") from None
@@ -200,7 +211,7 @@ def import_model(store: Store, model_def: str | None, state_dict: Path, cfg: Imp
         xf = _probe(ds, input_shape, seed, FIDELITY_IMAGES)
         ref, got = code.reference_run(user, ours, xf, cfg.timesteps)
         names = " + ".join(f"{fw.NAME} {fw.version()}" for fw in fws) or "PyTorch"
-        fid = agreement(ref.numpy(), got.numpy(), f"your module, stepped by {names}")
+        fid = agreement(ref.numpy(), got.numpy(), f"your module, run by {names}")
         if ds is not None:
             fid["reference_accuracy"] = _accuracy(ref.numpy(), ds, len(xf))
         metrics["fidelity"] = [fid]

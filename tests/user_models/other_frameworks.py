@@ -155,3 +155,12 @@ def rockpool_to_nir(net, path, timesteps):
     from rockpool.nn.modules.torch.nir import to_nir
 
     nir.write(str(path), to_nir(net, torch.rand(1, timesteps, 64)))
+
+
+def sinabs_iaf():
+    """The IAFSqueeze net as a --model-def function (T = 4)."""
+    return sinabs_net("iaf", 4)
+
+
+def sinabs_lif():
+    return sinabs_net("lif", 4)
