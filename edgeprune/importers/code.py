@@ -17,11 +17,13 @@ from torch import nn
 from .. import layers
 from ..errors import UserError
 from . import norse as norse_table
+from . import rockpool as rockpool_table
 from . import sinabs as sinabs_table
 from . import snntorch as snntorch_table
 from . import spikingjelly as spikingjelly_table
 
-FRAMEWORKS = (norse_table, snntorch_table, spikingjelly_table, sinabs_table)
+FRAMEWORKS = (norse_table, snntorch_table, spikingjelly_table, sinabs_table, rockpool_table)
+INPUT_PATH = "(input)"  # the user path of layers a framework's run implies (Rockpool's flatten)
 
 
 def _cell_table(m: nn.Module):
@@ -145,11 +147,27 @@ def convert(user: nn.Module) -> tuple[list[dict], list[str]]:
     """The layer list of the user's module and the user's path of each entry."""
     found = leaves(*body(user))
     described = [describe(p, m) for p, m in found]
+    implied = [dict(d) for fw in frameworks_of(user) for d in getattr(fw, "INPUT_LAYERS", ())]
     if not any(layers.KINDS[d["type"]].neuron and d["type"] not in ("li", "integrator")
                for d in described):
         raise UserError("the model has no spiking layer (e.g. norse LIFBoxCell or LIFCell, "
                         "snntorch Leaky): nothing to import as an SNN")
-    return described, [p for p, _ in found]
+    return implied + described, [INPUT_PATH] * len(implied) + [p for p, _ in found]
+
+
+def user_state(user: nn.Module) -> dict:
+    """The user's state_dict with each framework layer's tensors in torch's layout (Rockpool's
+    LinearTorch keeps its weight (in, out): a table's WEIGHTS)."""
+    sd = dict(user.state_dict())
+    module, prefix = body(user)
+    for path, m in leaves(module, prefix):
+        for fw in FRAMEWORKS:
+            for name, fix in getattr(fw, "WEIGHTS", {}).items():
+                if type(m) is fw.classes().get(name):
+                    for leaf, f in fix.items():
+                        if f"{path}.{leaf}" in sd:
+                            sd[f"{path}.{leaf}"] = f(sd[f"{path}.{leaf}"])
+    return sd
 
 
 def state_keys(user: nn.Module) -> set[str]:

@@ -61,7 +61,7 @@ def name_map(paths: list[str], stem_len: int) -> dict[str, str]:
 def copy_weights(user: nn.Module, ours: nn.Module, paths: list[str], stem_len: int) -> None:
     mapping = name_map(paths, stem_len)
     sd = {}
-    for key, value in user.state_dict().items():
+    for key, value in code.user_state(user).items():
         layer, _, leaf = key.rpartition(".")
         if layer not in mapping:
             raise UserError(f"weight {key} of the model belongs to no imported layer")

@@ -150,6 +150,43 @@ def rockpool_net(with_neurons: bool = True):
     return Sequential(LinearTorch((64, 32)), LIFTorch(32), LinearTorch((32, 10)), LIFTorch(10))
 
 
+def rockpool_constant_net():
+    """LinearTorch -> LIFTorch -> LinearTorch readout, the LIF's time constants, bias and
+    threshold kept Constant (one value per layer, as edgeprune imports them); only the weights
+    train. Up to 2^16 spikes a step (max_spikes_per_dt, its default: to_nir does not write it)."""
+    from rockpool.nn.combinators import Sequential
+    from rockpool.nn.modules import LIFTorch, LinearTorch
+    from rockpool.parameters import Constant
+
+    torch.manual_seed(0)
+    return Sequential(LinearTorch((64, 32), has_bias=True),
+                      LIFTorch(32, tau_mem=Constant(0.02), tau_syn=Constant(0.005),
+                               bias=Constant(0.0), threshold=Constant(1.0)),
+                      LinearTorch((32, 10), has_bias=True))
+
+
+def rockpool_forward(net, x, timesteps):
+    """(B, 1, 8, 8) images, the same at every step -> (T, B, K) output spike counts."""
+    net.reset_state()
+    seq = x.flatten(1)[:, None].expand(len(x), timesteps, 64)
+    out, _, _ = net(seq)
+    net.reset_state()
+    return out.transpose(0, 1)
+
+
+def train_the_rockpool_way(net, ds, timesteps, epochs=3, seed=0):
+    """Rockpool's torch training loop: Adam on net.parameters().astorch()."""
+    torch.manual_seed(seed)
+    opt = torch.optim.Adam(net.parameters().astorch(), lr=1e-2)
+    for epoch in range(epochs):
+        for x, y in _batches(ds, seed + epoch):
+            loss = nn.functional.cross_entropy(rockpool_forward(net, x, timesteps).sum(0), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return net
+
+
 def rockpool_to_nir(net, path, timesteps):
     import nir
     from rockpool.nn.modules.torch.nir import to_nir
