@@ -1,9 +1,9 @@
 """The import stage: a model from elsewhere rebuilt as an edgeprune model.pt.
 
 Two sources:
-- code: the user's definition (FILE.py:FUNCTION) + weights, a Norse or snnTorch network. It is
-  proven equal to the user's module (run the way its framework runs it) on a probe batch before
-  anything is written.
+- code: the user's definition (FILE.py:FUNCTION) + weights, a Norse, snnTorch, SpikingJelly,
+  Sinabs or Rockpool network. It is proven equal to the user's module (run the way its
+  framework runs it) on a probe batch before anything is written.
 - NIR: a `.nir` file, read as data (importers/nirfile.py). There is no user's module to prove
   against; the import is measured against the reference simulations the caller passes (the
   NIR equations in numpy, the writing framework's own reader where installed).
@@ -172,7 +172,7 @@ def _accuracy(steps: np.ndarray, ds: Dataset | None, n: int) -> float | None:
 def import_model(store: Store, model_def: str | None, state_dict: Path, cfg: ImportConfig,
                  data: DataConfig | None = None, ds: Dataset | None = None,
                  allow_pickle: bool = False, seed: int = 0) -> tuple[Artifact, bool]:
-    """Import a user's Norse or snnTorch model as an `import-<id>/` artifact. Returns
+    """Import a user's model from code (importers/code.py) as an `import-<id>/` artifact. Returns
     (artifact, cached).
 
     Input shape and classes come from `ds` (whose test accuracy becomes a metric) or from
