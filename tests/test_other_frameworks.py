@@ -271,8 +271,12 @@ def test_rockpool_net_imports_exactly_from_code_and_from_nir(rockpool_model, dig
     imp = nirfile.load(path)
     assert imp.input_shape == (64,) and any("[1, 4, 64] read as [64]" in n for n in imp.notes)
     assert any("writes no bias" in n for n in imp.notes)  # what the file cannot say
+    # Rockpool's own reader runs (not binding: it estimates dt as min(tau_mem/(1 + r)))
+    (own,) = [r for r in m["fidelity"] if r["reference"].startswith("rockpool (from_nir)")]
+    assert not own["binding"] and "prediction_agreement" in own, own
     print(f"Rockpool LIFTorch: Rockpool {acc:.4f}; from code {art.metrics['test_accuracy']:.4f} "
-          f"(max |d step| {f['max_abs_step_diff']}); from NIR {m['test_accuracy']:.4f}")
+          f"(max |d step| {f['max_abs_step_diff']}); from NIR {m['test_accuracy']:.4f}; "
+          f"fidelity {json.dumps(m['fidelity'])}")
 
 
 @requires_framework["rockpool"]
