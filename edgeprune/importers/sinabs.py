@@ -86,7 +86,10 @@ def _alpha(m) -> float:
     """Sinabs' alpha_mem_calculated, as the float32 value its forward multiplies by."""
     if m.train_alphas:
         return _scalar(m, "alpha_mem")
-    return float(torch.exp(-1.0 / m.tau_mem.detach().float()))
+    tau = m.tau_mem.detach().float()
+    if tau.numel() != 1:
+        raise UserError("its tau_mem is not one number (one time constant per layer only)")
+    return float(torch.exp(-1.0 / tau))
 
 
 def _neuron(m, iaf: bool) -> dict:
@@ -112,6 +115,9 @@ def _refused(name: str):
 
 
 def _sum_pool(m) -> dict:
+    """LPPool2d(p=1) computes the window's average times its area: the sum exactly where the
+    area is a power of two, and for the small whole counts spikes sum to (3×3 included);
+    elsewhere within rounding, which the import's parity check bounds."""
     if m.ceil_mode:
         raise UserError("SumPool2d with ceil_mode is not supported")
     pair = lambda v: list(v) if isinstance(v, (tuple, list)) else [v, v]  # noqa: E731
