@@ -34,13 +34,17 @@ def import_model(
     data: DataConfig = None, run: RunConfig = None, cfg: ImportConfig = None,
     out_dir: Path = OutOpt, as_json: bool = JsonOpt,
 ):
-    """Import a model from elsewhere as an edgeprune model.pt: your own Norse or snnTorch model
-    (Python definition + state_dict), or a NIR graph (MODEL.nir, read as data: no code runs).
+    """Import a model from elsewhere as an edgeprune model.pt: your own Norse, snnTorch,
+    SpikingJelly, Sinabs or Rockpool model (Python definition + state_dict), or a NIR graph
+    (MODEL.nir, read as data: no code runs).
 
-    From code: nn.Sequential or Norse SequentialState of Conv1d/Conv2d, Linear, BatchNorm1d/2d,
-    AvgPool2d, MaxPool2d, AdaptiveAvgPool2d, Flatten, Dropout, Identity, and Norse LIFBoxCell,
-    LIFCell, LICell, LIBoxCell or snnTorch Leaky, Synaptic (init_hidden or not). The model is
-    rebuilt from a layer list and checked against yours, stepped T times, before it is written.
+    From code: nn.Sequential, Norse SequentialState or Rockpool TorchSequential (or a module
+    whose only child is one) of Conv1d/Conv2d, Linear, BatchNorm1d/2d, AvgPool2d, MaxPool2d,
+    AdaptiveAvgPool2d, Flatten, Dropout, Identity (SpikingJelly's layer.* too), Sinabs SumPool2d,
+    Rockpool LinearTorch, and Norse LIFBoxCell, LIFCell, LICell, LIBoxCell, snnTorch Leaky,
+    Synaptic (init_hidden or not), SpikingJelly IFNode, LIFNode, ParametricLIFNode, Sinabs IAF,
+    LIF, IAFSqueeze, LIFSqueeze or Rockpool LIFTorch. The model is rebuilt from a layer list and
+    checked against yours, run T steps the way its framework runs it, before it is written.
     From NIR: LIF, CubaLIF, IF, LI, I, Affine, Linear, Conv1d/2d, Flatten, SumPool2d, AvgPool2d,
     Scale, Threshold in a chain; --dt and --convention say how to integrate its equations.
     The import's fidelity (agreement and max logit difference against your module, the NIR

@@ -544,7 +544,8 @@ class ImportConfig:
                                        "reset, dt 1e-4), sinabs (Sinabs' layer defaults: "
                                        "multi-spike, subtractive reset, dt 1), spikingjelly "
                                        "(its charge and >= threshold, dt 1e-4), rockpool "
-                                       "(batch/time in the Input), edgeprune (exact, from its "
+                                       "(batch/time in the Input, CubaLIF as LIFTorch, dt "
+                                       "1e-3), edgeprune (exact, from its "
                                        "metadata).",
                                        show="the graph's metadata or fingerprint, else asked")
     accept_mismatch: bool = option(False, "NIR: import even when the import's own checks fail "

@@ -209,6 +209,40 @@ class ChargeParams:
 
 
 @dataclass(frozen=True)
+class RockpoolParams:
+    """A LIF in Rockpool's form (rockpool LIFTorch: feed-forward, one synapse per neuron, no
+    noise), in its forward's order:
+        i = i + x;  v = v·alpha_mem;  i = i·alpha_syn;  v = (v + i) + bias
+        n = [v >= threshold]·floor(v/threshold);  n = max_spikes where n > max_spikes
+        v = v − n·threshold
+    alpha_mem = exp(−dt/tau_mem), alpha_syn = exp(−dt/tau_syn): the float32 values Rockpool
+    computes (its `alpha` and `beta`). The output is the spike count n."""
+
+    alpha_mem: float = 0.9
+    alpha_syn: float = 0.9
+    bias: float = 0.0
+    threshold: float = 1.0
+    max_spikes: float = 65536.0  # Rockpool's max_spikes_per_dt (2^16 by default)
+    surrogate: str = "super"
+    alpha: float = 10.0
+
+    def __post_init__(self):
+        for name in ("alpha_mem", "alpha_syn"):
+            check_rate(f"Rockpool-form LIF {name}", getattr(self, name), closed_low=True)
+        for name in ("bias", "threshold"):
+            check_finite(f"Rockpool-form LIF {name}", getattr(self, name))
+        _require(self.threshold > 0, f"Rockpool-form LIF threshold must be positive, got "
+                                   f"{self.threshold!r}")
+        _require(float(self.max_spikes).is_integer() and 1 <= self.max_spikes <= 2.0 ** 24,
+                 f"Rockpool-form LIF max_spikes must be a whole number in [1, 2^24], got "
+                 f"{self.max_spikes!r}")
+        check_surrogate(self.surrogate)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
 class IntegratorParams:
     """A perfect integrator has no parameters (a gain stands in a Scale before it)."""
 
@@ -338,6 +372,21 @@ def charge_step(x, state, p: ChargeParams, spike=heaviside):
     return s, ((v, 1.0 + 0.0 * started) if _charge_started(p) else (v,))
 
 
+def rockpool_step(x, state, p: RockpoolParams, spike=heaviside):
+    """Rockpool's LIFTorch step (see RockpoolParams). Its clamp to max_spikes is its own
+    n − (n − max)·[n > max]; the count's surrogate is added as in sinabs_step."""
+    v, i = state
+    th = p.threshold
+    i = i + x
+    v = v * p.alpha_mem
+    i = i * p.alpha_syn
+    v = (v + i) + p.bias
+    n = (1 - heaviside(th - v)) * _floor(v / th)  # [v >= th]·floor(v/th)
+    n = n - (n - p.max_spikes) * heaviside(n - p.max_spikes)
+    n = spike(v - th) + (n - heaviside(v - th))
+    return n, (v - n * th, i)
+
+
 def _charge_started(p: ChargeParams) -> bool:
     return p.v_reset is not None and p.v_reset != 0.0
 
@@ -390,6 +439,8 @@ KINDS: dict[str, NeuronKind] = {k.key: k for k in (
                spiking=False, counts=True),
     NeuronKind("charge_lif", "SpikingJelly-form LIF", ChargeParams, charge_step,
                lambda p: ("v", "started") if _charge_started(p) else ("v",), spiking=True),
+    NeuronKind("rockpool_lif", "Rockpool-form LIF", RockpoolParams, rockpool_step,
+               _fixed("v", "i"), spiking=False, counts=True),
     NeuronKind("integrator", "integrator", IntegratorParams, integrator_step, _fixed("v"),
                spiking=False, nested=False),
 )}

@@ -149,6 +149,13 @@ class ChargeLIF(Neuron):
     kind = KINDS["charge_lif"]
 
 
+class RockpoolLIF(Neuron):
+    """Rockpool's LIFTorch (current and membrane decay, bias, up to max_spikes spikes a step,
+    subtractive reset); state (v, i). Its output is a spike count."""
+
+    kind = KINDS["rockpool_lif"]
+
+
 class Integrator(Neuron):
     """Perfect integrators without spikes (NIR's Integrator): v' = v + x, the output is v'."""
 
@@ -157,7 +164,8 @@ class Integrator(Neuron):
 
 # the torch backend: kind key -> its module
 MODULES: dict[str, type[Neuron]] = {c.kind.key: c for c in (LIF, LI, CubaLIF, DecayLIF,
-                                                            SinabsLIF, ChargeLIF, Integrator)}
+                                                            SinabsLIF, ChargeLIF, RockpoolLIF,
+                                                            Integrator)}
 
 
 class Threshold(nn.Module):

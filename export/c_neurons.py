@@ -14,6 +14,8 @@ float per neuron each, 0 at the start); a spiking kind returns its spike count.
   n = trunc(v'/th) where v' > 0 (multi-spike) or [v' >= th]; subtract n*th or reset; floor.
 - SpikingJelly-form LIF (IFNode / LIFNode / ParametricLIFNode): h = v + x, or the LIF charge
   (divided by tau, or times q); s = [h >= v_th]; v = s ? h - v_th (soft) or v_reset : h.
+- Rockpool-form LIF (LIFTorch): i = i + x; v = v*alpha_mem; i = i*alpha_syn; v = (v + i) + bias;
+  n = floor(v/th) where v >= th, at most max_spikes; v = v - n*th.
 - integrator: v' = v + x.
 Selects (`s ? a : b`) stand for the frameworks' (1 - z)*a + z*b: the same value for z in {0, 1}.
 """
@@ -162,6 +164,21 @@ def _charge_fn(op: dict, fn: str) -> str:
                      ("v", "started") if started else ("v",), lines, True)
 
 
+def _rockpool_fn(op: dict, fn: str) -> str:
+    """Rockpool's LIFTorch in its forward's order. Where v >= th > 0 the quotient is at least
+    1, so floor is the int truncation (exact below 2^23, where every float above is whole)."""
+    th, mx = hexf(op["threshold"]), hexf(op["max_spikes"])
+    lines = ["const float is = cur[i] + x[i];", f"const float vm = v[i] * {hexf(op['alpha_mem'])};",
+             f"const float ib = is * {hexf(op['alpha_syn'])};",
+             f"float vv = (vm + ib) + {hexf(op['bias'])};", f"const float q = vv / {th};",
+             f"float n = vv >= {th} ? (q < 8388608.0f ? (float)(int32_t)q : q) : 0.0f;",
+             f"n = n > {mx} ? {mx} : n;", f"v[i] = vv - n * {th};", "cur[i] = ib;", "y[i] = n;"]
+    facts = (f", alpha_mem {op['alpha_mem']!r}, alpha_syn {op['alpha_syn']!r}, bias "
+             f"{op['bias']!r}, threshold {op['threshold']!r}, at most {op['max_spikes']!r} "
+             "spikes a step; writes spike counts")
+    return _function(op, fn, "Rockpool-form LIF", facts, ("v", "cur"), lines, False)
+
+
 def _integrator_fn(op: dict, fn: str) -> str:
     return _function(op, fn, "integrator", "", ("v",), ["v[i] = v[i] + x[i];", "y[i] = v[i];"],
                      False)
@@ -186,5 +203,7 @@ C_NEURONS = {
     "sinabs_lif": NeuronC(_sinabs_fn, ("alpha_mem", "threshold", "norm_input", "multi_spike",
                                        "reset", "reset_value", "min_v")),
     "charge_lif": NeuronC(_charge_fn, ("tau", "q", "decay_input", "v_threshold", "v_reset")),
+    "rockpool_lif": NeuronC(_rockpool_fn, ("alpha_mem", "alpha_syn", "bias", "threshold",
+                                           "max_spikes")),
     "integrator": NeuronC(_integrator_fn),
 }

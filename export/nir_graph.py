@@ -207,6 +207,21 @@ def _charge(name: str, p, shape, meta: dict):
                    v_reset=_full(shape, vr), metadata=meta)
 
 
+def _rockpool(name: str, p, shape, meta: dict):
+    """Rockpool's LIFTorch the way its to_nir writes it (CubaLIF: tau_mem, tau_syn, r =
+    tau_mem·exp(−dt/tau_mem)/dt), with dt = 1 and the bias as v_leak (what its from_nir reads
+    as the bias)."""
+    if p.alpha_mem >= 1.0 or p.alpha_syn >= 1.0 or p.alpha_mem <= 0.0 or p.alpha_syn <= 0.0:
+        raise UserError(f"cannot express layer {name} in NIR: a decay of 0 or 1 has no time "
+                        "constant")
+    tm = -DT / float(np.log(np.float64(p.alpha_mem)))
+    ts = -DT / float(np.log(np.float64(p.alpha_syn)))
+    return nir.CubaLIF(tau_mem=_full(shape, tm), tau_syn=_full(shape, ts),
+                       r=_full(shape, tm * p.alpha_mem / DT), v_leak=_full(shape, p.bias),
+                       v_threshold=_full(shape, p.threshold), v_reset=_full(shape, 0.0),
+                       w_in=_full(shape, 1.0), metadata=meta)
+
+
 def _integrator(name: str, p, shape, meta: dict):
     return nir.I(r=_full(shape, 1.0), metadata=meta)
 
@@ -223,7 +238,8 @@ def _li(name: str, p, shape, meta: dict):
 # the NIR-write backend: neuron kind -> node(layer name, parameters, shape, metadata); each
 # node also carries the layer's exact edgeprune description
 NEURON_NODES = {"lif": _lif, "li": _li, "cuba_lif": _cuba, "decay_lif": _decay,
-                "sinabs_lif": _sinabs, "charge_lif": _charge, "integrator": _integrator}
+                "sinabs_lif": _sinabs, "charge_lif": _charge, "rockpool_lif": _rockpool,
+                "integrator": _integrator}
 
 
 def _neuron(b: _Builder, name: str, m: Neuron, x, y, sources):

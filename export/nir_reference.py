@@ -11,11 +11,14 @@ what "how faithful is the import" compares with.
 - SpikingJelly's own reader (`nir_exchange.import_from_nir`, spikingjelly convention, when
   installed), stepped T times from a reset.
 - Sinabs' own reader (`sinabs.from_nir`, sinabs convention, when installed).
+- Rockpool's own reader (`rockpool.nn.modules.torch.nir.from_nir`, rockpool convention, when
+  installed), on (batch, time, channels).
 A reference is binding when it computes the convention's own semantics (the NIR equations
 under nir/norse, the exact descriptions under edgeprune, SpikingJelly's reader under
 spikingjelly): the import stage refuses an import that disagrees with it or where it cannot
-run. snnTorch's and Sinabs' readers do not read their own files as written (snnTorch's drops
-the late reset; Sinabs' reads LIF without norm_input and floors IAF at −threshold): they are
+run. snnTorch's, Sinabs' and Rockpool's readers do not read their own files as written
+(snnTorch's drops the late reset; Sinabs' reads LIF without norm_input and floors IAF at
+−threshold; Rockpool's takes dt as min(tau_mem/(1 + r)), not the dt it wrote with): they are
 reported, not binding.
 """
 from __future__ import annotations
@@ -25,14 +28,14 @@ from pathlib import Path
 import numpy as np
 
 
-def _read(path: Path):
+def _read(path: Path, type_check: bool = True):
     import warnings
 
     import nir
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return nir.read(str(path))
+        return nir.read(str(path), type_check=type_check)
 
 
 def _nir_equations(path: Path, dt: float, exact: bool):
@@ -125,6 +128,34 @@ def _sinabs(path: Path):
     return run
 
 
+def _rockpool(path: Path):
+    import warnings
+
+    import torch
+    from rockpool.nn.modules.torch.nir import from_nir
+
+    graph = _read(path, type_check=False)  # its Input keeps [1, T, N]: nir's types disagree
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        net = from_nir(graph)
+
+    def reset():  # a nirtorch graph of Rockpool modules, each keeping its state
+        for m in torch.nn.Module.modules(net):
+            if type(m).__module__.startswith("rockpool") and hasattr(m, "reset_state"):
+                m.reset_state()
+
+    @torch.no_grad()
+    def run(x: np.ndarray, timesteps: int) -> np.ndarray:
+        reset()
+        xt = torch.from_numpy(np.ascontiguousarray(x, np.float32)).flatten(1)
+        y = net(xt[:, None].expand(len(x), timesteps, xt.shape[1]).contiguous())
+        reset()
+        while isinstance(y, tuple):  # (output, state[, record]), nested by nirtorch
+            y = y[0]
+        return y.transpose(0, 1).numpy()
+    return run
+
+
 def _framework(refs: list, module: str, title: str, make, binding: bool) -> None:
     """The reader of an installed framework as a reference (or why it is unavailable; a
     framework that is not installed binds nothing)."""
@@ -167,4 +198,6 @@ def references(path: Path, imported) -> list:
                    lambda: _spikingjelly(path, dt), True)
     if conv == "sinabs":
         _framework(refs, "sinabs", "sinabs (from_nir)", lambda: _sinabs(path), False)
+    if conv == "rockpool":
+        _framework(refs, "rockpool", "rockpool (from_nir)", lambda: _rockpool(path), False)
     return refs

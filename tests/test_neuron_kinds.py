@@ -13,7 +13,7 @@ from edgeprune.config import NeuronParams
 from edgeprune.errors import UserError
 from edgeprune.models import ModelSpec
 from edgeprune.neuron_kinds import (KINDS, ChargeParams, CubaParams, DecayParams, LIParams,
-                                   SinabsParams, heaviside)
+                                   RockpoolParams, SinabsParams, heaviside)
 
 T = 4
 # one parameter set per kind, away from the defaults and accepted by every backend (NIR has no
@@ -37,13 +37,18 @@ PARAMS = {
     "charge_lif": (ChargeParams(tau=2.5, decay_input=False, v_threshold=0.625, v_reset=-0.25),
                    {"neuron": {"tau": 2.5, "q": None, "decay_input": False, "v_threshold": 0.625,
                                "v_reset": -0.25, "surrogate": "super", "alpha": 4.0}}),
+    "rockpool_lif": (RockpoolParams(alpha_mem=0.75, alpha_syn=0.5, bias=0.125, threshold=0.5,
+                                    max_spikes=3.0),
+                     {"neuron": {"alpha_mem": 0.75, "alpha_syn": 0.5, "bias": 0.125,
+                                 "threshold": 0.5, "max_spikes": 3.0, "surrogate": "super",
+                                 "alpha": 10.0}}),
     "integrator": (KINDS["integrator"].params(), {}),
 }
 # the kinds NIR's own equations cannot read (a leak towards v_reset, multi-spike counts), read
 # back under their framework's convention
 # (SpikingJelly's file holds all of its LIF; Sinabs' leaves out min_v and norm_input)
-STANDARD = {"charge_lif": "spikingjelly", "sinabs_lif": "sinabs"}
-WHOLE_IN_NIR = ("charge_lif",)
+STANDARD = {"charge_lif": "spikingjelly", "sinabs_lif": "sinabs", "rockpool_lif": "rockpool"}
+WHOLE_IN_NIR = ("charge_lif",)  # (Rockpool's reading: all but max_spikes, 2^16 by default)
 BACKENDS = ("torch", "description", "onnx step", "c", "nir write+simulate", "nir read")
 
 

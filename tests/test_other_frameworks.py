@@ -1,6 +1,7 @@
-"""SpikingJelly, Sinabs and Rockpool models, trained with each framework's own loop on digits and
-written to NIR with its own exporter (in a tmp dir, here), come in exactly or are refused with
-one line: never a different network with exit 0. Skipped where a framework is not installed
+"""SpikingJelly, Sinabs and Rockpool models, trained with each framework's own loop on digits,
+imported from code (definition + state_dict) and from NIR written with each framework's own
+exporter (in a tmp dir, here), come in exactly or are refused with one line: never a different
+network with exit 0. Skipped where a framework is not installed
 (mandatory on CI: EDGEPRUNE_REQUIRE_FRAMEWORKS=1). The import's own checks (a layer that never
 fires, a reference that disagrees) run on every NIR file and need no framework."""
 import json
@@ -57,15 +58,37 @@ def _accuracy(steps: torch.Tensor, ds) -> float:
 
 
 def _compress_90(path, tmp_path, *extra):
-    r = run_cli("compress", path, *extra, "-T", T, "--data", "digits", "--sparsity", "0.9",
-                "--method", "imp", "--round-epochs", "1", "--retrain-epochs", "3", "--out",
-                tmp_path, "--latency-budget-ms", "10000", "--max-accuracy-drop", "100",
-                "--target", "x86_64,c-x86_64", "--json")
+    r = run_cli("compress", *([path] if path else []), *extra, "-T", T, "--data", "digits",
+                "--sparsity", "0.9", "--method", "imp", "--round-epochs", "1",
+                "--retrain-epochs", "3", "--out", tmp_path, "--latency-budget-ms", "10000",
+                "--max-accuracy-drop", "100", "--target", "x86_64,c-x86_64", "--json")
     assert r.returncode == 0, r.stderr[-2000:]
     s = json.loads(r.stdout)["summary"]
     assert s["sparsity"] == pytest.approx(0.9, abs=1e-3) and s["passed"]
     assert s["validation"]["agreement"] == 1.0  # ONNX Runtime and the C runtime, as PyTorch
     return s
+
+
+def _from_code(tmp_path, function: str, net):
+    """The user's definition (tests/user_models/other_frameworks.py:FUNCTION) and the trained
+    net's state_dict, imported from code; (artifact, the weights file)."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    torch.save(net.state_dict(), tmp_path / "w.pt")
+    art, _ = pipeline.import_model(Store(tmp_path), f"{USERS}/other_frameworks.py:{function}",
+                                   tmp_path / "w.pt", ImportConfig(timesteps=T),
+                                   DataConfig("digits"))
+    return art, tmp_path / "w.pt"
+
+
+def _exact_from_code(art, framework: str, acc: float) -> dict:
+    """The import's own fidelity run against the framework: every step's output the same."""
+    m = art.metrics
+    assert list(m["frameworks"]) == [framework] and m["parity_max_abs_diff"] == 0.0
+    (f,) = m["fidelity"]
+    assert f["reference"].startswith(f"your module, run by {framework}")
+    assert f["prediction_agreement"] == 1.0 and f["max_abs_step_diff"] == 0.0
+    assert f["reference_accuracy"] == pytest.approx(acc, abs=1e-9) == m["test_accuracy"]
+    return f
 
 
 # -- Sinabs ---------------------------------------------------------------------------------------
@@ -77,13 +100,13 @@ def sinabs_model(request, digits, tmp_path_factory):
     fw.sinabs_to_nir(net, folder / "model.nir", T)
     with torch.no_grad():
         ref = fw.sinabs_forward(net, digits.x_test.float(), T)
-    return request.param, folder / "model.nir", ref
+    return request.param, folder / "model.nir", ref, net
 
 
 @requires_framework["sinabs"]
 def test_sinabs_nir_is_refused_without_its_convention_and_exact_with_it(sinabs_model, digits,
                                                                         tmp_path):
-    kind, path, ref = sinabs_model
+    kind, path, ref, _ = sinabs_model
     acc = _accuracy(ref, digits)
     assert acc > 0.5  # trained by Sinabs (chance 0.1)
     # Sinabs leaves no fingerprint and its IAF is not NIR's IF: asked, not guessed
@@ -103,14 +126,57 @@ def test_sinabs_nir_is_refused_without_its_convention_and_exact_with_it(sinabs_m
 
 
 @requires_framework["sinabs"]
+def test_sinabs_squeeze_net_imports_exactly_from_code(sinabs_model, digits, tmp_path):
+    """IAFSqueeze / LIFSqueeze (multi-spike, subtractive reset; LIF's norm_input) with Sinabs'
+    SumPool2d, run by Sinabs on (batch·time, ...) input: every step's spike count the same."""
+    kind, _, ref, net = sinabs_model
+    art, _ = _from_code(tmp_path, f"sinabs_{kind}", net)
+    f = _exact_from_code(art, "sinabs", _accuracy(ref, digits))
+    assert art.metrics["neurons"] == ["sinabs_lif"]
+    assert torch.equal(_steps(art, digits), ref)  # the whole test set, step by step
+    print(f"Sinabs {kind} from code: Sinabs {f['reference_accuracy']:.4f}, import "
+          f"{art.metrics['test_accuracy']:.4f}, max |d step| {f['max_abs_step_diff']}")
+
+
+@requires_framework["sinabs"]
 @requires_cc
-def test_sinabs_iaf_nir_compresses_to_90_percent(sinabs_model, tmp_path):
-    kind, path, _ = sinabs_model
+def test_sinabs_iaf_net_compresses_to_90_percent_from_code(sinabs_model, tmp_path):
+    kind, _, _, net = sinabs_model
     if kind != "iaf":
         pytest.skip("one compress per framework (the IAF net)")
-    s = _compress_90(path, tmp_path, "--convention", "sinabs")
-    print(f"Sinabs IAF NIR -> compress 0.9: dense {s['dense_accuracy']:.4f}, ticket "
+    torch.save(net.state_dict(), tmp_path / "w.pt")
+    s = _compress_90(None, tmp_path / "runs", "--model-def",
+                     f"{USERS}/other_frameworks.py:sinabs_iaf", "--state-dict", tmp_path / "w.pt")
+    print(f"Sinabs IAF code -> compress 0.9: dense {s['dense_accuracy']:.4f}, ticket "
           f"{s['ticket_accuracy']:.4f}")
+
+
+@requires_framework["sinabs"]
+def test_sinabs_variants_are_read_or_refused_by_what_they_are(digits, tmp_path):
+    """SingleSpike, MembraneReset(reset_value), min_v_mem, a fixed batch_size, trained alphas
+    and plain IAF/LIF (stepped) are exact; a synaptic current and recurrence are refused."""
+    for i, function in enumerate(("sinabs_variants", "sinabs_plain")):
+        torch.manual_seed(0)
+        user = getattr(fw, function)()
+        art, _ = _from_code(tmp_path / str(i), function, user)
+        m = art.metrics
+        assert m["fidelity"][0]["max_abs_step_diff"] == 0.0 and m["parity_max_abs_diff"] == 0.0
+        assert _fires(art, digits)
+    for function, words in (("sinabs_synaptic", "tau_syn"), ("sinabs_recurrent", "IAFRecurrent")):
+        r = run_cli("import-model", "--model-def", f"{USERS}/other_frameworks.py:{function}",
+                    "--state-dict", _weights(tmp_path, getattr(fw, function)()), "--data",
+                    "digits", "-T", T, "--out", tmp_path / "runs")
+        _one_line_refusal(r, words, "not supported")
+
+
+def _weights(tmp_path, net) -> Path:
+    path = tmp_path / f"w{id(net)}.pt"
+    torch.save(net.state_dict(), path)
+    return path
+
+
+def _fires(art, ds) -> bool:
+    return float(_steps(art, ds).abs().sum()) > 0
 
 
 # -- SpikingJelly -------------------------------------------------------------------------------
@@ -159,6 +225,7 @@ def test_spikingjelly_tutorial_net_imports_exactly_from_code(digits, tmp_path):
     the import's own parity check (1e-5) and fidelity run against SpikingJelly itself."""
     torch.manual_seed(0)
     net = fw.train_the_spikingjelly_multistep_way(fw.spikingjelly_tutorial(), digits, T)
+    tmp_path.mkdir(parents=True, exist_ok=True)
     torch.save(net.state_dict(), tmp_path / "w.pt")
     art, _ = pipeline.import_model(Store(tmp_path), f"{USERS}/other_frameworks.py:"
                                    "spikingjelly_tutorial", tmp_path / "w.pt",
@@ -174,25 +241,92 @@ def test_spikingjelly_tutorial_net_imports_exactly_from_code(digits, tmp_path):
 
 # -- Rockpool -------------------------------------------------------------------------------------
 
+@pytest.fixture(scope="module")
+def rockpool_model(digits, tmp_path_factory):
+    net = fw.train_the_rockpool_way(fw.rockpool_constant_net(), digits, T)
+    folder = tmp_path_factory.mktemp("rockpool")
+    fw.rockpool_to_nir(net, folder / "model.nir", T)
+    with torch.no_grad():
+        ref = fw.rockpool_forward(net, digits.x_test.float(), T)
+    return net, folder / "model.nir", ref
+
+
 @requires_framework["rockpool"]
-def test_rockpool_lif_is_refused_and_its_input_dimensions_are_read(digits, tmp_path):
-    """LIFTorch has no exact edgeprune form: refused, one line, whether the convention is
-    detected or named. Rockpool's Input keeps batch and time ([1, T, 64]): read as [64]."""
-    torch.manual_seed(0)
-    fw.rockpool_to_nir(fw.rockpool_net(), tmp_path / "lif.nir", T)
-    for extra in ((), ("--convention", "rockpool")):
-        r = run_cli("import-model", tmp_path / "lif.nir", *extra, "--data", "digits", "-T", T,
-                    "--out", tmp_path / "runs")
-        _one_line_refusal(r, "LIFTorch", "not imported")
-    net = fw.rockpool_net(with_neurons=False)
-    fw.rockpool_to_nir(net, tmp_path / "linear.nir", T)
-    imp = nirfile.load(tmp_path / "linear.nir")
-    assert imp.convention == "rockpool" and imp.writer == "rockpool"
-    assert imp.input_shape == (64,) and imp.output_shape == (10,)
-    assert any("[1, 4, 64] read as [64]" in n for n in imp.notes)
-    (lin,) = imp.layers
-    # Rockpool's LinearTorch keeps (in, out); NIR and edgeprune (out, in)
-    assert np.array_equal(lin.tensors["weight"], net[0].weight.detach().numpy().T)
+def test_rockpool_net_imports_exactly_from_code_and_from_nir(rockpool_model, digits, tmp_path):
+    """A TorchSequential of LinearTorch and LIFTorch, trained by Rockpool, run by Rockpool on
+    (batch, time, channels): from code and from its to_nir file, every step the same."""
+    net, path, ref = rockpool_model
+    acc = _accuracy(ref, digits)
+    assert acc > 0.5
+    art, _ = _from_code(tmp_path / "code", "rockpool_constant_net", net)
+    f = _exact_from_code(art, "rockpool", acc)
+    assert art.metrics["neurons"] == ["rockpool_lif"]
+    assert torch.equal(_steps(art, digits), ref)
+    nir_art, _ = pipeline.import_model(Store(tmp_path / "nir"), None, path,
+                                       ImportConfig(timesteps=T), DataConfig("digits"))
+    m = nir_art.metrics
+    assert m["convention"] == "rockpool" and m["neurons"] == ["rockpool_lif"]
+    got = _steps(nir_art, digits)
+    assert _same_class(ref, got) == 1.0 and torch.equal(ref, got)
+    imp = nirfile.load(path)
+    assert imp.input_shape == (64,) and any("[1, 4, 64] read as [64]" in n for n in imp.notes)
+    assert any("writes no bias" in n for n in imp.notes)  # what the file cannot say
+    # Rockpool's own reader runs (not binding: it estimates dt as min(tau_mem/(1 + r)))
+    (own,) = [r for r in m["fidelity"] if r["reference"].startswith("rockpool (from_nir)")]
+    assert not own["binding"] and "prediction_agreement" in own, own
+    print(f"Rockpool LIFTorch: Rockpool {acc:.4f}; from code {art.metrics['test_accuracy']:.4f} "
+          f"(max |d step| {f['max_abs_step_diff']}); from NIR {m['test_accuracy']:.4f}; "
+          f"fidelity {json.dumps(m['fidelity'])}")
+
+
+@requires_framework["rockpool"]
+@requires_cc
+def test_rockpool_net_compresses_to_90_percent_from_code(rockpool_model, tmp_path):
+    net, _, _ = rockpool_model
+    torch.save(net.state_dict(), tmp_path / "w.pt")
+    s = _compress_90(None, tmp_path / "runs", "--model-def",
+                     f"{USERS}/other_frameworks.py:rockpool_constant_net", "--state-dict",
+                     tmp_path / "w.pt")
+    print(f"Rockpool code -> compress 0.9: dense {s['dense_accuracy']:.4f}, ticket "
+          f"{s['ticket_accuracy']:.4f}")
+
+
+@requires_framework["rockpool"]
+def test_rockpool_variants_are_read_or_refused_by_what_they_are(digits, tmp_path):
+    """max_spikes_per_dt and a bias are exact; time constants that differ between neurons
+    (LIFTorch's trainable default) and a module it has no form for are refused, naming it."""
+    art, _ = _from_code(tmp_path / "a", "rockpool_clamped", fw.rockpool_clamped())
+    assert art.metrics["fidelity"][0]["max_abs_step_diff"] == 0.0 and _fires(art, digits)
+    assert float(_steps(art, digits).max()) >= 2  # counts, clamped to max_spikes_per_dt
+    for function, words in (("rockpool_per_neuron", ("differs between neurons", "Constant")),
+                            ("rockpool_exp_syn", ("ExpSynTorch", "a subclass of torch.nn"))):
+        r = run_cli("import-model", "--model-def", f"{USERS}/other_frameworks.py:{function}",
+                    "--state-dict", _weights(tmp_path, getattr(fw, function)()), "--data",
+                    "digits", "-T", T, "--out", tmp_path / "runs")
+        _one_line_refusal(r, *words)
+
+
+# -- a user's wrapper class ---------------------------------------------------------------------
+
+@requires_framework["spikingjelly"]
+def test_a_wrapper_holding_one_sequential_is_read_through_it(digits, tmp_path):
+    """SpikingJelly's tutorial pattern: `self.conv_fc = nn.Sequential(layer.*, neuron.*)`,
+    forward `return self.conv_fc(x)`: read through its one child, proven against the wrapper's
+    own forward. A forward that does more, or a second child, is refused in one line."""
+    art, _ = _from_code(tmp_path / "a", "spikingjelly_wrapped", fw.spikingjelly_wrapped())
+    m = art.metrics
+    assert m["frameworks"] == {"spikingjelly": "2.0.0"} and m["parity_max_abs_diff"] == 0.0
+    assert m["fidelity"][0]["prediction_agreement"] == 1.0 and _fires(art, digits)
+    layers_json = json.loads((art.path / "layers.json").read_text())
+    assert layers_json[0]["user_path"] == "conv_fc.0"
+    for function, words in (("spikingjelly_wrapped_more", ("computes something other than its "
+                                                          "child 'conv_fc'",)),
+                            ("spikingjelly_two_children", ("2 child module(s)", "conv_fc",
+                                                           "readout", "whose only child"))):
+        r = run_cli("import-model", "--model-def", f"{USERS}/other_frameworks.py:{function}",
+                    "--state-dict", _weights(tmp_path, getattr(fw, function)()), "--data",
+                    "digits", "-T", T, "--out", tmp_path / "runs")
+        _one_line_refusal(r, *words)
 
 
 # -- the import's own checks, on any NIR file ------------------------------------------------

@@ -1,9 +1,9 @@
 """The import stage: a model from elsewhere rebuilt as an edgeprune model.pt.
 
 Two sources:
-- code: the user's definition (FILE.py:FUNCTION) + weights, a Norse or snnTorch network. It is
-  proven equal to the user's module (run the way its framework runs it) on a probe batch before
-  anything is written.
+- code: the user's definition (FILE.py:FUNCTION) + weights, a Norse, snnTorch, SpikingJelly,
+  Sinabs or Rockpool network. It is proven equal to the user's module (run the way its
+  framework runs it) on a probe batch before anything is written.
 - NIR: a `.nir` file, read as data (importers/nirfile.py). There is no user's module to prove
   against; the import is measured against the reference simulations the caller passes (the
   NIR equations in numpy, the writing framework's own reader where installed).
@@ -61,7 +61,7 @@ def name_map(paths: list[str], stem_len: int) -> dict[str, str]:
 def copy_weights(user: nn.Module, ours: nn.Module, paths: list[str], stem_len: int) -> None:
     mapping = name_map(paths, stem_len)
     sd = {}
-    for key, value in user.state_dict().items():
+    for key, value in code.user_state(user).items():
         layer, _, leaf = key.rpartition(".")
         if layer not in mapping:
             raise UserError(f"weight {key} of the model belongs to no imported layer")
@@ -92,8 +92,19 @@ def user_module(model_def: str | None, state_dict: Path, allow_pickle: bool
                         f"state_dict {state_dict} belongs to")
     user = load_definition(model_def)  # checks the file exists before it is hashed
     code.convert(user)  # an unsupported layer is the clearer error than weights that miss it
+    # a neuron's recorded state (Sinabs' v_mem, shaped by the last training batch) is not a
+    # weight: every run starts from the initial state
+    states = code.state_keys(user)
     try:
-        user.load_state_dict(weights)
+        if states:
+            missing, unexpected = user.load_state_dict(
+                {k: v for k, v in weights.items() if k not in states}, strict=False)
+            missing = [k for k in missing if k not in states]
+            if missing or unexpected:
+                raise RuntimeError(f"missing keys {missing[:3]}, unexpected keys "
+                                   f"{unexpected[:3]}")
+        else:
+            user.load_state_dict(weights)
     except RuntimeError as e:
         raise UserError(f"the state_dict {state_dict} does not fit the model of "
                         f"{model_def}: {' '.join(str(e).split())[:300]}") from None
@@ -161,7 +172,7 @@ def _accuracy(steps: np.ndarray, ds: Dataset | None, n: int) -> float | None:
 def import_model(store: Store, model_def: str | None, state_dict: Path, cfg: ImportConfig,
                  data: DataConfig | None = None, ds: Dataset | None = None,
                  allow_pickle: bool = False, seed: int = 0) -> tuple[Artifact, bool]:
-    """Import a user's Norse or snnTorch model as an `import-<id>/` artifact. Returns
+    """Import a user's model from code (importers/code.py) as an `import-<id>/` artifact. Returns
     (artifact, cached).
 
     Input shape and classes come from `ds` (whose test accuracy becomes a metric) or from
@@ -200,7 +211,7 @@ def import_model(store: Store, model_def: str | None, state_dict: Path, cfg: Imp
         xf = _probe(ds, input_shape, seed, FIDELITY_IMAGES)
         ref, got = code.reference_run(user, ours, xf, cfg.timesteps)
         names = " + ".join(f"{fw.NAME} {fw.version()}" for fw in fws) or "PyTorch"
-        fid = agreement(ref.numpy(), got.numpy(), f"your module, stepped by {names}")
+        fid = agreement(ref.numpy(), got.numpy(), f"your module, run by {names}")
         if ds is not None:
             fid["reference_accuracy"] = _accuracy(ref.numpy(), ds, len(xf))
         metrics["fidelity"] = [fid]

@@ -44,7 +44,10 @@ graph that looks Sinabs-written (IF with r = 1, nodes named by position) must na
                   subtractive reset, LIF's norm_input, alpha = exp(−1/tau)): sinabs_lif; dt 1
     spikingjelly  IF / LIF as SpikingJelly's IFNode / LIFNode (charge, spike at >= threshold,
                   hard reset; decay_input from r): charge_lif; dt 1e-4
-    rockpool      the Input's batch/time dimensions dropped; its LIFTorch (CubaLIF) is refused
+    rockpool      the Input's batch/time dimensions dropped; CubaLIF as Rockpool's LIFTorch
+                  (alpha = exp(−dt/tau) as Rockpool computes it, r = tau·alpha/dt checked,
+                  v_leak as the bias, which Rockpool's to_nir writes as 0): rockpool_lif;
+                  dt 1e-3
     edgeprune     what edgeprune's exporter writes: the metadata's dt, and each neuron's exact
                   description in its node metadata ("edgeprune.layer"), so a round trip is exact.
 Under sinabs, spikingjelly and rockpool any other neuron node is refused (FRAMEWORK_READERS).
@@ -61,7 +64,8 @@ from .. import layers
 from ..bounded_read import MiB, Budget, regular_size
 from ..config import NIR_CONVENTIONS, NeuronParams
 from ..errors import UserError
-from ..neuron_kinds import ChargeParams, CubaParams, DecayParams, LIParams, SinabsParams
+from ..neuron_kinds import (ChargeParams, CubaParams, DecayParams, LIParams, RockpoolParams,
+                            SinabsParams)
 
 CONVENTIONS = NIR_CONVENTIONS
 DEFAULT_DT = {"norse": 1e-3, "snntorch": 1e-4, "sinabs": 1.0, "spikingjelly": 1e-4,
@@ -592,17 +596,41 @@ def _charge_lif(r: Reader, name: str, node: dict):
         v_threshold=_f32(_uniform(node, "v_threshold", name, r.shape))).to_dict()})
 
 
+def _rockpool_decay(dt: float, tau: float) -> float:
+    """Rockpool's tau_to_decay: exp(−dt/tau) with tau a float32 tensor, as its LIFTorch does."""
+    import torch
+
+    return float(torch.exp(-dt / torch.as_tensor(tau, dtype=torch.float32)))
+
+
+def _rockpool_lif(r: Reader, name: str, node: dict):
+    """Rockpool's LIFTorch (to_nir writes CubaLIF with r = tau_mem·exp(−dt/tau_mem)/dt, w_in 1,
+    v_leak 0: the bias is not written; its from_nir reads v_leak as the bias)."""
+    dt = r.need_dt(name)
+    tm, ts = (_uniform(node, k, name, r.shape) for k in ("tau_mem", "tau_syn"))
+    if not (tm > 0 and ts > 0):
+        raise UserError(f"node {name}: tau_mem and tau_syn must be positive")
+    am, asyn = _rockpool_decay(dt, tm), _rockpool_decay(dt, ts)
+    _one(r, name, node, "r", tm * math.exp(-dt / tm) / dt,
+         f"Rockpool (r = tau_mem·exp(−dt/tau_mem)/dt, dt {dt:g})")
+    _one(r, name, node, "w_in", 1.0, "Rockpool")
+    _one(r, name, node, "v_reset", 0.0, "Rockpool")
+    r.add(name, {"type": "rockpool_lif", "neuron": RockpoolParams(
+        alpha_mem=am, alpha_syn=asyn, bias=_f32(_uniform(node, "v_leak", name, r.shape, 0.0)),
+        threshold=_f32(_uniform(node, "v_threshold", name, r.shape))).to_dict()})
+    r.notes.append(f"{name}: Rockpool LIFTorch (up to 2^16 spikes a step, subtractive reset; "
+                   "its to_nir writes no bias: v_leak read as it)")
+
+
 # convention -> NIR neuron node type -> its reader; a framework convention's other neuron nodes
 # are refused (its neurons are not NIR's equations, and edgeprune has no exact form for them)
 FRAMEWORK_READERS = {
     "sinabs": {"IF": _sinabs_if, "LIF": _sinabs_lif},
     "spikingjelly": {"IF": _charge_if, "LIF": _charge_lif},
-    "rockpool": {},
+    "rockpool": {"CubaLIF": _rockpool_lif},
 }
 WHY_NOT = {
-    "rockpool": "Rockpool's LIFTorch (exponential decay of current and membrane, up to "
-                "max_spikes_per_dt spikes a step, subtractive reset, a bias) has no exact "
-                "edgeprune form yet",
+    "rockpool": "Rockpool writes CubaLIF (LIFTorch) only",
     "sinabs": "Sinabs writes IF (IAF) and LIF only",
     "spikingjelly": "SpikingJelly's IFNode and LIFNode are read (its CUBALIFNode is not)",
 }
@@ -613,7 +641,7 @@ WHY_NOT = {
 # description instead, whatever its kind (_exact_or).
 NEURON_READERS = {
     "LIF": (("lif", "decay_lif", "sinabs_lif", "charge_lif"), _lif),
-    "CubaLIF": (("cuba_lif", "decay_lif"), _cuba),
+    "CubaLIF": (("cuba_lif", "decay_lif", "rockpool_lif"), _cuba),
     "IF": (("decay_lif", "sinabs_lif", "charge_lif"), _if),
     "LI": (("li",), _li),
     "I": (("integrator",), _integrator),  # NIR's integrator node
@@ -844,8 +872,10 @@ def convert(graph: dict, dt: float | None = None, convention: str | None = None)
             float(np.prod(a)) > 50_000_000:
         raise UserError(f"node {order[0]} (Input): unusable input shape {a.tolist()}")
     shape = tuple(int(v) for v in a)
-    if conv == "rockpool" and len(shape) >= 2:
-        # Rockpool's Input keeps the batch and time dimensions ([1, T, N]); its modules see N
+    if conv == "rockpool" and len(shape) >= 2 and len(order) > 2 and \
+            nodes[order[1]].get("type") not in ("Conv1d", "Conv2d"):
+        # Rockpool's Input keeps the batch and time dimensions ([1, T, N]); its modules see N.
+        # (Its Input feeds a LinearTorch: an input that feeds a convolution is an image.)
         notes.append(f"{order[0]}: Rockpool's input shape {list(shape)} read as [{shape[-1]}] "
                      "(the leading batch/time dimensions dropped)")
         shape = shape[-1:]

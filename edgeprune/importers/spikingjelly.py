@@ -12,6 +12,8 @@ mode (functional.set_step_mode), one call per timestep, from functional.reset_ne
 """
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from ..errors import UserError
@@ -72,6 +74,9 @@ def reset(module) -> None:
     from spikingjelly.activation_based import functional
 
     if any(type(m).__module__.startswith("spikingjelly") for m in module.modules()):
+        # its neurons' first call registers its kernels, and torch logs "Triton not available"
+        # for each (on a machine without a GPU): noise above a one-line error, not a finding
+        logging.getLogger("torch._library.triton").setLevel(logging.ERROR)
         functional.set_step_mode(module, "s")
         functional.reset_net(module)
 

@@ -28,6 +28,51 @@ def sinabs_net(kind: str, timesteps: int):
                          nn.Linear(8 * 4 * 4, 10), neuron())
 
 
+def sinabs_variants():
+    """LIFSqueeze with SingleSpike, MembraneReset(0.1), min_v_mem, no norm_input, a fixed
+    batch_size; IAFSqueeze with its threshold and a floor; weights scaled so that both fire."""
+    import sinabs.layers as sl
+    from sinabs.activation import MembraneReset, SingleSpike
+
+    net = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        sl.LIFSqueeze(tau_mem=3.0, spike_fn=SingleSpike, reset_fn=MembraneReset(reset_value=0.1),
+                      min_v_mem=-0.5, norm_input=False, batch_size=50),
+        sl.SumPool2d(2), nn.Flatten(), nn.Linear(128, 10),
+        sl.IAFSqueeze(batch_size=50, spike_threshold=0.5, min_v_mem=-1.0))
+    with torch.no_grad():
+        net[0].weight.mul_(4)
+        net[4].weight.mul_(3)
+        net[4].bias.fill_(0.2)
+    return net
+
+
+def sinabs_plain():
+    """IAF / LIF (not Squeeze: they take (batch, time, ...)), a trained-alpha LIF, SingleSpike."""
+    import sinabs.layers as sl
+    from sinabs.activation import SingleSpike
+
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), sl.LIF(tau_mem=5.0, train_alphas=True),
+                        nn.Linear(32, 10), sl.IAF(spike_fn=SingleSpike))
+    with torch.no_grad():
+        net[1].weight.mul_(5)
+        net[3].weight.mul_(5)
+    return net
+
+
+def sinabs_synaptic():
+    import sinabs.layers as sl
+
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 10), sl.LIF(tau_mem=5.0, tau_syn=3.0))
+
+
+def sinabs_recurrent():
+    import sinabs.layers as sl
+
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 10),
+                         sl.IAFRecurrent(rec_connect=nn.Linear(10, 10)))
+
+
 def sinabs_forward(net, x, timesteps):
     """(B, ...) images, the same at every step -> (T, B, K) output spikes."""
     import sinabs
@@ -93,6 +138,49 @@ def spikingjelly_tutorial():
     return net
 
 
+class CSNN(nn.Module):
+    """SpikingJelly's tutorial wrapper: one nn.Sequential of layer.* and neuron.* modules."""
+
+    def __init__(self, scale: float = 1.0):
+        super().__init__()
+        from spikingjelly.activation_based import layer, neuron
+
+        self.scale = scale
+        self.conv_fc = nn.Sequential(
+            layer.Conv2d(1, 8, 3, padding=1), neuron.IFNode(), layer.AvgPool2d(2),
+            layer.Flatten(), layer.Linear(8 * 4 * 4, 10), neuron.LIFNode(tau=2.0))
+        with torch.no_grad():
+            self.conv_fc[0].weight.mul_(3)
+            self.conv_fc[4].weight.mul_(4)
+
+    def forward(self, x):
+        return self.conv_fc(x * self.scale) if self.scale != 1.0 else self.conv_fc(x)
+
+
+def spikingjelly_wrapped():
+    torch.manual_seed(0)
+    return CSNN()
+
+
+def spikingjelly_wrapped_more():
+    """A forward that scales its input first: not what its child computes."""
+    torch.manual_seed(0)
+    return CSNN(scale=2.0)
+
+
+class TwoChildren(CSNN):
+    def __init__(self):
+        super().__init__()
+        self.readout = nn.Linear(10, 10)
+
+    def forward(self, x):
+        return self.readout(self.conv_fc(x))
+
+
+def spikingjelly_two_children():
+    return TwoChildren()
+
+
 def train_the_spikingjelly_multistep_way(net, ds, timesteps, epochs=2, seed=0):
     from spikingjelly.activation_based import functional
 
@@ -150,8 +238,88 @@ def rockpool_net(with_neurons: bool = True):
     return Sequential(LinearTorch((64, 32)), LIFTorch(32), LinearTorch((32, 10)), LIFTorch(10))
 
 
+def rockpool_constant_net():
+    """LinearTorch -> LIFTorch -> LinearTorch readout, the LIF's time constants, bias and
+    threshold kept Constant (one value per layer, as edgeprune imports them); only the weights
+    train. Up to 2^16 spikes a step (max_spikes_per_dt, its default: to_nir does not write it)."""
+    from rockpool.nn.combinators import Sequential
+    from rockpool.nn.modules import LIFTorch, LinearTorch
+    from rockpool.parameters import Constant
+
+    torch.manual_seed(0)
+    return Sequential(LinearTorch((64, 32), has_bias=True),
+                      LIFTorch(32, tau_mem=Constant(0.02), tau_syn=Constant(0.005),
+                               bias=Constant(0.0), threshold=Constant(1.0)),
+                      LinearTorch((32, 10), has_bias=True))
+
+
+def rockpool_clamped():
+    """LIFTorch with at most 2 spikes a step and a bias, weights scaled so that it fires."""
+    from rockpool.nn.combinators import Sequential
+    from rockpool.nn.modules import LIFTorch, LinearTorch
+    from rockpool.parameters import Constant
+
+    torch.manual_seed(0)
+    net = Sequential(LinearTorch((64, 32)),
+                     LIFTorch(32, tau_mem=Constant(0.02), tau_syn=Constant(0.01),
+                              bias=Constant(0.05), threshold=Constant(0.5), max_spikes_per_dt=2.0),
+                     LinearTorch((32, 10), has_bias=True))
+    with torch.no_grad():
+        net[0].weight.mul_(3)
+    return net
+
+
+def rockpool_per_neuron():
+    """LIFTorch as its default trains it: one time constant per neuron."""
+    from rockpool.nn.combinators import Sequential
+    from rockpool.nn.modules import LIFTorch, LinearTorch
+
+    net = Sequential(LinearTorch((64, 10)), LIFTorch(10))
+    with torch.no_grad():
+        net[1].tau_mem.copy_(torch.linspace(0.01, 0.03, 10))
+    return net
+
+
+def rockpool_exp_syn():
+    from rockpool.nn.combinators import Sequential
+    from rockpool.nn.modules import ExpSynTorch, LIFTorch, LinearTorch
+
+    return Sequential(LinearTorch((64, 10)), ExpSynTorch(10), LIFTorch(10))
+
+
+def rockpool_forward(net, x, timesteps):
+    """(B, 1, 8, 8) images, the same at every step -> (T, B, K) output spike counts."""
+    net.reset_state()
+    seq = x.flatten(1)[:, None].expand(len(x), timesteps, 64)
+    out, _, _ = net(seq)
+    net.reset_state()
+    return out.transpose(0, 1)
+
+
+def train_the_rockpool_way(net, ds, timesteps, epochs=3, seed=0):
+    """Rockpool's torch training loop: Adam on net.parameters().astorch()."""
+    torch.manual_seed(seed)
+    opt = torch.optim.Adam(net.parameters().astorch(), lr=1e-2)
+    for epoch in range(epochs):
+        for x, y in _batches(ds, seed + epoch):
+            loss = nn.functional.cross_entropy(rockpool_forward(net, x, timesteps).sum(0), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return net
+
+
 def rockpool_to_nir(net, path, timesteps):
     import nir
     from rockpool.nn.modules.torch.nir import to_nir
 
     nir.write(str(path), to_nir(net, torch.rand(1, timesteps, 64)))
+
+
+def sinabs_iaf():
+    """The IAFSqueeze net as a --model-def function (T = 4)."""
+    return sinabs_net("iaf", 4)
+
+
+def sinabs_lif():
+    return sinabs_net("lif", 4)
