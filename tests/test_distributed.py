@@ -3,7 +3,6 @@ with the same global batch, identical results on both ranks, one writer, exact r
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 

@@ -3,13 +3,11 @@ frameworks' own code, and NIR files, go through import -> compress -> export wit
 of each import measured against the source framework. Real training, real files, no mocks."""
 import json
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from edgeprune import data as datalib
 

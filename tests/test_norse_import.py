@@ -17,7 +17,7 @@ from edgeprune.errors import UserError
 from edgeprune.models import ModelSpec
 import pipeline
 from edgeprune.config import (DataConfig, ExportConfig, ImportConfig, RetrainConfig,
-                              EarlyTimeSettings, ImpSettings, SearchConfig, TrainConfig)
+                              EarlyTimeSettings, ImpSettings, SearchConfig)
 from edgeprune.importers.norse import user_steps
 from edgeprune.stage_inputs import dataset_for, open_model
 from edgeprune.retrain_stage import retrain
