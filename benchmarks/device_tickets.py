@@ -210,7 +210,8 @@ def run(data: str, store: Store, seeds: list[int], save=lambda out: None, *,
     def result() -> dict:
         return {"data": data, "name": result_name(data, s), "machine": describe(),
                 "runs": RUNS, "warmup": WARMUP, "rounds": ROUNDS,
-                "c_dense_rows": export.c_dense_rows, "setup": {k: (dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v)
+                "c_dense_rows": export.c_dense_rows,
+                "setup": {k: (dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v)
                           for k, v in s.items()},
                 "configs": [c[0] for c in configs], "rows": rows, "command": command,
                 "wall_s": time.perf_counter() - t_start, "load_while_measuring": load_during}
