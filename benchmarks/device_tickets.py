@@ -308,6 +308,14 @@ def markdown(out: dict) -> str:
                            "ticket ORT and ticket C; a ratio is the median of the rounds' "
                            "ratios of p50s."
                            if out.get("rounds") else "."), ""]
+    st = out["setup"]
+    width = st["model"]["width"]
+    lines += [f"Setup: {st['model']['arch']} width "
+              f"{'default' if width is None else format(width, 'g')}, "
+              f"{st['data']['name']} train_subset {st['data']['train_subset']} (val fraction "
+              f"{st['data']['val_fraction']:g}), dense {st['train']['epochs']} epochs, "
+              f"{st['round_epochs']} epoch per IMP round, retrain {st['retrain']['epochs']} "
+              "epochs.", ""]
     for d in dense:
         lines.append(f"Dense (seed {d['seed']}): val {100 * d['val_accuracy']:.2f}%, ORT "
                      f"{d['ort_p50_ms']:.4f} ms, C {d['c_p50_ms']:.4f} ms, effective SynOps "
