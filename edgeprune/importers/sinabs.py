@@ -20,6 +20,7 @@ import torch
 
 from ..errors import UserError
 from ..neuron_kinds import SinabsParams
+from .module_values import one_number
 
 NAME = "sinabs"
 SQUEEZED = ("IAFSqueeze", "LIFSqueeze")
@@ -42,16 +43,6 @@ def version() -> str:
     import importlib.metadata
 
     return importlib.metadata.version("sinabs")
-
-
-def _scalar(m, name: str) -> float | None:
-    v = getattr(m, name, None)
-    if v is None:
-        return None
-    t = torch.as_tensor(v).detach().float()
-    if t.numel() != 1:
-        raise UserError(f"its {name} is not one number")
-    return float(t)
 
 
 def _spike_fn(m) -> bool:
@@ -85,7 +76,7 @@ def _reset(m, threshold: float) -> tuple[str, float]:
 def _alpha(m) -> float:
     """Sinabs' alpha_mem_calculated, as the float32 value its forward multiplies by."""
     if m.train_alphas:
-        return _scalar(m, "alpha_mem")
+        return one_number(m, "alpha_mem")
     tau = m.tau_mem.detach().float()
     if tau.numel() != 1:
         raise UserError("its tau_mem is not one number (one time constant per layer only)")
@@ -96,14 +87,14 @@ def _neuron(m, iaf: bool) -> dict:
     if m.tau_syn_calculated is not None:
         raise UserError("a synaptic current (tau_syn) has no exact edgeprune form; only "
                         "tau_syn=None is supported")
-    th = _scalar(m, "spike_threshold")
+    th = one_number(m, "spike_threshold")
     if th is None or not th > 0:
         raise UserError(f"spike_threshold {th}: a positive threshold is needed")
     reset, value = _reset(m, th)
     params = SinabsParams(alpha_mem=1.0 if iaf else _alpha(m), threshold=th,
                           norm_input=bool(m.norm_input) and not iaf,
                           multi_spike=_spike_fn(m), reset=reset, reset_value=value,
-                          min_v=_scalar(m, "min_v_mem"))
+                          min_v=one_number(m, "min_v_mem"))
     return {"type": "sinabs_lif", "neuron": params.to_dict()}
 
 

@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import logging
 
-import torch
-
-from ..errors import UserError
 from ..neuron_kinds import ChargeParams
+from .module_values import one_number
 
 NAME = "spikingjelly"
 CELL_NAMES = ("IFNode", "LIFNode", "ParametricLIFNode")
@@ -42,16 +40,6 @@ def version() -> str:
     return importlib.metadata.version("spikingjelly")
 
 
-def _float(m, name: str) -> float | None:
-    v = getattr(m, name)
-    if v is None:
-        return None
-    t = torch.as_tensor(v).detach().float()
-    if t.numel() != 1:
-        raise UserError(f"its {name} is not one number")
-    return float(t)
-
-
 def _node(m, leak: str) -> dict:
     tau = q = None
     if leak == "tau":
@@ -59,7 +47,7 @@ def _node(m, leak: str) -> dict:
     elif leak == "q":
         q = float(m.w.detach().float().sigmoid())
     params = ChargeParams(tau=tau, q=q, decay_input=bool(getattr(m, "decay_input", True)),
-                          v_threshold=_float(m, "v_threshold"), v_reset=_float(m, "v_reset"))
+                          v_threshold=one_number(m, "v_threshold"), v_reset=one_number(m, "v_reset"))
     return {"type": "charge_lif", "neuron": params.to_dict()}
 
 
