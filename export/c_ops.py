@@ -121,7 +121,7 @@ def _conv_fn(op: dict, fn: str, sym: str, lay: dict) -> str:
             f"{', dense rows' if lay.get('dense_rows') else ''} */\n"
             f"static void {fn}(const float *restrict in, float *restrict out, int t"
             f"{', float *restrict acc_' if event else ''})\n{{\n"
-            "    int c, p;\n    (void)t;\n")
+            f"    int c, p;{f'{chr(10)}    int ev_[{EVENT_CHUNK}];' if event else ''}\n    (void)t;\n")
     bias = _bias_terms(op, sym, o, plane, "c", "p")
     if not event and lay.get("dense_rows"):
         return head + _conv_positions(g, sym, lay, bias) + "}\n"
@@ -135,6 +135,62 @@ def _conv_fn(op: dict, fn: str, sym: str, lay: dict) -> str:
 def _lanes(op: dict, lay: dict) -> int:
     """Output channels per position in an event conv's accumulator: dense rows are padded."""
     return lay["lanes"] if lay.get("dense_rows") else op["weight"].shape[0]
+
+
+# Event-driven layers first gather the indices of their non-zero inputs, a chunk at a time, into
+# a list on the stack (EVENT_CHUNK ints: small enough for a microcontroller's stack), without a
+# branch, then visit only those: one test per input whose outcome is unpredictable (spikes at
+# 10-30%) mispredicts often and cost more than the events' own updates. Same inputs in the same
+# order, so the same bits.
+EVENT_CHUNK = 256
+
+
+def _compact_events(x: str, base: str, size: int, indent: str) -> str:
+    """C lines that set `n` to the count of non-zero `x[base + j]` (j < EVENT_CHUNK, within
+    `size`) and `ev_[0..n)` to their indices `base + j` in increasing order."""
+    return (f"{indent}const int end_ = {base} + {EVENT_CHUNK} < {size} ? {base} + {EVENT_CHUNK}"
+            f" : {size};\n"
+            f"{indent}int n = 0, e, j;\n"
+            f"{indent}for (j = {base}; j < end_; j++) {{\n"
+            f"{indent}    ev_[n] = j;\n"
+            f"{indent}    n += {x}[j] != 0.0f; /* NaN counts: it is not zero */\n"
+            f"{indent}}}\n")
+
+
+def _interior(g: _Conv, binary: bool, sym: str, lay: dict) -> str:
+    """Stride 1: an event whose every tap lands inside the output skips the per-tap bounds
+    tests below. Sparse rows: one flat loop over its channel's weights, each with its
+    accumulator offset (export/c_layout.py); dense rows: each tap's offset is a constant. Events
+    at the border take the tap loops. Each output still gets at most one term per event, so the
+    order of the sums is unchanged."""
+    o, i, kh, kw, h, w, oh, ow, sh, sw, ph, pw = g
+    if (sh, sw) != (1, 1):
+        return ""
+    y0, y1, x0, x1 = kh - 1 - ph, oh - ph, kw - 1 - pw, ow - pw
+    ind = " " * 20
+    if lay.get("dense_rows"):
+        lanes = lay["lanes"]
+        toff = ", ".join(str(((ph - ky) * ow + (pw - kx)) * lanes)
+                         for ky in range(kh) for kx in range(kw))
+        update = (f"{ind}static const int toff_[{kh * kw}] = {{{toff}}};\n"
+                  f"{ind}const float *wr = {sym}_val + c * {kh * kw * lanes};\n"
+                  f"{ind}int tap, co;\n"
+                  f"{ind}for (tap = 0; tap < {kh * kw}; tap++, wr += {lanes}) {{\n"
+                  f"{ind}    float *o = ob + toff_[tap];\n"
+                  f"{ind}    if (rp[tap] == rp[tap + 1]) continue; /* row pruned */\n"
+                  f"{ind}    for (co = 0; co < {lanes}; co++) o[co] += "
+                  f"{'wr[co]' if binary else 'xv * wr[co]'};\n"
+                  f"{ind}}}\n")
+    else:
+        lanes = o
+        update = (f"{ind}const {lay['off_t']} *off = {sym}_off;\n"
+                  f"{ind}const float *val = {sym}_val;\n"
+                  f"{ind}{lay['ptr_t']} k;\n"
+                  f"{ind}for (k = rp[0]; k < rp[{kh * kw}]; k++) ob[off[k]] += "
+                  f"{'' if binary else 'xv * '}val[k];\n")
+    return (f"\n                if (iy >= {y0} && iy < {y1} && ix >= {x0} && ix < {x1}) {{\n"
+            f"{ind}float *ob = acc_ + (iy * {ow} + ix) * {lanes};\n"
+            + update + f"{ind}continue;\n                }}")
 
 
 def _conv_events(g: _Conv, in_kind: str, sym: str, lay: dict, bias: str) -> str:
@@ -160,13 +216,12 @@ def _conv_events(g: _Conv, in_kind: str, sym: str, lay: dict, bias: str) -> str:
     return f"""    for (c = 0; c < {i}; c++) {{
         const {lay['ptr_t']} *rp = {sym}_ptr + c * {kk};
         const float *x = in + c * {h * w};
-        int iy, ix;
+        int p0;
         if (rp[0] == rp[{kk}]) continue; /* every weight from this channel is pruned */
-        for (iy = 0; iy < {h}; iy++) {{
-            for (ix = 0; ix < {w}; ix++) {{
-                const float xv = x[iy * {w} + ix];{' /* 0 or 1 */' if binary else ''}
-                int ky, kx;
-                if (xv == 0.0f) continue;
+        for (p0 = 0; p0 < {h * w}; p0 += {EVENT_CHUNK}) {{
+{_compact_events("x", "p0", h * w, " " * 12)}            for (e = 0; e < n; e++) {{
+                const int q = ev_[e], iy = q / {w}, ix = q % {w};{'' if binary else chr(10) + "                const float xv = x[q];"}
+                int ky, kx;{_interior(g, binary, sym, lay)}
                 for (ky = 0; ky < {kh}; ky++) {{
                     const int ny = iy + {ph} - ky;
                     if (ny < 0) break;
@@ -262,12 +317,15 @@ def _linear_fn(op: dict, fn: str, sym: str, lay: dict) -> str:
     if lay["event"]:
         acc = "out[{s}_idx[k]] += {s}_val[k];" if op["in_kind"] == "binary" else \
               "out[{s}_idx[k]] += xv * {s}_val[k];"
-        loop = (f"    for (c = 0; c < {o}; c++) out[c] = 0.0f;\n"
-                f"    for (c = 0; c < {i}; c++) {{\n"
-                f"        const float xv = in[c];\n"
-                f"        if (xv == 0.0f) continue;\n"
-                f"        for (k = {sym}_ptr[c]; k < {sym}_ptr[c + 1]; k++) "
-                + acc.format(s=sym) + "\n    }\n")
+        xv = "" if op["in_kind"] == "binary" else "            const float xv = in[c];\n"
+        loop = (f"    int c0, ev_[{EVENT_CHUNK}];\n"
+                f"    for (c = 0; c < {o}; c++) out[c] = 0.0f;\n"
+                f"    for (c0 = 0; c0 < {i}; c0 += {EVENT_CHUNK}) {{\n"
+                + _compact_events("in", "c0", i, " " * 8) +
+                f"        for (e = 0; e < n; e++) {{\n"
+                f"            c = ev_[e];\n{xv}"
+                f"            for (k = {sym}_ptr[c]; k < {sym}_ptr[c + 1]; k++) "
+                + acc.format(s=sym) + "\n        }\n    }\n")
     else:
         loop = (f"    for (c = 0; c < {o}; c++) {{\n"
                 f"        float acc = 0.0f;\n"
@@ -284,6 +342,8 @@ def _pool_fn(op: dict, fn: str) -> str:
     c, h, w = op["in_shape"]
     _, oh, ow = op["out_shape"]
     (kh, kw), (sh, sw) = op["kernel"], op["stride"]
+    if op["in_kind"] == "binary" and op["kind"] != "maxpool2d":
+        return _spike_sum_pool_fn(op, fn)
     if op["kind"] == "maxpool2d":
         init = f"s[ox] = x[(oy * {sh}) * {w} + ox * {sw}];"
         step = "if (v > s[ox] || v != v) s[ox] = v;"
@@ -315,11 +375,45 @@ def _pool_fn(op: dict, fn: str) -> str:
             f"    }}\n}}\n")
 
 
+def _spike_sum_pool_fn(op: dict, fn: str) -> str:
+    """Average or sum pooling of spikes: the window's rows are added first along the whole
+    input row (contiguous, vectorized), then each output adds its columns of that sum. Spike
+    counts are small integers, whose float sums are exact in any order: the same bits as
+    summing each window in the order ky, kx."""
+    c, h, w = op["in_shape"]
+    _, oh, ow = op["out_shape"]
+    (kh, kw), (sh, sw) = op["kernel"], op["stride"]
+    rw = (ow - 1) * sw + kw  # the input columns the windows cover
+    fin = "v" if op["kind"] == "sumpool2d" else f"v / {float(kh * kw)!r}f"
+    return (f"/* {comment(op['name'])}: {op['kind']} {kh}x{kw} stride {sh}x{sw} of spikes, "
+            f"{c}x{h}x{w} -> {c}x{oh}x{ow}: window rows summed first (exact) */\n"
+            f"static void {fn}(const float *restrict in, float *restrict out)\n{{\n"
+            f"    int c, oy, ox, ky, kx, j;\n"
+            f"    float r[{rw}];\n"
+            f"    for (c = 0; c < {c}; c++) {{\n"
+            f"        const float *x = in + c * {h * w};\n"
+            f"        float *o = out + c * {oh * ow};\n"
+            f"        for (oy = 0; oy < {oh}; oy++) {{\n"
+            f"            const float *row = x + oy * {sh * w};\n"
+            f"            for (j = 0; j < {rw}; j++) r[j] = row[j];\n"
+            f"            for (ky = 1; ky < {kh}; ky++)\n"
+            f"                for (j = 0; j < {rw}; j++) r[j] += row[ky * {w} + j];\n"
+            f"            for (ox = 0; ox < {ow}; ox++) {{\n"
+            f"                float v = r[ox * {sw}];\n"
+            f"                for (kx = 1; kx < {kw}; kx++) v += r[ox * {sw} + kx];\n"
+            f"                o[oy * {ow} + ox] = {fin};\n"
+            f"            }}\n"
+            f"        }}\n"
+            f"    }}\n}}\n")
+
+
 def _weighted(op: dict, site: Site, lay: dict, function: str, call: str,
               scratch: int = 0) -> Emitted:
     """A conv/linear op: its function, its sparse weights (and bias, step bias) as arrays."""
     arrays = [("ptr", lay["ptr_t"], lay["ptr"], str), ("idx", lay["idx_t"], lay["idx"], str),
               ("val", "float", lay["val"], hexf)]
+    if "off" in lay:
+        arrays.append(("off", lay["off_t"], lay["off"], str))
     nbytes = dict(lay["bytes"])
     if op["bias"] is not None:
         arrays.append(("bias", "float", op["bias"], hexf))

@@ -220,7 +220,7 @@ def _sequential(layers, input_shape=(1, 8, 8), neuron=None, seed=0):
     return spec, spec.build().eval()
 
 
-def _c_vs_torch(spec, model, tmp_path, timesteps=T, edit=None, reference=None):
+def _c_vs_torch(spec, model, tmp_path, timesteps=T, edit=None, reference=None, x=None):
     from export.c_codegen import write_c
     from export.c_program import program_from_model
     from targets import c_build, c_run
@@ -230,7 +230,7 @@ def _c_vs_torch(spec, model, tmp_path, timesteps=T, edit=None, reference=None):
     if edit:
         edit(program)
     write_c(program, tmp_path)
-    x = _digits().x_test[:120]
+    x = _digits().x_test[:120] if x is None else x
     with torch.no_grad():
         ref = (reference(x) if reference else model(x, timesteps).sum(0)).numpy()
     out = c_run.run(c_build.build(tmp_path), x.numpy()).logits
@@ -437,6 +437,68 @@ def test_runner_stdin_fuzz_never_crashes(asan_build, blob, args):
     elif not args:
         assert len(blob) % (64 * 4) == 0 and len(p.stdout) == len(blob) // (64 * 4) * 10 * 4
 
+
+# 24x24 input: the event conv's planes (576 positions) and the linear's pooled input (864
+# values) span several chunks of the event lists (export/c_ops.EVENT_CHUNK = 256), partial last
+# chunks included
+CHUNKED_LAYERS = [
+    {"type": "conv2d", "in": 1, "out": 4, "kernel": [3, 3], "stride": [1, 1], "padding": [1, 1],
+     "bias": True},
+    {"type": "lif", "neuron": {"tau_mem_inv": 0.5, "v_th": 0.5}},
+    {"type": "conv2d", "in": 4, "out": 6, "kernel": [3, 3], "stride": [1, 1], "padding": [1, 1],
+     "bias": False},  # binary events
+    {"type": "lif", "neuron": {"tau_mem_inv": 0.5, "v_th": 0.5}},
+    {"type": "avgpool2d", "kernel": [2, 2], "stride": [2, 2]},
+    {"type": "flatten"},
+    {"type": "linear", "in": 864, "out": 10, "bias": True},  # pooled spikes: valued events
+]
+
+
+@pytest.fixture(scope="module")
+def chunked(tmp_path_factory):
+    """CHUNKED_LAYERS pruned to 70%, its C built natively: (folder, build, images, C logits,
+    PyTorch logits, program)."""
+    from edgeprune import masks
+    from edgeprune.models import prunable
+    from targets import c_build
+
+    spec, model = _sequential(CHUNKED_LAYERS, input_shape=(1, 24, 24), seed=1)
+    with torch.no_grad():
+        for q in prunable(model).values():
+            q.mul_(3.0)
+    masks.apply(model, masks.prune(prunable(model), 0.7, "global"))
+    x = torch.from_numpy(np.kron(_digits().x_test[:60].numpy(), np.ones((1, 1, 3, 3),
+                                                                        np.float32)))
+    folder = tmp_path_factory.mktemp("chunked")
+    out, ref, program = _c_vs_torch(spec, model, folder, x=x)
+    return folder, c_build.build(folder), x.numpy(), out, ref, program
+
+
+def test_event_lists_across_chunks_match_pytorch_and_sanitized(chunked):
+    from export.c_ops import EVENT_CHUNK
+    from export.c_plan import plan
+    from targets import c_build, c_run
+
+    folder, native, x, out, ref, program = chunked
+    kinds = [(op["kind"], op["in_kind"], op["in_shape"]) for op in plan(program)["body"]]
+    assert ("conv2d", "binary", [4, 24, 24]) in kinds and 24 * 24 > 2 * EVENT_CHUNK
+    assert ("linear", "sparse", [864]) in kinds and 864 % EVENT_CHUNK != 0
+    assert 0 < ref.std()  # the net does respond to its input
+    assert (out.argmax(1) == ref.argmax(1)).mean() >= 0.98
+    assert np.abs(out - ref).max() < MAX_LOGIT_DIFF * max(1.0, np.abs(ref).max())
+    asan = c_build.build(folder, folder / "asan", sanitize=True)
+    assert asan.warnings == "", asan.warnings
+    np.testing.assert_array_equal(c_run.run(asan, x[:20]).logits, out[:20])
+
+
+@requires_cross_cc
+def test_event_lists_across_chunks_under_qemu_match_native(chunked):
+    from targets import c_build, c_run
+
+    folder, native, x, out, *_rest = chunked
+    arm = c_build.build(folder, folder / "arm", isa="aarch64", mcpu="cortex-a72")
+    assert arm.warnings == "", arm.warnings
+    np.testing.assert_array_equal(c_run.run(arm, x[:20]).logits, out[:20])
 
 # -- vectorized kernels (dense rows everywhere) and the profiling build ------------------------
 
