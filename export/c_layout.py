@@ -6,7 +6,7 @@ unsigned type that holds their values. A conv marked "dense_rows" stores its (in
 ky, kx) rows whole (zeros included), padded to a multiple of LANES output channels, whatever
 its input: the kernel then updates all output channels of a position in one loop whose length
 the compiler knows is a multiple of the vector width (so -O2 vectorizes it). An event conv of
-stride 1 on sparse rows also stores each weight's accumulator offset from its event (signed)."""
+stride 1 on sparse rows also stores each weight's accumulator offset from its event."""
 from __future__ import annotations
 
 import numpy as np
@@ -55,23 +55,22 @@ def layout(op: dict) -> dict:
            "ptr_t": ptr_t, "bytes": {"values": 4 * max(len(val), 1),
                                      "indices": idx_b * max(len(idx), 1),
                                      "row_pointers": ptr_b * len(ptr)}}
-    if event and op["kind"] == "conv2d" and tuple(op["stride"]) == (1, 1) and len(val) \
-            and not dense_rows:
-        out.update(_offsets(op, ptr, idx))
-        out["bytes"]["offsets"] = out["off_b"] * len(idx)
+    if event and op["kind"] == "conv2d" and tuple(op["stride"]) == (1, 1):
+        # the offsets replace the output-channel indices (the kernel reads only the offsets)
+        out.update(_offsets(op, ptr, idx), idx=np.zeros(0, np.int64))
+        out["bytes"]["indices"] = out["off_b"] * len(idx)
     return out
 
 
 def _offsets(op: dict, ptr: np.ndarray, idx: np.ndarray) -> dict:
     """For an event conv of stride 1 on sparse rows: each kept weight's offset in the
-    position-major accumulator from its event's own position, ((ph - ky) * OW + (pw - kx)) * O
-    + co, so that an event away from the border updates all its outputs in one flat loop."""
+    position-major halo accumulator (export/c_ops.py _halo) from its event's own position,
+    ((kh-1-ky) * (W+kw-1) + (kw-1-kx)) * O + co, so that every event updates all its outputs in
+    one flat loop."""
     o, i, kh, kw = op["weight"].shape
-    ow = op["out_shape"][2]
-    ph, pw = op["padding"]
+    aw = op["in_shape"][2] + kw - 1
     row = np.repeat(np.arange(len(ptr) - 1), np.diff(ptr))  # the (ci, ky, kx) row of each weight
     ky, kx = (row % (kh * kw)) // kw, row % kw
-    off = ((ph - ky) * ow + (pw - kx)) * o + idx
-    span = int(np.abs(off).max())
-    off_t, off_b = ("int16_t", 2) if span < 2 ** 15 else ("int32_t", 4)
+    off = ((kh - 1 - ky) * aw + (kw - 1 - kx)) * o + idx
+    off_t, off_b = uint_type(int(off.max(initial=0)))
     return {"off": off.astype(np.int64), "off_t": off_t, "off_b": off_b}

@@ -9,8 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-import numpy as np
-
 from edgeprune.neuron_kinds import KINDS
 
 from .c_layout import layout
@@ -126,7 +124,8 @@ def _conv_fn(op: dict, fn: str, sym: str, lay: dict) -> str:
     if not event and lay.get("dense_rows"):
         return head + _conv_positions(g, sym, lay, bias) + "}\n"
     if event:
-        return (head + f"    for (p = 0; p < {_lanes(op, lay) * plane}; p++) acc_[p] = 0.0f;\n"
+        return (head + f"    for (p = 0; p < {_lanes(op, lay) * acc_positions(op)}; p++) "
+                f"acc_[p] = 0.0f;\n"
                 + _conv_events(g, op["in_kind"], sym, lay, bias) + "}\n")
     return (head + f"    for (p = 0; p < {o * plane}; p++) out[p] = 0.0f;\n"
             + _conv_gather(g, op["in_kind"], sym, lay) + _bias_code(op, sym, o, plane) + "}\n")
@@ -157,44 +156,77 @@ def _compact_events(x: str, base: str, size: int, indent: str) -> str:
             f"{indent}}}\n")
 
 
-def _interior(g: _Conv, binary: bool, sym: str, lay: dict) -> str:
-    """Stride 1: an event whose every tap lands inside the output skips the per-tap bounds
-    tests below. Sparse rows: one flat loop over its channel's weights, each with its
-    accumulator offset (export/c_layout.py); dense rows: each tap's offset is a constant. Events
-    at the border take the tap loops. Each output still gets at most one term per event, so the
-    order of the sums is unchanged."""
+def _halo(g: _Conv) -> tuple[int, int] | None:
+    """Rows and columns of a stride-1 event conv's accumulator: the output plus a halo of
+    (kernel - 1 - padding) on each side, where the taps of events at the border land and are
+    dropped. Every tap of every event then lands inside it, so no event needs a bounds test."""
+    if (g.sh, g.sw) != (1, 1):
+        return None
+    return g.h + g.kh - 1, g.w + g.kw - 1
+
+
+def acc_positions(op: dict) -> int:
+    """Positions in an event conv's accumulator (scratch floats = this x lanes)."""
+    g = _Conv.of(op)
+    hw = _halo(g)
+    return hw[0] * hw[1] if hw else g.oh * g.ow
+
+
+def _conv_events_halo(g: _Conv, binary: bool, sym: str, lay: dict, bias: str) -> str:
+    """Stride 1: each non-zero input scatters into the halo accumulator (_halo) in one loop over
+    its channel's kept weights, each stored with its offset from the event's own position
+    (export/c_layout.py); dense rows: one vectorized loop per kept tap, the tap's offset a
+    constant. The halo is dropped as the sums go to `out` (CHW), bias added on the way. Each
+    output gets at most one term per event, in event order: the same sums in the same order as
+    visiting the taps one by one."""
     o, i, kh, kw, h, w, oh, ow, sh, sw, ph, pw = g
-    if (sh, sw) != (1, 1):
-        return ""
-    y0, y1, x0, x1 = kh - 1 - ph, oh - ph, kw - 1 - pw, ow - pw
-    ind = " " * 20
+    kk, plane = kh * kw, oh * ow
+    ah, aw = _halo(g)
+    ind = " " * 16
     if lay.get("dense_rows"):
         lanes = lay["lanes"]
-        toff = ", ".join(str(((ph - ky) * ow + (pw - kx)) * lanes)
+        toff = ", ".join(str(((kh - 1 - ky) * aw + (kw - 1 - kx)) * lanes)
                          for ky in range(kh) for kx in range(kw))
-        update = (f"{ind}static const int toff_[{kh * kw}] = {{{toff}}};\n"
-                  f"{ind}const float *wr = {sym}_val + c * {kh * kw * lanes};\n"
+        consts = f"    static const int toff_[{kk}] = {{{toff}}};\n"
+        update = (f"{ind}const float *wr = {sym}_val + c * {kk * lanes};\n"
                   f"{ind}int tap, co;\n"
-                  f"{ind}for (tap = 0; tap < {kh * kw}; tap++, wr += {lanes}) {{\n"
+                  f"{ind}for (tap = 0; tap < {kk}; tap++, wr += {lanes}) {{\n"
                   f"{ind}    float *o = ob + toff_[tap];\n"
                   f"{ind}    if (rp[tap] == rp[tap + 1]) continue; /* row pruned */\n"
                   f"{ind}    for (co = 0; co < {lanes}; co++) o[co] += "
                   f"{'wr[co]' if binary else 'xv * wr[co]'};\n"
                   f"{ind}}}\n")
     else:
-        lanes = o
-        update = (f"{ind}const {lay['off_t']} *off = {sym}_off;\n"
-                  f"{ind}const float *val = {sym}_val;\n"
-                  f"{ind}{lay['ptr_t']} k;\n"
-                  f"{ind}for (k = rp[0]; k < rp[{kh * kw}]; k++) ob[off[k]] += "
-                  f"{'' if binary else 'xv * '}val[k];\n")
-    return (f"\n                if (iy >= {y0} && iy < {y1} && ix >= {x0} && ix < {x1}) {{\n"
-            f"{ind}float *ob = acc_ + (iy * {ow} + ix) * {lanes};\n"
-            + update + f"{ind}continue;\n                }}")
+        lanes, consts = o, ""
+        update = (f"{ind}{lay['ptr_t']} k;\n"
+                  f"{ind}for (k = rp[0]; k < rp[{kk}]; k++) ob[{sym}_off[k]] += "
+                  f"{'' if binary else 'xv * '}{sym}_val[k];\n")
+    xv = "" if binary else f"{ind}const float xv = x[q];\n"
+    return (consts + f"""    for (c = 0; c < {i}; c++) {{
+        const {lay['ptr_t']} *rp = {sym}_ptr + c * {kk};
+        const float *x = in + c * {h * w};
+        int p0;
+        if (rp[0] == rp[{kk}]) continue; /* every weight from this channel is pruned */
+        for (p0 = 0; p0 < {h * w}; p0 += {EVENT_CHUNK}) {{
+{_compact_events("x", "p0", h * w, " " * 12)}            for (e = 0; e < n; e++) {{
+                const int q = ev_[e];
+                float *ob = acc_ + (q / {w} * {aw} + q % {w}) * {lanes};
+{xv}{update}            }}
+        }}
+    }}
+    for (c = 0; c < {o}; c++) {{
+        int oy, ox;
+        for (oy = 0, p = 0; oy < {oh}; oy++) {{
+            const float *a = acc_ + ((oy + {kh - 1 - ph}) * {aw} + {kw - 1 - pw}) * {lanes} + c;
+            for (ox = 0; ox < {ow}; ox++, p++) out[c * {plane} + p] = a[ox * {lanes}]{bias};
+        }}
+    }}
+""")
 
 
 def _conv_events(g: _Conv, in_kind: str, sym: str, lay: dict, bias: str) -> str:
-    """Each non-zero input scatters into the outputs its kept weights reach. Events accumulate
+    """Each non-zero input scatters into the outputs its kept weights reach (stride 1:
+    _conv_events_halo; here, larger strides, each tap tested against the output's bounds). Events accumulate
     into `acc_` laid out position-major (HWC): one event's output channels are then adjacent (a
     cache line or two) instead of a plane apart; the sums and their order are the same.
     Transposed into `out` (CHW) at the end, bias added on the way."""
@@ -202,6 +234,8 @@ def _conv_events(g: _Conv, in_kind: str, sym: str, lay: dict, bias: str) -> str:
     kk, plane = kh * kw, oh * ow
     lanes = lay["lanes"] if lay.get("dense_rows") else o
     binary = in_kind == "binary"  # 0/1 spikes: 1.0f*w == w, so no multiply
+    if _halo(g):
+        return _conv_events_halo(g, binary, sym, lay, bias)
     inner = f"for (k = r[0]; k < r[1]; k++) o[idx[k]] += {'' if binary else 'xv * '}val[k];"
     kdecl = "" if lay.get("dense_rows") else f"\n                        {lay['ptr_t']} k;"
     if lay.get("dense_rows"):  # a loop of `lanes` (a multiple of the vector width)
@@ -221,7 +255,7 @@ def _conv_events(g: _Conv, in_kind: str, sym: str, lay: dict, bias: str) -> str:
         for (p0 = 0; p0 < {h * w}; p0 += {EVENT_CHUNK}) {{
 {_compact_events("x", "p0", h * w, " " * 12)}            for (e = 0; e < n; e++) {{
                 const int q = ev_[e], iy = q / {w}, ix = q % {w};{'' if binary else chr(10) + "                const float xv = x[q];"}
-                int ky, kx;{_interior(g, binary, sym, lay)}
+                int ky, kx;
                 for (ky = 0; ky < {kh}; ky++) {{
                     const int ny = iy + {ph} - ky;
                     if (ny < 0) break;
@@ -441,7 +475,7 @@ def _conv(op: dict, site: Site) -> Emitted:
     if lay["event"]:
         return _weighted(op, site, lay, _conv_fn(op, fn, site.sym, lay),
                          f"{fn}({site.src}, {site.dst}, {site.step}, ctx->scratch);",
-                         scratch=_lanes(op, lay) * int(np.prod(op["out_shape"][1:])))
+                         scratch=_lanes(op, lay) * acc_positions(op))
     return _weighted(op, site, lay, _conv_fn(op, fn, site.sym, lay),
                      f"{fn}({site.src}, {site.dst}, {site.step});")
 
