@@ -187,7 +187,7 @@ def run(args, res: Results) -> None:
                     continue
                 epochs = cfg["eb_epochs"] if method in ("eb", "et-eb") else cfg["round_epochs"]
                 sc = SearchConfig(method=method, sparsity=s, round_epochs=epochs, batch_size=bs,
-                                  **PAPER_SEARCH,
+                                  scope=cfg["search_defaults"]["scope"],
                                   lr=lr, et=EarlyTimeSettings(candidates=tuple(
                                       cfg.get("et_candidates") or ())
                                       if method.startswith("et-") else ()))
@@ -642,6 +642,9 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=0.1)
     ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--scope", default=PAPER_SEARCH["scope"],
+                    help="pruning scope (default: the paper's global magnitude; lamp keeps every "
+                         "layer alive where global would empty one)")
     ap.add_argument("--levels", default="4,8,11,14", help="r values: sparsity 1-0.75^r")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--store", type=Path, help="artifact store (default under /tmp)")
@@ -695,7 +698,7 @@ def main() -> None:
               if args.et_candidates.strip() else {}),
            "levels": sorted(int(r) for r in args.levels.split(",")),
            "methods": methods, "methods_run": run_methods,
-           "search_defaults": {k: v for k, v in SearchConfig(**PAPER_SEARCH).to_dict().items()
+           "search_defaults": {k: v for k, v in SearchConfig(scope=args.scope).to_dict().items()
                                if k not in ("method", "sparsity", "round_epochs", "batch_size",
                                             "lr")}}
     if args.store is None:
