@@ -156,6 +156,25 @@ def _compact_events(x: str, base: str, size: int, indent: str) -> str:
             f"{indent}}}\n")
 
 
+def _event_loop(g: _Conv, sym: str, lay: dict, first: str, event: str) -> str:
+    """The loops of an event conv: each input channel that has a kept weight, its non-zero
+    inputs listed a chunk at a time, `first` (which sets q, the event's position) then `event`
+    (C lines at 16 spaces) for each."""
+    kk, hw = g.kh * g.kw, g.h * g.w
+    return f"""    for (c = 0; c < {g.i}; c++) {{
+        const {lay['ptr_t']} *rp = {sym}_ptr + c * {kk};
+        const float *x = in + c * {hw};
+        int p0;
+        if (rp[0] == rp[{kk}]) continue; /* every weight from this channel is pruned */
+        for (p0 = 0; p0 < {hw}; p0 += {EVENT_CHUNK}) {{
+{_compact_events("x", "p0", hw, " " * 12)}            for (e = 0; e < n; e++) {{
+                {first}
+{event}            }}
+        }}
+    }}
+"""
+
+
 def _halo(g: _Conv) -> tuple[int, int] | None:
     """Rows and columns of a stride-1 event conv's accumulator: the output plus a halo of
     (kernel - 1 - padding) on each side, where the taps of events at the border land and are
@@ -202,19 +221,9 @@ def _conv_events_halo(g: _Conv, binary: bool, sym: str, lay: dict, bias: str) ->
                   f"{ind}for (k = rp[0]; k < rp[{kk}]; k++) ob[{sym}_off[k]] += "
                   f"{'' if binary else 'xv * '}{sym}_val[k];\n")
     xv = "" if binary else f"{ind}const float xv = x[q];\n"
-    return (consts + f"""    for (c = 0; c < {i}; c++) {{
-        const {lay['ptr_t']} *rp = {sym}_ptr + c * {kk};
-        const float *x = in + c * {h * w};
-        int p0;
-        if (rp[0] == rp[{kk}]) continue; /* every weight from this channel is pruned */
-        for (p0 = 0; p0 < {h * w}; p0 += {EVENT_CHUNK}) {{
-{_compact_events("x", "p0", h * w, " " * 12)}            for (e = 0; e < n; e++) {{
-                const int q = ev_[e];
-                float *ob = acc_ + (q / {w} * {aw} + q % {w}) * {lanes};
-{xv}{update}            }}
-        }}
-    }}
-    for (c = 0; c < {o}; c++) {{
+    event = (f"                float *ob = acc_ + (q / {w} * {aw} + q % {w}) * {lanes};\n"
+             + xv + update)
+    return (consts + _event_loop(g, sym, lay, "const int q = ev_[e];", event) + f"""    for (c = 0; c < {o}; c++) {{
         int oy, ox;
         for (oy = 0, p = 0; oy < {oh}; oy++) {{
             const float *a = acc_ + ((oy + {kh - 1 - ph}) * {aw} + {kw - 1 - pw}) * {lanes} + c;
@@ -226,9 +235,10 @@ def _conv_events_halo(g: _Conv, binary: bool, sym: str, lay: dict, bias: str) ->
 
 def _conv_events(g: _Conv, in_kind: str, sym: str, lay: dict, bias: str) -> str:
     """Each non-zero input scatters into the outputs its kept weights reach (stride 1:
-    _conv_events_halo; here, larger strides, each tap tested against the output's bounds). Events accumulate
-    into `acc_` laid out position-major (HWC): one event's output channels are then adjacent (a
-    cache line or two) instead of a plane apart; the sums and their order are the same.
+    _conv_events_halo; here, larger strides, each tap tested against the output's bounds).
+    Events accumulate into `acc_` laid out position-major (HWC): one event's output channels
+    are then adjacent (a cache line or two) instead of a plane apart; the sums and their order
+    are the same.
     Transposed into `out` (CHW) at the end, bias added on the way."""
     o, i, kh, kw, h, w, oh, ow, sh, sw, ph, pw = g
     kk, plane = kh * kw, oh * ow
@@ -247,15 +257,9 @@ def _conv_events(g: _Conv, in_kind: str, sym: str, lay: dict, bias: str) -> str:
                  f"                            for (co = 0; co < {lanes}; co++) o[co] += "
                  f"{'wr[co]' if binary else 'xv * wr[co]'};\n"
                  f"                        }}")
-    return f"""    for (c = 0; c < {i}; c++) {{
-        const {lay['ptr_t']} *rp = {sym}_ptr + c * {kk};
-        const float *x = in + c * {h * w};
-        int p0;
-        if (rp[0] == rp[{kk}]) continue; /* every weight from this channel is pruned */
-        for (p0 = 0; p0 < {h * w}; p0 += {EVENT_CHUNK}) {{
-{_compact_events("x", "p0", h * w, " " * 12)}            for (e = 0; e < n; e++) {{
-                const int q = ev_[e], iy = q / {w}, ix = q % {w};{'' if binary else chr(10) + "                const float xv = x[q];"}
-                int ky, kx;
+    first = "const int q = ev_[e], iy = q / " + str(w) + ", ix = q % " + str(w) + ";"
+    xv = "" if binary else "                const float xv = x[q];\n"
+    return _event_loop(g, sym, lay, first, xv + f"""                int ky, kx;
                 for (ky = 0; ky < {kh}; ky++) {{
                     const int ny = iy + {ph} - ky;
                     if (ny < 0) break;
@@ -272,10 +276,7 @@ def _conv_events(g: _Conv, in_kind: str, sym: str, lay: dict, bias: str) -> str:
                         {inner}
                     }}
                 }}
-            }}
-        }}
-    }}
-    for (c = 0; c < {o}; c++)
+""") + f"""    for (c = 0; c < {o}; c++)
         for (p = 0; p < {plane}; p++) out[c * {plane} + p] = acc_[p * {lanes} + c]{bias};
 """
 
@@ -369,11 +370,28 @@ def _linear_fn(op: dict, fn: str, sym: str, lay: dict) -> str:
     return head + loop + _bias_code(op, sym, o, 1) + "}\n"
 
 
+def _pool_head(op: dict, fn: str, what: str, note: str, buf: str, ints: str = "") -> str:
+    """A pooling function up to the body of its loop over output rows (c, oy), with the row
+    buffer `buf` (and the `ints`) declared."""
+    c, h, w = op["in_shape"]
+    _, oh, ow = op["out_shape"]
+    (kh, kw), (sh, sw) = op["kernel"], op["stride"]
+    return (f"/* {comment(op['name'])}: {op['kind']} {kh}x{kw} stride {sh}x{sw}{what}, "
+            f"{c}x{h}x{w} -> {c}x{oh}x{ow}{note} */\n"
+            f"static void {fn}(const float *restrict in, float *restrict out)\n{{\n"
+            f"    int c, oy, ox, ky, kx{ints};\n"
+            f"    float {buf};\n"
+            f"    for (c = 0; c < {c}; c++) {{\n"
+            f"        const float *x = in + c * {h * w};\n"
+            f"        float *o = out + c * {oh * ow};\n"
+            f"        for (oy = 0; oy < {oh}; oy++) {{\n")
+
+
 def _pool_fn(op: dict, fn: str) -> str:
     """Row by row: each window row (ky) and column (kx) is swept across a whole output row in
     `s`, so the loop over ox runs over many outputs at once (vectorizable); every output still
     sees its window in the order ky, kx, as one output at a time would (the same bits)."""
-    c, h, w = op["in_shape"]
+    _, h, w = op["in_shape"]
     _, oh, ow = op["out_shape"]
     (kh, kw), (sh, sw) = op["kernel"], op["stride"]
     if op["in_kind"] == "binary" and op["kind"] != "maxpool2d":
@@ -385,16 +403,8 @@ def _pool_fn(op: dict, fn: str) -> str:
     else:
         init, step = "s[ox] = 0.0f;", "s[ox] += v;"
         fin = "s[ox]" if op["kind"] == "sumpool2d" else f"s[ox] / {float(kh * kw)!r}f"
-    return (f"/* {comment(op['name'])}: {op['kind']} {kh}x{kw} stride {sh}x{sw}, "
-            f"{c}x{h}x{w} -> {c}x{oh}x{ow} */\n"
-            f"static void {fn}(const float *restrict in, float *restrict out)\n{{\n"
-            f"    int c, oy, ox, ky, kx;\n"
-            f"    float s[{ow}];\n"
-            f"    for (c = 0; c < {c}; c++) {{\n"
-            f"        const float *x = in + c * {h * w};\n"
-            f"        float *o = out + c * {oh * ow};\n"
-            f"        for (oy = 0; oy < {oh}; oy++) {{\n"
-            f"            for (ox = 0; ox < {ow}; ox++) {init}\n"
+    return (_pool_head(op, fn, "", "", f"s[{ow}]")
+            + f"            for (ox = 0; ox < {ow}; ox++) {init}\n"
             f"            for (ky = 0; ky < {kh}; ky++) {{\n"
             f"                const float *row = x + (oy * {sh} + ky) * {w};\n"
             f"                for (kx = 0; kx < {kw}; kx++) {{\n"
@@ -414,21 +424,14 @@ def _spike_sum_pool_fn(op: dict, fn: str) -> str:
     input row (contiguous, vectorized), then each output adds its columns of that sum. Spike
     counts are small integers, whose float sums are exact in any order: the same bits as
     summing each window in the order ky, kx."""
-    c, h, w = op["in_shape"]
+    _, h, w = op["in_shape"]
     _, oh, ow = op["out_shape"]
     (kh, kw), (sh, sw) = op["kernel"], op["stride"]
     rw = (ow - 1) * sw + kw  # the input columns the windows cover
     fin = "v" if op["kind"] == "sumpool2d" else f"v / {float(kh * kw)!r}f"
-    return (f"/* {comment(op['name'])}: {op['kind']} {kh}x{kw} stride {sh}x{sw} of spikes, "
-            f"{c}x{h}x{w} -> {c}x{oh}x{ow}: window rows summed first (exact) */\n"
-            f"static void {fn}(const float *restrict in, float *restrict out)\n{{\n"
-            f"    int c, oy, ox, ky, kx, j;\n"
-            f"    float r[{rw}];\n"
-            f"    for (c = 0; c < {c}; c++) {{\n"
-            f"        const float *x = in + c * {h * w};\n"
-            f"        float *o = out + c * {oh * ow};\n"
-            f"        for (oy = 0; oy < {oh}; oy++) {{\n"
-            f"            const float *row = x + oy * {sh * w};\n"
+    return (_pool_head(op, fn, " of spikes", ": window rows summed first (exact)", f"r[{rw}]",
+                       ", j")
+            + f"            const float *row = x + oy * {sh * w};\n"
             f"            for (j = 0; j < {rw}; j++) r[j] = row[j];\n"
             f"            for (ky = 1; ky < {kh}; ky++)\n"
             f"                for (j = 0; j < {rw}; j++) r[j] += row[ky * {w} + j];\n"
