@@ -20,8 +20,9 @@ from edgeprune.config import ExportConfig
 
 from .passes import PASSES, Declared, Export, summary
 
-FORMAT = 6  # bump when the exported files change for the same config (5: C profile hooks;
-#              6: dense-row kernels for the stem, padded lanes, row-wise pooling)
+FORMAT = 7  # bump when the exported files change for the same config (5: C profile hooks;
+#              6: dense-row kernels for the stem, padded lanes, row-wise pooling; 7: event
+#              lists, halo event convs, spike pooling rows first)
 
 Report = Callable[[dict], None]
 
