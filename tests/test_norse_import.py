@@ -222,7 +222,10 @@ def test_cli_import_model_json(tmp_path):
 
 def test_compress_takes_a_model_def_to_a_validated_onnx(trained_weights, tmp_path):
     """The headline command with the user's own definition: import, search, retrain, export and
-    validate on ONNX Runtime in one call."""
+    validate on the default targets (ONNX Runtime and, with a compiler, the C runtime) in one
+    call. ONNX Runtime runs PyTorch's float operations; the C runtime sums in its own order, so
+    a potential within rounding of the threshold may flip one spike: same class, but such an
+    input's logits may move by a weight."""
     r = run_cli("compress", "--model-def", f"{USER}:model", "--state-dict", trained_weights[0],
                 "-T", str(T), "--data", "digits", "--sparsity", "0.5", "--round-epochs", "1",
                 "--retrain-epochs", "2", "--latency-budget-ms", "10000", "--out", tmp_path,
@@ -232,4 +235,8 @@ def test_compress_takes_a_model_def_to_a_validated_onnx(trained_weights, tmp_pat
     out = json.loads(r.stdout)
     assert "imported" in out["artifacts"] and out["summary"]["sparsity"] == pytest.approx(0.5, abs=1e-3)
     val = out["summary"]["validation"]
-    assert val["passed"] and val["agreement"] == 1.0 and val["max_abs_diff"] < 1e-4
+    assert val["passed"] and val["agreement"] == 1.0
+    report = json.loads((Path(out["artifacts"]["validation"]) / "report.json").read_text())
+    parity = {t["target"]: t["parity"] for t in report["targets"]}
+    assert parity["x86_64"]["max_abs_diff"] < 1e-4
+    assert all(p["agreement"] == 1.0 and p["within_tolerance"] >= 0.98 for p in parity.values())
