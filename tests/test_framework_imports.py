@@ -22,7 +22,7 @@ from edgeprune.stage_inputs import open_model
 from edgeprune.layers import split_stem
 from edgeprune.models import ModelSpec
 from export.nir_graph import write_nir
-from tests.conftest import run_cli
+from tests.conftest import assert_compress_parity, run_cli
 
 pytest.importorskip("snntorch")
 import snntorch  # noqa: E402
@@ -94,8 +94,7 @@ def test_norse_lifcell_compresses_and_the_onnx_matches_the_users_module(norse_li
     agree = float((got.argmax(1) == ref.argmax(1)).mean())
     print(f"norse LIFCell ticket: ONNX vs user's module max |Δ| {diff:.3g}, same class {agree:.2%}")
     assert diff < 1e-4 and agree == 1.0
-    val = s["validation"]
-    assert val["agreement"] == 1.0 and val["max_abs_diff"] < 1e-4
+    assert_compress_parity(out)
 
 
 # -- snnTorch ---------------------------------------------------------------------------------
