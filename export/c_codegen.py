@@ -34,9 +34,11 @@ Storage and computation per layer (conv2d / linear):
   (HWC) in a scratch buffer, so one event's outputs are adjacent in memory.
 - events: an event-driven layer first lists the indices of its non-zero inputs, 256 at a time,
   without a branch, then visits only those (a per-input zero test mispredicts at 10-30% spikes
-  and cost more than the updates). A stride-1 conv updates an event away from the border with
-  no per-tap bounds tests: on sparse rows one flat loop over the channel's weights, each stored
-  with its accumulator offset; on dense rows with constant per-tap offsets.
+  and cost more than the updates). A stride-1 conv accumulates into a buffer with a halo
+  around the output, where the border events' outer taps land and are dropped, so no event
+  tests bounds: on sparse rows one flat loop over the channel's weights, each stored with its
+  offset in that buffer (instead of its output channel); on dense rows one vectorized loop per
+  tap at a constant offset.
 - pooling sweeps each window row and column across a whole output row (vectorizable), each
   output still summing its window in order; average/sum pooling of spikes adds the window's
   rows first (spike counts sum exactly in any order).

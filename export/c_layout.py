@@ -6,7 +6,8 @@ unsigned type that holds their values. A conv marked "dense_rows" stores its (in
 ky, kx) rows whole (zeros included), padded to a multiple of LANES output channels, whatever
 its input: the kernel then updates all output channels of a position in one loop whose length
 the compiler knows is a multiple of the vector width (so -O2 vectorizes it). An event conv of
-stride 1 on sparse rows also stores each weight's accumulator offset from its event."""
+stride 1 on sparse rows stores, instead of each weight's output channel, its offset in the halo
+accumulator (`halo`) from its event's position."""
 from __future__ import annotations
 
 import numpy as np
@@ -55,20 +56,29 @@ def layout(op: dict) -> dict:
            "ptr_t": ptr_t, "bytes": {"values": 4 * max(len(val), 1),
                                      "indices": idx_b * max(len(idx), 1),
                                      "row_pointers": ptr_b * len(ptr)}}
-    if event and op["kind"] == "conv2d" and tuple(op["stride"]) == (1, 1):
+    if event and op["kind"] == "conv2d" and halo(op):
         # the offsets replace the output-channel indices (the kernel reads only the offsets)
         out.update(_offsets(op, ptr, idx), idx=np.zeros(0, np.int64))
         out["bytes"]["indices"] = out["off_b"] * len(idx)
     return out
 
 
+def halo(op: dict) -> tuple[int, int] | None:
+    """Rows and columns of a stride-1 event conv's accumulator: the output plus a halo of
+    (kernel - 1 - padding) on each side, where the taps of events at the border land and are
+    dropped, so no event needs a bounds test. None for other strides."""
+    if tuple(op["stride"]) != (1, 1):
+        return None
+    _, _, kh, kw = op["weight"].shape
+    return op["in_shape"][1] + kh - 1, op["in_shape"][2] + kw - 1
+
+
 def _offsets(op: dict, ptr: np.ndarray, idx: np.ndarray) -> dict:
-    """For an event conv of stride 1 on sparse rows: each kept weight's offset in the
-    position-major halo accumulator (export/c_ops.py _halo) from its event's own position,
-    ((kh-1-ky) * (W+kw-1) + (kw-1-kx)) * O + co, so that every event updates all its outputs in
-    one flat loop."""
+    """Each kept weight's offset in the position-major halo accumulator from its event's own
+    position, ((kh-1-ky) * AW + (kw-1-kx)) * O + co, so that every event updates all its
+    outputs in one flat loop."""
     o, i, kh, kw = op["weight"].shape
-    aw = op["in_shape"][2] + kw - 1
+    aw = halo(op)[1]
     row = np.repeat(np.arange(len(ptr) - 1), np.diff(ptr))  # the (ci, ky, kx) row of each weight
     ky, kx = (row % (kh * kw)) // kw, row % kw
     off = ((kh - 1 - ky) * aw + (kw - 1 - kx)) * o + idx

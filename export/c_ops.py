@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 from edgeprune.neuron_kinds import KINDS
 
-from .c_layout import layout
+from .c_layout import halo, layout
 from .c_neurons import C_NEURONS
 from .c_text import comment, hexf
 
@@ -124,9 +124,11 @@ def _conv_fn(op: dict, fn: str, sym: str, lay: dict) -> str:
     if not event and lay.get("dense_rows"):
         return head + _conv_positions(g, sym, lay, bias) + "}\n"
     if event:
-        return (head + f"    for (p = 0; p < {_lanes(op, lay) * acc_positions(op)}; p++) "
-                f"acc_[p] = 0.0f;\n"
-                + _conv_events(g, op["in_kind"], sym, lay, bias) + "}\n")
+        hw, binary = halo(op), op["in_kind"] == "binary"  # 0/1 spikes: no multiply
+        events = _conv_events_halo(g, binary, sym, lay, bias, hw[1]) if hw else \
+            _conv_events(g, binary, sym, lay, bias)
+        return (head + f"    for (p = 0; p < {_lanes(op, lay) * _acc_positions(op)}; p++) "
+                f"acc_[p] = 0.0f;\n" + events + "}\n")
     return (head + f"    for (p = 0; p < {o * plane}; p++) out[p] = 0.0f;\n"
             + _conv_gather(g, op["in_kind"], sym, lay) + _bias_code(op, sym, o, plane) + "}\n")
 
@@ -175,24 +177,16 @@ def _event_loop(g: _Conv, sym: str, lay: dict, first: str, event: str) -> str:
 """
 
 
-def _halo(g: _Conv) -> tuple[int, int] | None:
-    """Rows and columns of a stride-1 event conv's accumulator: the output plus a halo of
-    (kernel - 1 - padding) on each side, where the taps of events at the border land and are
-    dropped. Every tap of every event then lands inside it, so no event needs a bounds test."""
-    if (g.sh, g.sw) != (1, 1):
-        return None
-    return g.h + g.kh - 1, g.w + g.kw - 1
+def _acc_positions(op: dict) -> int:
+    """Positions in an event conv's accumulator (scratch floats = this x lanes): with a halo
+    (export/c_layout.halo) for stride 1, the output plane otherwise."""
+    hw = halo(op)
+    return hw[0] * hw[1] if hw else op["out_shape"][1] * op["out_shape"][2]
 
 
-def acc_positions(op: dict) -> int:
-    """Positions in an event conv's accumulator (scratch floats = this x lanes)."""
-    g = _Conv.of(op)
-    hw = _halo(g)
-    return hw[0] * hw[1] if hw else g.oh * g.ow
-
-
-def _conv_events_halo(g: _Conv, binary: bool, sym: str, lay: dict, bias: str) -> str:
-    """Stride 1: each non-zero input scatters into the halo accumulator (_halo) in one loop over
+def _conv_events_halo(g: _Conv, binary: bool, sym: str, lay: dict, bias: str, aw: int) -> str:
+    """Stride 1: each non-zero input scatters into the halo accumulator (export/c_layout.halo:
+    the output plus kernel - 1 - padding on each side) in one loop over
     its channel's kept weights, each stored with its offset from the event's own position
     (export/c_layout.py); dense rows: one vectorized loop per kept tap, the tap's offset a
     constant. The halo is dropped as the sums go to `out` (CHW), bias added on the way. Each
@@ -200,7 +194,6 @@ def _conv_events_halo(g: _Conv, binary: bool, sym: str, lay: dict, bias: str) ->
     visiting the taps one by one."""
     o, i, kh, kw, h, w, oh, ow, sh, sw, ph, pw = g
     kk, plane = kh * kw, oh * ow
-    ah, aw = _halo(g)
     ind = " " * 16
     if lay.get("dense_rows"):
         lanes = lay["lanes"]
@@ -233,9 +226,9 @@ def _conv_events_halo(g: _Conv, binary: bool, sym: str, lay: dict, bias: str) ->
 """)
 
 
-def _conv_events(g: _Conv, in_kind: str, sym: str, lay: dict, bias: str) -> str:
-    """Each non-zero input scatters into the outputs its kept weights reach (stride 1:
-    _conv_events_halo; here, larger strides, each tap tested against the output's bounds).
+def _conv_events(g: _Conv, binary: bool, sym: str, lay: dict, bias: str) -> str:
+    """Strides above 1: each non-zero input scatters into the outputs its kept weights reach,
+    each tap tested against the output's bounds (stride 1: _conv_events_halo).
     Events accumulate into `acc_` laid out position-major (HWC): one event's output channels
     are then adjacent (a cache line or two) instead of a plane apart; the sums and their order
     are the same.
@@ -243,9 +236,6 @@ def _conv_events(g: _Conv, in_kind: str, sym: str, lay: dict, bias: str) -> str:
     o, i, kh, kw, h, w, oh, ow, sh, sw, ph, pw = g
     kk, plane = kh * kw, oh * ow
     lanes = lay["lanes"] if lay.get("dense_rows") else o
-    binary = in_kind == "binary"  # 0/1 spikes: 1.0f*w == w, so no multiply
-    if _halo(g):
-        return _conv_events_halo(g, binary, sym, lay, bias)
     inner = f"for (k = r[0]; k < r[1]; k++) o[idx[k]] += {'' if binary else 'xv * '}val[k];"
     kdecl = "" if lay.get("dense_rows") else f"\n                        {lay['ptr_t']} k;"
     if lay.get("dense_rows"):  # a loop of `lanes` (a multiple of the vector width)
@@ -478,7 +468,7 @@ def _conv(op: dict, site: Site) -> Emitted:
     if lay["event"]:
         return _weighted(op, site, lay, _conv_fn(op, fn, site.sym, lay),
                          f"{fn}({site.src}, {site.dst}, {site.step}, ctx->scratch);",
-                         scratch=_lanes(op, lay) * acc_positions(op))
+                         scratch=_lanes(op, lay) * _acc_positions(op))
     return _weighted(op, site, lay, _conv_fn(op, fn, site.sym, lay),
                      f"{fn}({site.src}, {site.dst}, {site.step});")
 
